@@ -1,0 +1,33 @@
+# Everything runs from the project's own virtualenv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p var
+	$(BIN)/hotline migrate
+	$(BIN)/hotline import-units
+	$(BIN)/hotline serve --host 127.0.0.1 --port 8080
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP)
+	bash scripts/test.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/intake.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

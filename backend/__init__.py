@@ -1,0 +1,1 @@
+"""Pollution hotline: the domain and the web service."""

@@ -1,0 +1,86 @@
+"""`hotline` commands; the composition root that wires the web app and the chat runtime."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from backend.config import Settings
+from backend.db import create_engine, session_factory
+from backend.migrate import upgrade
+from backend.services.categories import seed_categories
+from backend.services.units import import_units
+from backend.web.app import create_app
+
+log = logging.getLogger("hotline")
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The whole service: web app plus chat runtime. Tests build it the same way."""
+    from bot.runtime import mount_chat
+
+    app = create_app(settings)
+    mount_chat(app)
+    return app
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+
+
+async def migrate(settings: Settings) -> None:
+    """Apply migrations and refresh the built-in reference data (categories)."""
+    _ensure_sqlite_dir(settings.database_url)
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await seed_categories(session)
+    finally:
+        await engine.dispose()
+
+
+async def load_units(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            counts = await import_units(session)
+    finally:
+        await engine.dispose()
+    log.info(
+        "imported %d provinces, %d wards, %d handling units",
+        counts.provinces,
+        counts.wards,
+        counts.units,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the web service and the chat bots")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    if args.command == "serve":
+        settings.media_dir.mkdir(parents=True, exist_ok=True)
+        web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None)
+    elif args.command == "migrate":
+        asyncio.run(migrate(settings))
+        log.info("database is at the latest schema")
+    elif args.command == "import-units":
+        asyncio.run(load_units(settings))

@@ -1,0 +1,64 @@
+"""Settings for every process, read from HOTLINE_* environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "placeholder"})
+
+
+class Settings(BaseSettings):
+    """One object for the whole configuration; secrets are SecretStr."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTLINE_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./var/hotline.db"
+    media_dir: Path = Path("./var/media")
+
+    telegram_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_mode: Literal["polling", "webhook"] = "polling"
+    telegram_webhook_secret: SecretStr | None = None
+    public_url: str | None = None
+    # Telegram asks for about one message a second per chat and 30 a second overall.
+    telegram_rate_global: float = 30.0
+    telegram_rate_per_chat: float = 1.0
+    telegram_poll_timeout: int = 30
+
+    nominatim_url: str = "https://nominatim.openstreetmap.org"
+
+    outbox_enabled: bool = True
+    outbox_max_attempts: int = 8
+    outbox_poll_interval: float = 1.0
+
+    # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
+    max_photo_bytes: int = 20 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production":
+            for name in ("telegram_token", "telegram_webhook_secret"):
+                value = getattr(self, name)
+                if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"HOTLINE_{name.upper()} is a placeholder")
+        return self
+
+    def webhook_secret(self) -> str:
+        """The secret_token for setWebhook.
+
+        Without a configured one it is derived from the bot token, so every server
+        process of one deployment agrees on it without sharing state.
+        """
+        if self.telegram_webhook_secret is not None:
+            return self.telegram_webhook_secret.get_secret_value()
+        if self.telegram_token is None:
+            raise ValueError("no Telegram token: no webhook secret")
+        token = self.telegram_token.get_secret_value().encode()
+        return hmac.new(token, b"hotline-telegram-webhook", hashlib.sha256).hexdigest()

@@ -1,0 +1,286 @@
+"""ORM tables: places, handling units, categories, reporters, tickets, chat state, outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+# --- places and who handles them -------------------------------------------------------
+
+
+class Province(Base):
+    """A province or centrally-run city (tỉnh / thành phố), 2-digit code."""
+
+    __tablename__ = "provinces"
+
+    code: Mapped[str] = mapped_column(String(2), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    short_name: Mapped[str] = mapped_column(String(100))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+
+
+class Ward(Base):
+    """A commune, ward or special zone (xã / phường / đặc khu), 5-digit code."""
+
+    __tablename__ = "wards"
+
+    code: Mapped[str] = mapped_column(String(5), primary_key=True)
+    province_code: Mapped[str] = mapped_column(ForeignKey("provinces.code"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    short_name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    area_km2: Mapped[float | None] = mapped_column(Float)
+    # Name without tone marks, spaces or punctuation, for typed look-ups.
+    search_key: Mapped[str] = mapped_column(String(100), index=True)
+
+
+class Unit(Base):
+    """A handling unit: a People's Committee, a department, the police (apart from areas)."""
+
+    __tablename__ = "units"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    # ward_committee · province_department · police · ministry
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    province_code: Mapped[str | None] = mapped_column(ForeignKey("provinces.code"), index=True)
+    ward_code: Mapped[str | None] = mapped_column(ForeignKey("wards.code"), unique=True)
+
+
+class Category(Base):
+    """A kind of pollution and who handles it by default."""
+
+    __tablename__ = "categories"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name_vi: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    # ward · province · police
+    default_handler: Mapped[str] = mapped_column(String(32))
+    notify_police: Mapped[bool] = mapped_column(Boolean, default=False)
+    sort_order: Mapped[int] = mapped_column(Integer)
+
+
+# --- reporters ----------------------------------------------------------------------------
+
+
+class Reporter(Base):
+    """A resident who reports; staff only ever see the pseudonym (Điều 5)."""
+
+    __tablename__ = "reporters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReporterIdentity(Base):
+    """Who the reporter is. Sealed: read only by triage roles, each read audited."""
+
+    __tablename__ = "reporter_identities"
+
+    reporter_id: Mapped[int] = mapped_column(ForeignKey("reporters.id"), primary_key=True)
+    channel: Mapped[str | None] = mapped_column(String(16))
+    chat_id: Mapped[str | None] = mapped_column(String(64))
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (UniqueConstraint("channel", "chat_id"),)
+
+
+class Consent(Base):
+    """Explicit consent to process personal data, with the text version shown."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reporter_id: Mapped[int] = mapped_column(ForeignKey("reporters.id"), index=True)
+    text_version: Mapped[str] = mapped_column(String(32))
+    language: Mapped[str] = mapped_column(String(8))
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- tickets ------------------------------------------------------------------------------
+
+
+class Ticket(Base):
+    """One report (thông tin) and where it stands in the QĐ 174 procedure."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    category_code: Mapped[str] = mapped_column(ForeignKey("categories.code"))
+    ward_code: Mapped[str] = mapped_column(ForeignKey("wards.code"), index=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    reporter_id: Mapped[int | None] = mapped_column(ForeignKey("reporters.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text)
+    polluter: Mapped[str | None] = mapped_column(Text)
+    # one_off (đột xuất) · recurring (thường xuyên)
+    nature: Mapped[str] = mapped_column(String(16))
+    # urgent (khẩn) · normal
+    urgency: Mapped[str] = mapped_column(String(16))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    location_source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class TicketCounter(Base):
+    """The last sequence number given out per province and month (yymm)."""
+
+    __tablename__ = "ticket_counters"
+
+    province_code: Mapped[str] = mapped_column(String(2), primary_key=True)
+    period: Mapped[str] = mapped_column(String(4), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class Photo(Base):
+    """Evidence: a stored image, addressed by its sha256."""
+
+    __tablename__ = "photos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only trail of what happened to a ticket, by whom."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(20))
+    to_state: Mapped[str | None] = mapped_column(String(20))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- chat runtime -------------------------------------------------------------------------
+
+
+class Conversation(Base):
+    """Dialogue state per (channel, chat); survives restarts and is shared by processes."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    language: Mapped[str] = mapped_column(String(8))
+    reporter_id: Mapped[int | None] = mapped_column(ForeignKey("reporters.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("channel", "chat_id"),)
+
+
+class ProcessedUpdate(Base):
+    """Updates already handled, so a redelivered one is answered and not run again."""
+
+    __tablename__ = "processed_updates"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A message to deliver; delivery state only, never workflow state."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    # pending · sent · failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_outbox_pending", "status", "next_attempt_at"),)

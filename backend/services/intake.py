@@ -1,0 +1,136 @@
+"""Intake (tiếp nhận): a confirmed report becomes a routed ticket with a tracking code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import AuditEvent, Photo, Province, Ticket, TicketCounter, Ward
+from backend.services.reporters import set_phone
+from backend.services.routing import route
+from backend.services.upsert import insert_for
+from backend.timeutil import local
+
+# received → classified, in wall-clock hours (DOMAIN.md, deadlines).
+CLASSIFY_WITHIN = {"urgent": timedelta(hours=2), "normal": timedelta(hours=6)}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportDraft:
+    category_code: str
+    ward_code: str
+    lat: float
+    lon: float
+    location_source: str
+    description: str
+    nature: str
+    polluter: str | None = None
+    phone: str | None = None
+    photos: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    ticket_id: int
+    code: str
+    unit_name: str
+    ward_name: str
+    province_name: str
+    urgency: str
+    due_at: datetime
+
+
+def suggest_urgency(nature: str) -> str:
+    """Điều 6: a sudden one-off event is urgent; a recurring one within a commune is normal."""
+    return "urgent" if nature == "one_off" else "normal"
+
+
+async def next_code(session: AsyncSession, province_code: str, now: datetime) -> str:
+    """`<province>-<yymm>-<seq>`, the sequence restarting each month per province."""
+    period = local(now).strftime("%y%m")
+    stmt = insert_for(session, TicketCounter).values(
+        province_code=province_code, period=period, value=1
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["province_code", "period"],
+        set_={"value": TicketCounter.value + 1},
+    ).returning(TicketCounter.value)
+    seq = (await session.execute(stmt)).scalar_one()
+    return f"{province_code}-{period}-{seq:05d}"
+
+
+async def submit_report(
+    session: AsyncSession,
+    draft: ReportDraft,
+    *,
+    reporter_id: int | None,
+    channel: str,
+    now: datetime,
+) -> Submitted:
+    """Store the ticket, route it, give it a code and start the classification clock."""
+    ward = await session.get(Ward, draft.ward_code)
+    if ward is None:
+        raise LookupError(f"unknown ward {draft.ward_code}")
+    province = await session.get(Province, ward.province_code)
+    assert province is not None
+    unit = await route(session, draft.category_code, ward.code)
+    urgency = suggest_urgency(draft.nature)
+    due_at = now + CLASSIFY_WITHIN[urgency]
+    ticket = Ticket(
+        code=await next_code(session, ward.province_code, now),
+        state="received",
+        category_code=draft.category_code,
+        ward_code=ward.code,
+        unit_id=unit.id,
+        reporter_id=reporter_id,
+        channel=channel,
+        description=draft.description,
+        polluter=draft.polluter,
+        nature=draft.nature,
+        urgency=urgency,
+        lat=draft.lat,
+        lon=draft.lon,
+        location_source=draft.location_source,
+        created_at=now,
+        updated_at=now,
+        due_at=due_at,
+    )
+    session.add(ticket)
+    await session.flush()
+    for p in draft.photos:
+        session.add(
+            Photo(
+                ticket_id=ticket.id,
+                sha256=p["sha256"],
+                content_type=p["content_type"],
+                width=p["width"],
+                height=p["height"],
+                size_bytes=p["size_bytes"],
+                created_at=now,
+            )
+        )
+    session.add(
+        AuditEvent(
+            ticket_id=ticket.id,
+            actor="reporter" if reporter_id is not None else "system",
+            action="submit",
+            from_state=None,
+            to_state="received",
+            note=f"{channel}; {len(draft.photos)} photo(s)",
+            created_at=now,
+        )
+    )
+    if reporter_id is not None:
+        await set_phone(session, reporter_id, draft.phone)
+    return Submitted(
+        ticket_id=ticket.id,
+        code=ticket.code,
+        unit_name=unit.name,
+        ward_name=ward.name,
+        province_name=province.short_name,
+        urgency=urgency,
+        due_at=due_at,
+    )

@@ -1,0 +1,67 @@
+"""Reading tickets for their reporters: public status and the reporter's own list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import Category, Ticket, Unit, Ward
+
+
+@dataclass(frozen=True, slots=True)
+class TicketStatus:
+    code: str
+    state: str
+    unit_name: str
+    ward_name: str
+    updated_at: datetime
+    created_at: datetime
+    reporter_id: int | None
+    category_vi: str
+    category_en: str
+    description: str
+
+
+def _status_query():  # type: ignore[no-untyped-def]
+    return (
+        select(Ticket, Unit.name, Ward.name, Category.name_vi, Category.name_en)
+        .join(Unit, Ticket.unit_id == Unit.id)
+        .join(Ward, Ticket.ward_code == Ward.code)
+        .join(Category, Ticket.category_code == Category.code)
+    )
+
+
+def _to_status(row: tuple[Ticket, str, str, str, str]) -> TicketStatus:
+    t, unit_name, ward_name, cat_vi, cat_en = row
+    return TicketStatus(
+        code=t.code,
+        state=t.state,
+        unit_name=unit_name,
+        ward_name=ward_name,
+        updated_at=t.updated_at,
+        created_at=t.created_at,
+        reporter_id=t.reporter_id,
+        category_vi=cat_vi,
+        category_en=cat_en,
+        description=t.description,
+    )
+
+
+async def status_by_code(session: AsyncSession, code: str) -> TicketStatus | None:
+    row = (await session.execute(_status_query().where(Ticket.code == code))).first()
+    return None if row is None else _to_status(row.tuple())
+
+
+async def tickets_of_reporter(
+    session: AsyncSession, reporter_id: int, limit: int = 10
+) -> list[TicketStatus]:
+    rows = await session.execute(
+        _status_query()
+        .where(Ticket.reporter_id == reporter_id)
+        .order_by(Ticket.created_at.desc(), Ticket.id.desc())
+        .limit(limit)
+    )
+    return [_to_status(r) for r in rows.tuples()]

@@ -1,0 +1,245 @@
+"""Administrative units (34 provinces, 3,321 wards) and the handling units over them."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.geo import haversine_km
+from backend.models import Province, Unit, Ward
+from backend.services.upsert import upsert
+from backend.text import search_key
+
+MINISTRY_CODE = "MOAE"
+MINISTRY_NAME = "Bộ Nông nghiệp và Môi trường"
+
+
+def ward_unit_code(ward_code: str) -> str:
+    return f"W{ward_code}"
+
+
+def province_unit_code(province_code: str) -> str:
+    """The provincial department of agriculture and environment (Sở NN&MT)."""
+    return f"P{province_code}"
+
+
+def police_unit_code(province_code: str) -> str:
+    return f"C{province_code}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    provinces: int
+    wards: int
+    units: int
+
+
+def _dataset() -> list[dict[str, object]]:
+    # Only the packaged SQLite dataset is read: the converter can go online.
+    from vietnamadminunits.database import get_data
+
+    fields = [
+        "provinceCode",
+        "province",
+        "provinceShort",
+        "provinceLat",
+        "provinceLon",
+        "wardCode",
+        "ward",
+        "wardShort",
+        "wardType",
+        "wardLat",
+        "wardLon",
+        "wardAreaKm2",
+    ]
+    rows: list[dict[str, object]] = get_data(fields)
+    return rows
+
+
+def _province_kind(name: str) -> str:
+    return "thành phố" if name.startswith("Thành phố") else "tỉnh"
+
+
+async def import_units(session: AsyncSession) -> ImportCounts:
+    """Load or refresh provinces, wards and their handling units. Idempotent."""
+    rows = _dataset()
+    provinces: dict[str, dict[str, object]] = {}
+    wards: list[dict[str, object]] = []
+    for r in rows:
+        pcode = str(r["provinceCode"]).zfill(2)
+        provinces[pcode] = {
+            "code": pcode,
+            "name": r["province"],
+            "short_name": r["provinceShort"],
+            "lat": r["provinceLat"],
+            "lon": r["provinceLon"],
+        }
+        wards.append(
+            {
+                "code": str(r["wardCode"]).zfill(5),
+                "province_code": pcode,
+                "name": r["ward"],
+                "short_name": r["wardShort"],
+                "kind": r["wardType"],
+                "lat": r["wardLat"],
+                "lon": r["wardLon"],
+                "area_km2": r["wardAreaKm2"],
+                "search_key": search_key(str(r["ward"])),
+            }
+        )
+    units: list[dict[str, object]] = [
+        {
+            "code": MINISTRY_CODE,
+            "kind": "ministry",
+            "name": MINISTRY_NAME,
+            "province_code": None,
+            "ward_code": None,
+        }
+    ]
+    for p in provinces.values():
+        short, name = str(p["short_name"]), str(p["name"])
+        units.append(
+            {
+                "code": province_unit_code(str(p["code"])),
+                "kind": "province_department",
+                "name": f"Sở Nông nghiệp và Môi trường {short}",
+                "province_code": p["code"],
+                "ward_code": None,
+            }
+        )
+        units.append(
+            {
+                "code": police_unit_code(str(p["code"])),
+                "kind": "police",
+                "name": f"Công an {_province_kind(name)} {short}",
+                "province_code": p["code"],
+                "ward_code": None,
+            }
+        )
+    for w in wards:
+        units.append(
+            {
+                "code": ward_unit_code(str(w["code"])),
+                "kind": "ward_committee",
+                "name": f"UBND {w['name']}",
+                "province_code": w["province_code"],
+                "ward_code": w["code"],
+            }
+        )
+    await upsert(session, Province, list(provinces.values()), ["code"])
+    await upsert(session, Ward, wards, ["code"])
+    await upsert(session, Unit, units, ["code"])
+    return ImportCounts(len(provinces), len(wards), len(units))
+
+
+async def count_wards(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Ward)) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class WardInfo:
+    code: str
+    name: str
+    province_code: str
+    province_name: str
+    lat: float
+    lon: float
+    # Radius of a disc with the ward's area, km.
+    radius_km: float
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.province_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyWard:
+    ward: WardInfo
+    distance_km: float
+
+
+class WardIndex:
+    """The ward centroids in memory: nearest wards and name look-ups without a query."""
+
+    # A point farther than this from every centroid (and than twice the ward's radius)
+    # is taken to be outside Vietnam.
+    MIN_REACH_KM = 15.0
+
+    def __init__(self, wards: Iterable[WardInfo]) -> None:
+        self._wards = list(wards)
+        self._by_code = {w.code: w for w in self._wards}
+
+    @classmethod
+    async def load(cls, session: AsyncSession) -> WardIndex:
+        rows = await session.execute(
+            select(Ward, Province.short_name).join(Province, Ward.province_code == Province.code)
+        )
+        return cls(
+            WardInfo(
+                code=w.code,
+                name=w.name,
+                province_code=w.province_code,
+                province_name=pname,
+                lat=w.lat,
+                lon=w.lon,
+                radius_km=math.sqrt((w.area_km2 or 0.0) / math.pi),
+                key=w.search_key,
+            )
+            for w, pname in rows.tuples()
+        )
+
+    def __len__(self) -> int:
+        return len(self._wards)
+
+    def get(self, code: str) -> WardInfo | None:
+        return self._by_code.get(code)
+
+    def nearest(self, lat: float, lon: float, k: int = 3) -> list[NearbyWard]:
+        """The k wards whose centroids are closest to the point."""
+        kx = math.cos(math.radians(lat))
+        # Rank by a flat-earth distance (monotonic at this scale), then measure properly.
+        best = heapq.nsmallest(
+            k,
+            self._wards,
+            key=lambda w: (w.lat - lat) ** 2 + ((w.lon - lon) * kx) ** 2,
+        )
+        return [NearbyWard(w, haversine_km(lat, lon, w.lat, w.lon)) for w in best]
+
+    def covers(self, lat: float, lon: float) -> bool:
+        """Whether the point is plausibly inside Vietnam (near some ward's centroid)."""
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return False
+        nearest = self.nearest(lat, lon, k=1)
+        if not nearest:
+            return False
+        near = nearest[0]
+        return near.distance_km <= max(self.MIN_REACH_KM, 2 * near.ward.radius_km)
+
+    def search(self, text: str, near: tuple[float, float] | None = None, limit: int = 5) -> list[WardInfo]:
+        """Wards whose name matches typed text, tone marks and spacing ignored.
+
+        Exact names first, then names containing the text; ties go to the ward nearest
+        to `near` when given.
+        """
+        key = search_key(text)
+        if len(key) < 2:
+            return []
+        exact: list[WardInfo] = []
+        partial: list[WardInfo] = []
+        for w in self._wards:
+            short_key = w.key.removeprefix("phuong").removeprefix("xa").removeprefix("dackhu")
+            if key in (w.key, short_key):
+                exact.append(w)
+            elif key in w.key:
+                partial.append(w)
+
+        def rank(w: WardInfo) -> float:
+            return 0.0 if near is None else haversine_km(near[0], near[1], w.lat, w.lon)
+
+        return (sorted(exact, key=rank) + sorted(partial, key=rank))[:limit]

@@ -1,0 +1,20 @@
+"""Text helpers for Vietnamese names: tone-free keys for matching typed input."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def fold(text: str) -> str:
+    """Lower-case text without tone marks, with đ as d ("Bỉm Sơn" → "bim son")."""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return stripped.lower()
+
+
+def search_key(text: str) -> str:
+    """fold() without spaces or punctuation ("Phường Bỉm Sơn" → "phuongbimson")."""
+    return _NON_ALNUM.sub("", fold(text))

@@ -1,0 +1,40 @@
+"""The aiohttp application factory: settings, database resources, health check."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.db import create_engine, session_factory
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    engine = create_engine(app[SETTINGS].database_url)
+    app[ENGINE] = engine
+    app[SESSIONS] = session_factory(engine)
+    yield
+    await engine.dispose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and database reachability."""
+    async with request.app[SESSIONS]() as session:
+        await session.execute(text("SELECT 1"))
+    return web.json_response({"status": "ok"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The web app without chat channels; the composition root mounts those."""
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_database)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,1 @@
+"""Channel adapters and the conversation runtime (dispatcher, outbox)."""

@@ -1,0 +1,72 @@
+"""Mounts the chat runtime on the web app: dispatcher, outbox worker, channels."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from backend.services.units import WardIndex
+from backend.web.app import SESSIONS, SETTINGS
+from bot.dispatcher import Dispatcher
+from bot.outbox import OutboxWorker
+from bot.telegram import WEBHOOK_PATH, TelegramChannel
+from handlers.events import Capabilities
+from handlers.turn import Services
+
+log = logging.getLogger(__name__)
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+OUTBOX = web.AppKey("outbox", OutboxWorker)
+TELEGRAM = web.AppKey("telegram", TelegramChannel)
+
+
+async def _telegram_webhook(request: web.Request) -> web.Response:
+    return await request.app[TELEGRAM].webhook(request)
+
+
+async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    sessions = app[SESSIONS]
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    if not len(wards):
+        log.warning("no wards in the database: run `hotline import-units`")
+    capabilities: dict[str, Capabilities] = {}
+    outbox = OutboxWorker(
+        sessions,
+        max_attempts=settings.outbox_max_attempts,
+        poll_interval=settings.outbox_poll_interval,
+    )
+    dispatcher = Dispatcher(sessions, Services(wards=wards), capabilities, on_commit=outbox.wake)
+    app[DISPATCHER] = dispatcher
+    app[OUTBOX] = outbox
+    telegram: TelegramChannel | None = None
+    if settings.telegram_token is None:
+        log.warning("no HOTLINE_TELEGRAM_TOKEN: Telegram is off")
+    else:
+        telegram = TelegramChannel(settings, dispatcher)
+        capabilities[telegram.name] = telegram.capabilities
+        outbox.add_sender(telegram)
+        app[TELEGRAM] = telegram
+    dispatcher.start()
+    if settings.outbox_enabled:
+        outbox.start()
+    if telegram is not None:
+        await telegram.start()
+    try:
+        yield
+    finally:
+        if telegram is not None:
+            await telegram.stop()
+        await outbox.stop()
+        await dispatcher.stop()
+
+
+def mount_chat(app: web.Application) -> None:
+    """Add the chat runtime (and the Telegram webhook route when configured) to app."""
+    settings = app[SETTINGS]
+    if settings.telegram_token is not None and settings.telegram_mode == "webhook":
+        app.router.add_post(WEBHOOK_PATH, _telegram_webhook)
+    app.cleanup_ctx.append(_chat_runtime)

@@ -1,0 +1,291 @@
+"""Telegram: python-telegram-bot as transport and typed API, webhook route and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from telegram import (
+    Bot,
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    Update,
+)
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.request import HTTPXRequest
+
+from backend.config import Settings
+from backend.services.photos import NotAnImage, TooLarge, find_media, store_image
+from bot.dispatcher import Dispatcher
+from bot.outbox import PermanentError, RetryLater, TransientError
+from handlers.events import (
+    Ack,
+    Capabilities,
+    Incoming,
+    MediaError,
+    MediaRef,
+    Outgoing,
+    Reply,
+)
+from handlers.i18n import translate
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_PATH = "/telegram/webhook"
+COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
+ALLOWED_UPDATES = ("message", "callback_query")
+
+
+def _seconds(value: int | float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class TelegramChannel:
+    """Turns Telegram updates into Incoming events and renders Replies for Telegram."""
+
+    name = CHANNEL
+    capabilities = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        if settings.telegram_token is None:
+            raise ValueError("TelegramChannel needs HOTLINE_TELEGRAM_TOKEN")
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._secret = settings.webhook_secret().encode()
+        api = settings.telegram_api_url.rstrip("/")
+        self.bot = Bot(
+            settings.telegram_token.get_secret_value(),
+            base_url=f"{api}/bot",
+            base_file_url=f"{api}/file/bot",
+            request=HTTPXRequest(connection_pool_size=64, read_timeout=20, media_write_timeout=60),
+            get_updates_request=HTTPXRequest(
+                connection_pool_size=2, read_timeout=settings.telegram_poll_timeout + 15
+            ),
+        )
+        self.rate_global = settings.telegram_rate_global
+        self.rate_per_chat = settings.telegram_rate_per_chat
+        self._polling: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bot.initialize()
+        for language in ("vi", "en"):
+            await self.bot.set_my_commands(
+                [BotCommand(c, translate(language, f"command.{c}")) for c in COMMANDS],
+                language_code=None if language == "vi" else language,
+            )
+        if self._settings.telegram_mode == "webhook":
+            if not self._settings.public_url:
+                raise ValueError("webhook mode needs HOTLINE_PUBLIC_URL")
+            await self.bot.set_webhook(
+                url=self._settings.public_url.rstrip("/") + WEBHOOK_PATH,
+                secret_token=self._secret.decode(),
+                allowed_updates=list(ALLOWED_UPDATES),
+            )
+            log.info("Telegram webhook set")
+        else:
+            await self.bot.delete_webhook()
+            self._polling = asyncio.create_task(self._poll(), name="telegram-polling")
+            log.info("Telegram polling started")
+
+    async def stop(self) -> None:
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
+            self._polling = None
+        await self.bot.shutdown()
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """POST /telegram/webhook: check the secret, persist the update, then answer 200."""
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, self._secret):
+            return web.Response(status=401, text="bad secret token")
+        try:
+            data = await request.json()
+            update = Update.de_json(data, self.bot)
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="not an update")
+        incoming = await self.to_incoming(update)
+        if incoming is not None:
+            await self._dispatcher.submit(incoming)
+        return web.Response(text="ok")
+
+    async def _poll(self) -> None:
+        offset: int | None = None
+        failures = 0
+        while True:
+            try:
+                updates = await self.bot.get_updates(
+                    offset=offset,
+                    timeout=self._settings.telegram_poll_timeout,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                )
+                failures = 0
+            except TimedOut:
+                continue
+            except RetryAfter as exc:
+                await asyncio.sleep(_seconds(exc.retry_after))
+                continue
+            except TelegramError as exc:
+                failures += 1
+                log.warning("getUpdates failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            if not updates:
+                continue
+            events = [await self.to_incoming(u) for u in updates]
+            # Submit all, then wait: the dispatcher commits them as one batch, in order.
+            await asyncio.gather(*(self._dispatcher.submit(e) for e in events if e is not None))
+            offset = updates[-1].update_id + 1
+
+    async def to_incoming(self, update: Update) -> Incoming | None:
+        """The neutral event for an update, or None for what the dialogue does not take."""
+        uid = str(update.update_id)
+        query = update.callback_query
+        if query is not None:
+            chat = query.message.chat.id if query.message is not None else query.from_user.id
+            return Incoming(
+                channel=CHANNEL,
+                chat_id=str(chat),
+                update_id=uid,
+                kind="button",
+                button=query.data,
+                callback_id=query.id,
+                language=query.from_user.language_code,
+            )
+        msg = update.message
+        if msg is None or msg.chat.type != "private":
+            return None
+        base: dict[str, Any] = {
+            "channel": CHANNEL,
+            "chat_id": str(msg.chat.id),
+            "update_id": uid,
+            "language": msg.from_user.language_code if msg.from_user else None,
+        }
+        if msg.text is not None:
+            if msg.text.startswith("/"):
+                head, _, args = msg.text[1:].partition(" ")
+                command = head.split("@", 1)[0].lower()
+                return Incoming(kind="command", command=command, args=args, text=msg.text, **base)
+            return Incoming(kind="text", text=msg.text, **base)
+        point = msg.venue.location if msg.venue is not None else msg.location
+        if point is not None:
+            return Incoming(kind="location", location=(point.latitude, point.longitude), **base)
+        if msg.contact is not None:
+            return Incoming(kind="contact", phone=msg.contact.phone_number, **base)
+        if msg.photo or msg.document is not None:
+            media, error = await self._fetch_media(msg)
+            return Incoming(
+                kind="photo",
+                media=media,
+                media_error=error,
+                media_group=msg.media_group_id,
+                **base,
+            )
+        return Incoming(kind="other", **base)
+
+    async def _fetch_media(self, msg: Message) -> tuple[MediaRef | None, MediaError | None]:
+        """Download an image with getFile and store it, before the dialogue sees it."""
+        limit = self._settings.max_photo_bytes
+        if msg.photo:
+            file_id, size = msg.photo[-1].file_id, msg.photo[-1].file_size
+        else:
+            assert msg.document is not None
+            file_id, size = msg.document.file_id, msg.document.file_size
+        if size is not None and size > limit:
+            return None, "too_large"
+        try:
+            tg_file = await self.bot.get_file(file_id)
+            if tg_file.file_size is not None and tg_file.file_size > limit:
+                return None, "too_large"
+            data = bytes(await tg_file.download_as_bytearray())
+        except TelegramError as exc:
+            log.warning("photo download failed: %s", type(exc).__name__)
+            return None, "download_failed"
+        try:
+            stored = await asyncio.to_thread(store_image, self._settings.media_dir, data, limit)
+        except TooLarge:
+            return None, "too_large"
+        except NotAnImage:
+            return None, "not_image"
+        return (
+            MediaRef(
+                sha256=stored.sha256,
+                content_type=stored.content_type,
+                width=stored.width,
+                height=stored.height,
+                size_bytes=stored.size_bytes,
+            ),
+            None,
+        )
+
+    # --- sending -----------------------------------------------------------------------------
+
+    @staticmethod
+    def markup(
+        reply: Reply,
+    ) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
+        if reply.request is not None:
+            label = reply.request_label or reply.request
+            first = KeyboardButton(
+                label,
+                request_location=reply.request == "location",
+                request_contact=reply.request == "contact",
+            )
+            # Other options become keyboard buttons; they come back as text and are
+            # matched against the step's options by label.
+            rows = [[first], *[[KeyboardButton(b.label) for b in row] for row in reply.buttons]]
+            return ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=True)
+        if reply.buttons:
+            return InlineKeyboardMarkup(
+                [[InlineKeyboardButton(b.label, callback_data=b.data) for b in row]]
+                for row in reply.buttons
+            )
+        if reply.remove_keyboard:
+            return ReplyKeyboardRemove()
+        return None
+
+    async def deliver(self, chat_id: str, message: Outgoing) -> None:
+        try:
+            if isinstance(message, Ack):
+                await self.bot.answer_callback_query(message.callback_id, text=message.text)
+            elif message.photo_sha256 is not None:
+                path = find_media(self._settings.media_dir, message.photo_sha256)
+                if path is None:
+                    raise PermanentError("photo no longer stored")
+                with path.open("rb") as photo:
+                    await self.bot.send_photo(
+                        chat_id, photo, caption=message.text[:1024], reply_markup=self.markup(message)
+                    )
+            else:
+                await self.bot.send_message(chat_id, message.text, reply_markup=self.markup(message))
+        except RetryAfter as exc:
+            raise RetryLater(_seconds(exc.retry_after)) from exc
+        except (Forbidden, BadRequest, InvalidToken) as exc:
+            raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
+        except (TimedOut, NetworkError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc.message}") from exc
+
+

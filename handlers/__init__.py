@@ -1,0 +1,1 @@
+"""The dialogue with residents. Knows no chat platform: speaks Incoming and Reply."""

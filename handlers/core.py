@@ -1,0 +1,84 @@
+"""The dialogue's entry point: one Incoming event in, state changed and replies out."""
+
+from __future__ import annotations
+
+from handlers.events import Incoming
+from handlers.i18n import LANGUAGES
+from handlers.report import STEPS, Step, begin
+from handlers.status import show_mine, show_status
+from handlers.text_match import match_option
+from handlers.turn import Turn
+
+
+def remind(turn: Turn, problem: str | None = None) -> None:
+    """Say what went wrong (if anything), then ask for the current step again."""
+    if problem is not None:
+        turn.say(problem)
+    STEPS[turn.state].prompt(turn)
+
+
+async def _command(turn: Turn, event: Incoming) -> None:
+    command = event.command or ""
+    if command == "start":
+        await begin(turn)
+    elif command == "help":
+        turn.say("help.commands")
+        STEPS[turn.state].prompt(turn)
+    elif command == "cancel":
+        had_draft = turn.state != "idle"
+        turn.reset()
+        turn.say("cancel.done" if had_draft else "cancel.nothing", remove_keyboard=True)
+    elif command == "lang":
+        language = event.args.strip().lower()
+        if language not in LANGUAGES:
+            turn.say("lang.usage")
+            return
+        turn.conv.language = language
+        turn.say("lang.set")
+        STEPS[turn.state].prompt(turn)
+    elif command == "status":
+        await show_status(turn, event.args)
+    elif command == "my":
+        await show_mine(turn)
+    elif command == "skip" and turn.state == "photos":
+        await STEPS["photos"].choose(turn, "skip")
+    else:
+        remind(turn, "unknown_command")
+
+
+async def _button(turn: Turn, step: Step, event: Incoming) -> None:
+    state, _, value = (event.button or "").partition("|")
+    allowed = {b.data for b in step.options(turn)}
+    if state != turn.state or f"{state}|{value}" not in allowed:
+        # A button from an earlier message, or data nobody offered: change nothing.
+        turn.ack(event.callback_id, "button.stale")
+        remind(turn, "button.stale")
+        return
+    turn.ack(event.callback_id)
+    await step.choose(turn, value)
+
+
+async def step(turn: Turn, event: Incoming) -> None:
+    """Handle one event for the chat in turn; unexpected input gets the current step's help."""
+    current = STEPS[turn.state]
+    if event.kind == "command":
+        await _command(turn, event)
+        return
+    if event.kind == "button":
+        await _button(turn, current, event)
+        return
+    handled = False
+    if event.kind == "text" and event.text is not None:
+        chosen = match_option(event.text, current.options(turn))
+        if chosen is not None:
+            handled = await current.choose(turn, chosen.data.partition("|")[2])
+        else:
+            handled = await current.text(turn, event.text)
+    elif event.kind == "photo":
+        handled = await current.photo(turn, event)
+    elif event.kind == "location" and event.location is not None:
+        handled = await current.location(turn, *event.location, source="gps")
+    elif event.kind == "contact" and event.phone is not None:
+        handled = await current.contact(turn, event.phone)
+    if not handled:
+        remind(turn, f"unexpected.{turn.state}" if turn.state != "idle" else None)

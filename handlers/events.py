@@ -1,0 +1,112 @@
+"""Neutral events and replies shared by the conversation core and the channel adapters.
+
+They live beside the dialogue (not in bot/) so that dependencies point one way:
+bot → handlers → backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EventKind = Literal["text", "command", "photo", "location", "button", "contact", "other"]
+MediaError = Literal["not_image", "too_large", "download_failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a channel can show; the dialogue picks its prompts from these."""
+
+    inline_buttons: bool = True
+    request_location: bool = False
+    request_contact: bool = False
+    max_button_label: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    """An image the adapter fetched and stored before the update reached the dialogue."""
+
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One thing a resident did in a chat, whatever the platform."""
+
+    channel: str
+    chat_id: str
+    update_id: str
+    kind: EventKind
+    text: str | None = None
+    command: str | None = None
+    args: str = ""
+    location: tuple[float, float] | None = None
+    button: str | None = None
+    callback_id: str | None = None
+    media: MediaRef | None = None
+    media_error: MediaError | None = None
+    media_group: str | None = None
+    phone: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    label: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A message to show. `request` asks the platform for a location or contact share."""
+
+    text: str
+    buttons: tuple[tuple[Button, ...], ...] = ()
+    request: Literal["location", "contact"] | None = None
+    request_label: str | None = None
+    remove_keyboard: bool = False
+    photo_sha256: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"type": "reply", **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answers a button press so the platform stops its spinner."""
+
+    callback_id: str
+    text: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"type": "ack", **asdict(self)}
+
+
+Outgoing = Reply | Ack
+
+
+def outgoing_from_payload(payload: dict[str, Any]) -> Outgoing:
+    """Rebuild a Reply or Ack stored in the outbox."""
+    data = dict(payload)
+    kind = data.pop("type")
+    if kind == "ack":
+        return Ack(**data)
+    buttons = tuple(
+        tuple(Button(label=b["label"], data=b["data"]) for b in row) for row in data.pop("buttons")
+    )
+    return Reply(buttons=buttons, **data)
+
+
+@dataclass(slots=True)
+class ConversationState:
+    """Where a chat stands in the dialogue, loaded from and saved to the database."""
+
+    state: str
+    language: str
+    data: dict[str, Any] = field(default_factory=dict)
+    reporter_id: int | None = None

@@ -1,0 +1,480 @@
+"""The report flow: consent → photos → place → ward → category → words → confirm."""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+from backend.services.categories import CATEGORIES
+from backend.services.intake import ReportDraft, submit_report
+from backend.services.reporters import has_consent, record_consent, reporter_for_chat
+from backend.timeutil import format_local
+from handlers.events import Button, Incoming
+from handlers.turn import Turn
+
+MAX_PHOTOS = 5
+MAX_DESCRIPTION = 2000
+MAX_POLLUTER = 200
+_LATLON = re.compile(r"^\s*(-?\d{1,2}(?:\.\d+)?)\s*[,;\s]\s*(-?\d{1,3}(?:\.\d+)?)\s*$")
+NATURES = ("one_off", "recurring")
+EDITABLE = ("photos", "location", "category", "description", "polluter", "nature", "contact")
+
+
+def parse_latlon(text: str) -> tuple[float, float] | None:
+    """'20.0740, 105.9120' → (20.074, 105.912); None when it is not a coordinate pair."""
+    m = _LATLON.match(text)
+    if m is None:
+        return None
+    lat, lon = float(m.group(1)), float(m.group(2))
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return lat, lon
+
+
+def normalise_phone(text: str) -> str | None:
+    """A valid Vietnamese number in E.164 form, or None."""
+    try:
+        number = phonenumbers.parse(text.strip(), "VN")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number) or phonenumbers.region_code_for_number(
+        number
+    ) != "VN":
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def category_name(turn: Turn, code: str) -> str:
+    for c in CATEGORIES:
+        if c.code == code:
+            return c.name_en if turn.conv.language == "en" else c.name_vi
+    return code
+
+
+class Step:
+    """One step of the flow. A handler returns False when the input does not fit."""
+
+    name = ""
+
+    def options(self, turn: Turn) -> list[Button]:
+        return []
+
+    def prompt(self, turn: Turn) -> None:
+        raise NotImplementedError
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        return False
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        return False
+
+    async def photo(self, turn: Turn, event: Incoming) -> bool:
+        return False
+
+    async def location(self, turn: Turn, lat: float, lon: float, source: str) -> bool:
+        return False
+
+    async def contact(self, turn: Turn, phone: str) -> bool:
+        return False
+
+    def button(self, turn: Turn, value: str, key: str, **params: object) -> Button:
+        return Button(turn.t(key, **params), f"{self.name}|{value}")
+
+
+async def advance(turn: Turn, next_state: str) -> None:
+    """Go to next_state, or back to the summary when the reporter was editing one field."""
+    if turn.data.get("editing"):
+        turn.data.pop("editing")
+        next_state = "summary"
+    turn.goto(next_state)
+    STEPS[next_state].prompt(turn)
+
+
+async def begin(turn: Turn) -> None:
+    """/start: consent first unless given for the current text version, then photos."""
+    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    turn.conv.reporter_id = reporter.id
+    turn.reset("consent")
+    turn.say("start.welcome", remove_keyboard=True)
+    if await has_consent(turn.session, reporter.id):
+        turn.goto("photos")
+    STEPS[turn.state].prompt(turn)
+
+
+class Consent(Step):
+    name = "consent"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [self.button(turn, "yes", "consent.yes"), self.button(turn, "no", "consent.no")]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("consent.text", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        if value == "no":
+            turn.reset()
+            turn.say("consent.declined")
+            return True
+        assert turn.conv.reporter_id is not None
+        await record_consent(turn.session, turn.conv.reporter_id, turn.conv.language)
+        turn.say("consent.thanks")
+        await advance(turn, "photos")
+        return True
+
+
+class Photos(Step):
+    name = "photos"
+
+    def options(self, turn: Turn) -> list[Button]:
+        if turn.data.get("photos"):
+            return [self.button(turn, "done", "photos.done")]
+        return [self.button(turn, "skip", "photos.skip")]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.data["photos"] = []
+        turn.data["media_groups"] = []
+        turn.say("photos.ask", buttons=self.options(turn), max=MAX_PHOTOS)
+
+    async def photo(self, turn: Turn, event: Incoming) -> bool:
+        if event.media_error is not None:
+            turn.say(f"photos.error.{event.media_error}")
+            return True
+        if event.media is None:
+            return False
+        photos: list[dict[str, object]] = turn.data.setdefault("photos", [])
+        groups: list[str] = turn.data.setdefault("media_groups", [])
+        # An album arrives as one update per photo: answer its first photo only.
+        quiet = event.media_group is not None and event.media_group in groups
+        if event.media_group is not None and not quiet:
+            groups.append(event.media_group)
+        if len(photos) >= MAX_PHOTOS:
+            if not quiet:
+                turn.say("photos.full", max=MAX_PHOTOS)
+            return True
+        if all(p["sha256"] != event.media.sha256 for p in photos):
+            m = event.media
+            photos.append(
+                {
+                    "sha256": m.sha256,
+                    "content_type": m.content_type,
+                    "width": m.width,
+                    "height": m.height,
+                    "size_bytes": m.size_bytes,
+                }
+            )
+        if len(photos) >= MAX_PHOTOS:
+            if not quiet:
+                turn.say("photos.full", max=MAX_PHOTOS)
+            await advance(turn, "location")
+        elif not quiet:
+            turn.say("photos.received", buttons=self.options(turn), max=MAX_PHOTOS)
+        return True
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        if value == "skip":
+            turn.say("photos.skipped")
+        await advance(turn, "location")
+        return True
+
+
+class Location(Step):
+    name = "location"
+
+    def prompt(self, turn: Turn) -> None:
+        if turn.caps.request_location:
+            turn.say(
+                "location.ask_button",
+                request="location",
+                request_label=turn.t("location.button"),
+            )
+        else:
+            turn.say("location.ask")
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        point = parse_latlon(text)
+        if point is None:
+            turn.say("location.not_understood")
+            self.prompt(turn)
+            return True
+        return await self.location(turn, point[0], point[1], "typed")
+
+    async def location(self, turn: Turn, lat: float, lon: float, source: str) -> bool:
+        wards = turn.services.wards
+        if not wards.covers(lat, lon):
+            turn.say("location.outside_vietnam")
+            self.prompt(turn)
+            return True
+        nearest = wards.nearest(lat, lon, k=3)
+        turn.goto(
+            "location",
+            lat=lat,
+            lon=lon,
+            location_source=source,
+            ward_candidates=[n.ward.code for n in nearest],
+        )
+        turn.say("location.received", lat=f"{lat:.5f}", lon=f"{lon:.5f}", remove_keyboard=True)
+        # Choosing the ward is part of giving the place, even when editing it.
+        turn.goto("ward")
+        STEPS["ward"].prompt(turn)
+        return True
+
+
+class WardChoice(Step):
+    name = "ward"
+
+    def options(self, turn: Turn) -> list[Button]:
+        wards = turn.services.wards
+        buttons = []
+        for code in turn.data.get("ward_candidates", []):
+            info = wards.get(code)
+            if info is not None:
+                buttons.append(Button(info.label, f"{self.name}|{code}"))
+        return buttons
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("ward.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        turn.data["ward_code"] = value
+        info = turn.services.wards.get(value)
+        assert info is not None
+        turn.say("ward.chosen", ward=info.label)
+        await advance(turn, "category")
+        return True
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        near = (turn.data["lat"], turn.data["lon"])
+        found = turn.services.wards.search(text, near=near)
+        if not found:
+            turn.say("ward.not_found", text=text[:100])
+            self.prompt(turn)
+            return True
+        turn.data["ward_candidates"] = [w.code for w in found]
+        if len(found) == 1:
+            return await self.choose(turn, found[0].code)
+        self.prompt(turn)
+        return True
+
+
+class CategoryChoice(Step):
+    name = "category"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [Button(category_name(turn, c.code), f"{self.name}|{c.code}") for c in CATEGORIES]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("category.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        turn.data["category"] = value
+        await advance(turn, "description")
+        return True
+
+
+class Description(Step):
+    name = "description"
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("description.ask", max=MAX_DESCRIPTION)
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        text = text.strip()
+        if not text:
+            turn.say("description.empty")
+        elif len(text) > MAX_DESCRIPTION:
+            turn.say("description.too_long", max=MAX_DESCRIPTION, length=len(text))
+        else:
+            turn.data["description"] = text
+            await advance(turn, "polluter")
+        return True
+
+
+class Polluter(Step):
+    name = "polluter"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [self.button(turn, "skip", "polluter.skip")]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("polluter.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        turn.data["polluter"] = None
+        await advance(turn, "nature")
+        return True
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        text = text.strip()
+        if not text or len(text) > MAX_POLLUTER:
+            turn.say("polluter.invalid", max=MAX_POLLUTER)
+            return True
+        turn.data["polluter"] = text
+        await advance(turn, "nature")
+        return True
+
+
+class Nature(Step):
+    name = "nature"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [self.button(turn, n, f"nature.{n}") for n in NATURES]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("nature.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        turn.data["nature"] = value
+        await advance(turn, "contact")
+        return True
+
+
+class Contact(Step):
+    name = "contact"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [self.button(turn, "anonymous", "contact.anonymous")]
+
+    def prompt(self, turn: Turn) -> None:
+        if turn.caps.request_contact:
+            turn.say(
+                "contact.ask_button",
+                buttons=self.options(turn),
+                request="contact",
+                request_label=turn.t("contact.button"),
+            )
+        else:
+            turn.say("contact.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        turn.data["phone"] = None
+        turn.say("contact.anonymous_ok", remove_keyboard=True)
+        await advance(turn, "summary")
+        return True
+
+    async def text(self, turn: Turn, text: str) -> bool:
+        return await self.contact(turn, text)
+
+    async def contact(self, turn: Turn, phone: str) -> bool:
+        normalised = normalise_phone(phone)
+        if normalised is None:
+            turn.say("contact.invalid")
+            self.prompt(turn)
+            return True
+        turn.data["phone"] = normalised
+        turn.say("contact.saved", phone=normalised, remove_keyboard=True)
+        await advance(turn, "summary")
+        return True
+
+
+class Summary(Step):
+    name = "summary"
+
+    def options(self, turn: Turn) -> list[Button]:
+        return [
+            self.button(turn, "confirm", "summary.confirm"),
+            self.button(turn, "edit", "summary.edit"),
+            self.button(turn, "cancel", "summary.cancel"),
+        ]
+
+    def prompt(self, turn: Turn) -> None:
+        d = turn.data
+        ward = turn.services.wards.get(d["ward_code"])
+        turn.say(
+            "summary.text",
+            buttons=self.options(turn),
+            photos=len(d.get("photos", [])),
+            lat=f"{d['lat']:.5f}",
+            lon=f"{d['lon']:.5f}",
+            ward=ward.label if ward else d["ward_code"],
+            category=category_name(turn, d["category"]),
+            description=d["description"],
+            polluter=d.get("polluter") or turn.t("summary.none"),
+            nature=turn.t(f"nature.{d['nature']}"),
+            contact=d.get("phone") or turn.t("contact.anonymous"),
+        )
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        if value == "cancel":
+            turn.reset()
+            turn.say("summary.cancelled")
+        elif value == "edit":
+            turn.goto("edit")
+            STEPS["edit"].prompt(turn)
+        else:
+            await self._submit(turn)
+        return True
+
+    async def _submit(self, turn: Turn) -> None:
+        d = turn.data
+        result = await submit_report(
+            turn.session,
+            ReportDraft(
+                category_code=d["category"],
+                ward_code=d["ward_code"],
+                lat=d["lat"],
+                lon=d["lon"],
+                location_source=d["location_source"],
+                description=d["description"],
+                nature=d["nature"],
+                polluter=d.get("polluter"),
+                phone=d.get("phone"),
+                photos=list(d.get("photos", [])),
+            ),
+            reporter_id=turn.conv.reporter_id,
+            channel=turn.channel,
+            now=turn.services.now(),
+        )
+        turn.reset()
+        turn.say(
+            f"submitted.{result.urgency}",
+            code=result.code,
+            ward=f"{result.ward_name}, {result.province_name}",
+            unit=result.unit_name,
+            due=format_local(result.due_at),
+        )
+
+
+class Edit(Step):
+    name = "edit"
+
+    def options(self, turn: Turn) -> list[Button]:
+        buttons = [self.button(turn, f, f"edit.{f}") for f in EDITABLE]
+        return [*buttons, self.button(turn, "back", "edit.back")]
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("edit.ask", buttons=self.options(turn), columns=2)
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        if value == "back":
+            turn.goto("summary")
+        else:
+            turn.goto(value, editing=True)
+        STEPS[turn.state].prompt(turn)
+        return True
+
+
+class Idle(Step):
+    name = "idle"
+
+    def prompt(self, turn: Turn) -> None:
+        turn.say("idle.help")
+
+
+STEPS: dict[str, Step] = {
+    s.name: s
+    for s in (
+        Idle(),
+        Consent(),
+        Photos(),
+        Location(),
+        WardChoice(),
+        CategoryChoice(),
+        Description(),
+        Polluter(),
+        Nature(),
+        Contact(),
+        Summary(),
+        Edit(),
+    )
+}

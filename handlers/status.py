@@ -1,0 +1,59 @@
+"""/status and /my: what became of a report."""
+
+from __future__ import annotations
+
+from backend.services.reporters import reporter_for_chat
+from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
+from backend.timeutil import format_local
+from handlers.turn import Turn
+
+
+def _state_label(turn: Turn, status: TicketStatus) -> str:
+    return turn.t(f"ticket_state.{status.state}")
+
+
+async def show_status(turn: Turn, code: str) -> None:
+    code = code.strip().upper()
+    if not code:
+        turn.say("status.usage")
+        return
+    status = await status_by_code(turn.session, code)
+    if status is None:
+        turn.say("status.not_found", code=code[:30])
+        return
+    params = {
+        "code": status.code,
+        "state": _state_label(turn, status),
+        "ward": status.ward_name,
+        "unit": status.unit_name,
+        "updated": format_local(status.updated_at),
+    }
+    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    if status.reporter_id is not None and status.reporter_id == reporter.id:
+        turn.say(
+            "status.owner",
+            category=status.category_en if turn.conv.language == "en" else status.category_vi,
+            created=format_local(status.created_at),
+            description=status.description[:300],
+            **params,
+        )
+    else:
+        turn.say("status.public", **params)
+
+
+async def show_mine(turn: Turn) -> None:
+    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    mine = await tickets_of_reporter(turn.session, reporter.id)
+    if not mine:
+        turn.say("my.none")
+        return
+    lines = "\n".join(
+        turn.t(
+            "my.line",
+            code=s.code,
+            state=_state_label(turn, s),
+            created=format_local(s.created_at),
+        )
+        for s in mine
+    )
+    turn.say("my.list", lines=lines)

@@ -1,0 +1,84 @@
+"""What a dialogue step works with: the session, the chat's state, and where replies go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import utcnow
+from backend.services.units import WardIndex
+from handlers.events import Ack, Button, Capabilities, ConversationState, Outgoing, Reply
+from handlers.i18n import translate
+
+
+@dataclass(slots=True)
+class Services:
+    """Long-lived helpers the dialogue needs besides the database."""
+
+    wards: WardIndex
+    now: Callable[[], datetime] = utcnow
+
+
+@dataclass(slots=True)
+class Turn:
+    """One update's worth of dialogue: read state, call services, collect replies."""
+
+    session: AsyncSession
+    conv: ConversationState
+    caps: Capabilities
+    services: Services
+    channel: str
+    chat_id: str
+    out: list[Outgoing] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return self.conv.state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.conv.data
+
+    def t(self, key: str, **params: Any) -> str:
+        return translate(self.conv.language, key, **params)
+
+    def say(
+        self,
+        key: str,
+        *,
+        buttons: Sequence[Button] = (),
+        columns: int = 1,
+        request: Literal["location", "contact"] | None = None,
+        request_label: str | None = None,
+        remove_keyboard: bool = False,
+        **params: Any,
+    ) -> None:
+        """Send the catalogue message key, with buttons laid out in rows of `columns`."""
+        rows = tuple(
+            tuple(buttons[i : i + columns]) for i in range(0, len(buttons), max(1, columns))
+        )
+        self.out.append(
+            Reply(
+                text=self.t(key, **params),
+                buttons=rows,
+                request=request,
+                request_label=request_label,
+                remove_keyboard=remove_keyboard,
+            )
+        )
+
+    def ack(self, callback_id: str | None, key: str | None = None) -> None:
+        if callback_id is not None:
+            self.out.append(Ack(callback_id, self.t(key) if key else None))
+
+    def goto(self, state: str, **updates: Any) -> None:
+        self.conv.state = state
+        self.conv.data.update(updates)
+
+    def reset(self, state: str = "idle") -> None:
+        self.conv.state = state
+        self.conv.data = {}
