@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     if args.command == "serve":

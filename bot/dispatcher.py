@@ -14,10 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.models import Conversation, OutboxMessage, ProcessedUpdate, utcnow
+from backend.services.upsert import upsert
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
@@ -126,46 +127,28 @@ class Dispatcher:
             await self._apply(session, events)
 
     async def _apply(self, session: AsyncSession, events: Sequence[Incoming]) -> None:
+        # A handful of statements per batch, whatever its size: each round trip to the
+        # database costs more than the dialogue logic of one update.
         keys = {(e.channel, e.update_id) for e in events}
-        seen = set(
-            (
-                await session.execute(
-                    select(ProcessedUpdate.channel, ProcessedUpdate.update_id).where(
-                        tuple_(ProcessedUpdate.channel, ProcessedUpdate.update_id).in_(keys)
-                    )
-                )
-            ).tuples()
+        found = await session.execute(
+            select(ProcessedUpdate.channel, ProcessedUpdate.update_id).where(
+                tuple_(ProcessedUpdate.channel, ProcessedUpdate.update_id).in_(keys)
+            )
         )
-        chats = {(e.channel, e.chat_id) for e in events}
-        conv_query = select(Conversation).where(
-            tuple_(Conversation.channel, Conversation.chat_id).in_(chats)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            # Another process may be answering the same chat: take turns per chat.
-            conv_query = conv_query.with_for_update()
-        conversations = {(c.channel, c.chat_id): c for c in await session.scalars(conv_query)}
+        seen = {(channel, update_id) for channel, update_id in found}
+        states = await self._load_states(session, {(e.channel, e.chat_id) for e in events})
         now = utcnow()
+        touched: dict[tuple[str, str], ConversationState] = {}
+        outbox: list[dict[str, object]] = []
+        processed: list[dict[str, object]] = []
         for event in events:
             key = (event.channel, event.update_id)
             if key in seen:
                 continue
             seen.add(key)
-            conv = conversations.get((event.channel, event.chat_id))
-            if conv is None:
-                conv = Conversation(
-                    channel=event.channel,
-                    chat_id=event.chat_id,
-                    state="idle",
-                    data={},
-                    language=pick_language(event.language),
-                )
-                session.add(conv)
-                conversations[(event.channel, event.chat_id)] = conv
-            state = ConversationState(
-                state=conv.state,
-                language=conv.language,
-                data=copy.deepcopy(conv.data),
-                reporter_id=conv.reporter_id,
+            chat = (event.channel, event.chat_id)
+            state = states.get(chat) or ConversationState(
+                state="idle", language=pick_language(event.language)
             )
             turn = Turn(
                 session=session,
@@ -176,22 +159,64 @@ class Dispatcher:
                 chat_id=event.chat_id,
             )
             await self._step(turn, event)
-            conv.state = state.state
-            conv.data = state.data
-            conv.language = state.language
-            conv.reporter_id = state.reporter_id
-            conv.updated_at = now
-            session.add_all(
-                OutboxMessage(
-                    channel=event.channel,
-                    chat_id=event.chat_id,
-                    payload=reply.to_payload(),
-                    created_at=now,
-                    next_attempt_at=now,
-                )
+            states[chat] = touched[chat] = state
+            outbox.extend(
+                {
+                    "channel": event.channel,
+                    "chat_id": event.chat_id,
+                    "payload": reply.to_payload(),
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
                 for reply in turn.out
             )
-            session.add(ProcessedUpdate(channel=event.channel, update_id=event.update_id))
+            processed.append(
+                {"channel": event.channel, "update_id": event.update_id, "processed_at": now}
+            )
+        if touched:
+            rows = [
+                {
+                    "channel": channel,
+                    "chat_id": chat_id,
+                    "state": st.state,
+                    "data": st.data,
+                    "language": st.language,
+                    "reporter_id": st.reporter_id,
+                    "updated_at": now,
+                }
+                for (channel, chat_id), st in touched.items()
+            ]
+            await upsert(session, Conversation, rows, ["channel", "chat_id"])
+        if outbox:
+            await session.execute(insert(OutboxMessage), outbox)
+        if processed:
+            await session.execute(insert(ProcessedUpdate), processed)
+
+    @staticmethod
+    async def _load_states(
+        session: AsyncSession, chats: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], ConversationState]:
+        query = select(
+            Conversation.channel,
+            Conversation.chat_id,
+            Conversation.state,
+            Conversation.language,
+            Conversation.data,
+            Conversation.reporter_id,
+        ).where(tuple_(Conversation.channel, Conversation.chat_id).in_(chats))
+        if session.get_bind().dialect.name == "postgresql":
+            # Another process may be answering the same chat: take turns per chat.
+            query = query.with_for_update()
+        return {
+            (channel, chat_id): ConversationState(
+                state=state, language=language, data=copy.deepcopy(data), reporter_id=reporter_id
+            )
+            for channel, chat_id, state, language, data, reporter_id in await session.execute(
+                query
+            )
+        }
 
     async def _commit_failure(self, event: Incoming) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""

@@ -117,6 +117,7 @@ class OutboxWorker:
         self._limiters: dict[str, RateLimiter] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def add_sender(self, sender: Sender) -> None:
         self._senders[sender.name] = sender
@@ -128,20 +129,28 @@ class OutboxWorker:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox")
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish the sends under way (so their outcome is recorded), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._task = None
+        self._stopping = False
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 sent, wait = await self.pump()
             except Exception:
                 log.exception("outbox pump failed")
                 sent, wait = 0, self._poll_interval
-            if sent == 0:
+            if sent == 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(wait, self._poll_interval))
                 self._wake.clear()

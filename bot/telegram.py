@@ -49,7 +49,7 @@ from handlers.i18n import translate
 log = logging.getLogger(__name__)
 
 CHANNEL = "telegram"
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 WEBHOOK_PATH = "/telegram/webhook"
 COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
 ALLOWED_UPDATES = ("message", "callback_query")
@@ -209,11 +209,10 @@ class TelegramChannel:
     async def _fetch_media(self, msg: Message) -> tuple[MediaRef | None, MediaError | None]:
         """Download an image with getFile and store it, before the dialogue sees it."""
         limit = self._settings.max_photo_bytes
-        if msg.photo:
-            file_id, size = msg.photo[-1].file_id, msg.photo[-1].file_size
-        else:
-            assert msg.document is not None
-            file_id, size = msg.document.file_id, msg.document.file_size
+        source = msg.photo[-1] if msg.photo else msg.document
+        if source is None:
+            return None, "not_image"
+        file_id, size = source.file_id, source.file_size
         if size is not None and size > limit:
             return None, "too_large"
         try:
@@ -260,8 +259,10 @@ class TelegramChannel:
             return ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=True)
         if reply.buttons:
             return InlineKeyboardMarkup(
-                [[InlineKeyboardButton(b.label, callback_data=b.data) for b in row]]
-                for row in reply.buttons
+                [
+                    [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
+                    for row in reply.buttons
+                ]
             )
         if reply.remove_keyboard:
             return ReplyKeyboardRemove()
@@ -277,15 +278,18 @@ class TelegramChannel:
                     raise PermanentError("photo no longer stored")
                 with path.open("rb") as photo:
                     await self.bot.send_photo(
-                        chat_id, photo, caption=message.text[:1024], reply_markup=self.markup(message)
+                        chat_id,
+                        photo,
+                        caption=message.text[:1024],
+                        reply_markup=self.markup(message),
                     )
             else:
-                await self.bot.send_message(chat_id, message.text, reply_markup=self.markup(message))
+                await self.bot.send_message(
+                    chat_id, message.text, reply_markup=self.markup(message)
+                )
         except RetryAfter as exc:
             raise RetryLater(_seconds(exc.retry_after)) from exc
         except (Forbidden, BadRequest, InvalidToken) as exc:
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
         except (TimedOut, NetworkError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc.message}") from exc
-
-

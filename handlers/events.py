@@ -6,7 +6,7 @@ bot → handlers → backend.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EventKind = Literal["text", "command", "photo", "location", "button", "contact", "other"]
@@ -73,7 +73,15 @@ class Reply:
     photo_sha256: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"type": "reply", **asdict(self)}
+        return {
+            "type": "reply",
+            "text": self.text,
+            "buttons": [[{"label": b.label, "data": b.data} for b in row] for row in self.buttons],
+            "request": self.request,
+            "request_label": self.request_label,
+            "remove_keyboard": self.remove_keyboard,
+            "photo_sha256": self.photo_sha256,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +92,7 @@ class Ack:
     text: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"type": "ack", **asdict(self)}
+        return {"type": "ack", "callback_id": self.callback_id, "text": self.text}
 
 
 Outgoing = Reply | Ack

@@ -8,7 +8,7 @@ import phonenumbers
 
 from backend.services.categories import CATEGORIES
 from backend.services.intake import ReportDraft, submit_report
-from backend.services.reporters import has_consent, record_consent, reporter_for_chat
+from backend.services.reporters import find_or_create_reporter, has_consent, record_consent
 from backend.timeutil import format_local
 from handlers.events import Button, Incoming
 from handlers.turn import Turn
@@ -38,9 +38,10 @@ def normalise_phone(text: str) -> str | None:
         number = phonenumbers.parse(text.strip(), "VN")
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number) or phonenumbers.region_code_for_number(
-        number
-    ) != "VN":
+    if (
+        not phonenumbers.is_valid_number(number)
+        or phonenumbers.region_code_for_number(number) != "VN"
+    ):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
@@ -93,11 +94,16 @@ async def advance(turn: Turn, next_state: str) -> None:
 
 async def begin(turn: Turn) -> None:
     """/start: consent first unless given for the current text version, then photos."""
-    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
-    turn.conv.reporter_id = reporter.id
+    returning = turn.conv.reporter_id is not None
+    if turn.conv.reporter_id is None:
+        reporter, created = await find_or_create_reporter(
+            turn.session, turn.channel, turn.chat_id
+        )
+        returning = not created
+        turn.conv.reporter_id = reporter.id
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=True)
-    if await has_consent(turn.session, reporter.id):
+    if returning and await has_consent(turn.session, turn.conv.reporter_id):
         turn.goto("photos")
     STEPS[turn.state].prompt(turn)
 
@@ -116,7 +122,8 @@ class Consent(Step):
             turn.reset()
             turn.say("consent.declined")
             return True
-        assert turn.conv.reporter_id is not None
+        if turn.conv.reporter_id is None:
+            return False
         await record_consent(turn.session, turn.conv.reporter_id, turn.conv.language)
         turn.say("consent.thanks")
         await advance(turn, "photos")
@@ -236,9 +243,10 @@ class WardChoice(Step):
         turn.say("ward.ask", buttons=self.options(turn))
 
     async def choose(self, turn: Turn, value: str) -> bool:
-        turn.data["ward_code"] = value
         info = turn.services.wards.get(value)
-        assert info is not None
+        if info is None:
+            return False
+        turn.data["ward_code"] = value
         turn.say("ward.chosen", ward=info.label)
         await advance(turn, "category")
         return True

@@ -75,7 +75,8 @@ async def submit_report(
     if ward is None:
         raise LookupError(f"unknown ward {draft.ward_code}")
     province = await session.get(Province, ward.province_code)
-    assert province is not None
+    if province is None:
+        raise LookupError(f"unknown province {ward.province_code}")
     unit = await route(session, draft.category_code, ward.code)
     urgency = suggest_urgency(draft.nature)
     due_at = now + CLASSIFY_WITHIN[urgency]

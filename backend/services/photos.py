@@ -61,7 +61,13 @@ def inspect_image(data: bytes) -> tuple[str, int, int]:
             img.load()
     except NotAnImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise NotAnImage(str(exc)) from exc
     return ACCEPTED_FORMATS[fmt], width, height
 

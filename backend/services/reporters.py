@@ -15,32 +15,31 @@ CONSENT_TEXT_VERSION = "2026-11-v1"
 
 async def reporter_for_chat(session: AsyncSession, channel: str, chat_id: str) -> Reporter:
     """The reporter behind a chat, created on first contact."""
+    reporter, _ = await find_or_create_reporter(session, channel, chat_id)
+    return reporter
+
+
+async def find_or_create_reporter(
+    session: AsyncSession, channel: str, chat_id: str
+) -> tuple[Reporter, bool]:
+    """The reporter behind a chat, and whether it was created just now."""
     found = await session.scalar(
         select(Reporter)
         .join(ReporterIdentity, ReporterIdentity.reporter_id == Reporter.id)
         .where(ReporterIdentity.channel == channel, ReporterIdentity.chat_id == chat_id)
     )
     if found is not None:
-        return found
-    reporter = Reporter(pseudonym=await _free_pseudonym(session))
+        return found, False
+    # 32 random bits: a clash is unlikely and the unique index refuses one if it happens.
+    reporter = Reporter(pseudonym=secrets.token_hex(4).upper())
     session.add(reporter)
     await session.flush()
     session.add(ReporterIdentity(reporter_id=reporter.id, channel=channel, chat_id=chat_id))
-    return reporter
-
-
-async def _free_pseudonym(session: AsyncSession) -> str:
-    while True:
-        candidate = secrets.token_hex(3).upper()
-        taken = await session.scalar(select(Reporter.id).where(Reporter.pseudonym == candidate))
-        if taken is None:
-            return candidate
+    return reporter, True
 
 
 async def record_consent(session: AsyncSession, reporter_id: int, language: str) -> Consent:
-    consent = Consent(
-        reporter_id=reporter_id, text_version=CONSENT_TEXT_VERSION, language=language
-    )
+    consent = Consent(reporter_id=reporter_id, text_version=CONSENT_TEXT_VERSION, language=language)
     session.add(consent)
     return consent
 

@@ -52,7 +52,7 @@ def _to_status(row: tuple[Ticket, str, str, str, str]) -> TicketStatus:
 
 async def status_by_code(session: AsyncSession, code: str) -> TicketStatus | None:
     row = (await session.execute(_status_query().where(Ticket.code == code))).first()
-    return None if row is None else _to_status(row.tuple())
+    return None if row is None else _to_status(tuple(row))  # type: ignore[arg-type]
 
 
 async def tickets_of_reporter(
@@ -64,4 +64,4 @@ async def tickets_of_reporter(
         .order_by(Ticket.created_at.desc(), Ticket.id.desc())
         .limit(limit)
     )
-    return [_to_status(r) for r in rows.tuples()]
+    return [_to_status(tuple(r)) for r in rows]  # type: ignore[arg-type]

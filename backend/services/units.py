@@ -191,7 +191,7 @@ class WardIndex:
                 radius_km=math.sqrt((w.area_km2 or 0.0) / math.pi),
                 key=w.search_key,
             )
-            for w, pname in rows.tuples()
+            for w, pname in rows
         )
 
     def __len__(self) -> int:
@@ -221,7 +221,9 @@ class WardIndex:
         near = nearest[0]
         return near.distance_km <= max(self.MIN_REACH_KM, 2 * near.ward.radius_km)
 
-    def search(self, text: str, near: tuple[float, float] | None = None, limit: int = 5) -> list[WardInfo]:
+    def search(
+        self, text: str, near: tuple[float, float] | None = None, limit: int = 5
+    ) -> list[WardInfo]:
         """Wards whose name matches typed text, tone marks and spacing ignored.
 
         Exact names first, then names containing the text; ties go to the ward nearest

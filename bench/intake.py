@@ -1,0 +1,234 @@
+"""Webhook intake (update → state persisted → 200) against a bare aiohttp 200 handler.
+
+Both servers run in their own process on 127.0.0.1 and face the same load generator in
+this process: first a closed loop for throughput, then an open loop at a fixed rate for
+latency. The intake server uses SQLite with WAL and synchronous=FULL; its outbox worker is
+off so that only intake is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "123456:BENCH"
+SECRET = "bench-secret"
+CHATS = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def update(n: int) -> dict[str, Any]:
+    chat = 10_000 + n % CHATS
+    text = "/start" if n < CHATS else f"tin nhắn {n}"
+    return {
+        "update_id": n + 1,
+        "message": {
+            "message_id": n + 1,
+            "date": 1_790_000_000,
+            "chat": {"id": chat, "type": "private", "first_name": "B"},
+            "from": {"id": chat, "is_bot": False, "first_name": "B", "language_code": "vi"},
+            "text": text,
+        },
+    }
+
+
+# --- servers (run as subprocesses) --------------------------------------------------------
+
+
+def serve_bare(port: int) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/telegram/webhook", ok)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_intake(port: int, db: str, api_port: int) -> None:
+    from pydantic import SecretStr
+
+    from backend.cli import build_app
+    from backend.config import Settings
+
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{db}",
+        media_dir=Path(db).parent / "media",
+        telegram_token=SecretStr(TOKEN),
+        telegram_api_url=f"http://127.0.0.1:{api_port}",
+        telegram_mode="webhook",
+        telegram_webhook_secret=SecretStr(SECRET),
+        public_url=f"http://127.0.0.1:{port}",
+        outbox_enabled=False,
+    )
+    web.run_app(build_app(settings), host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_api(port: int) -> None:
+    from tests.fakes.telegram_api import FakeTelegram
+
+    async def main() -> None:
+        fake = FakeTelegram(token=TOKEN, port=port)
+        await fake.start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- load generator -----------------------------------------------------------------------
+
+
+async def wait_up(url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.post(url, data=b"{}") as r:
+                    if r.status in (200, 400, 401):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def closed_loop(url: str, bodies: list[bytes], concurrency: int) -> float:
+    """Requests per second with `concurrency` requests always in flight."""
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    it = iter(bodies)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency)
+    ) as session:
+
+        async def worker() -> None:
+            for body in it:
+                async with session.post(url, data=body, headers=headers) as r:
+                    assert r.status == 200, r.status
+                    await r.read()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(bodies) / (time.perf_counter() - start)
+
+
+async def open_loop(url: str, bodies: list[bytes], rate: float) -> list[float]:
+    """Latencies (ms) of requests sent at a fixed rate, whatever the answers take."""
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+
+        async def one(body: bytes) -> None:
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                assert r.status == 200, r.status
+                await r.read()
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i, body in enumerate(bodies):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+    return latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT)
+
+
+async def measure(url: str, offset: int, n: int, rate: float, seconds: float) -> dict[str, float]:
+    bodies = [json.dumps(update(offset + i)).encode() for i in range(n)]
+    await closed_loop(url, bodies[:200], 16)  # warm-up
+    throughput = await closed_loop(url, bodies[200:], 32)
+    paced = [json.dumps(update(offset + n + i)).encode() for i in range(int(rate * seconds))]
+    lat = await open_loop(url, paced, rate)
+    return {
+        "rps": throughput,
+        "p50": statistics.median(lat),
+        "p99": pct(lat, 99),
+    }
+
+
+async def run(n: int, rate: float, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "bench.db")
+        env = {**os.environ, "HOTLINE_DATABASE_URL": f"sqlite+aiosqlite:///{db}"}
+        hotline = str(Path(sys.executable).parent / "hotline")
+        subprocess.run([hotline, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([hotline, "import-units"], env=env, check=True, capture_output=True)
+        api_port, bare_port, intake_port = free_port(), free_port(), free_port()
+        procs = [
+            spawn("--serve-api", str(api_port)),
+            spawn("--serve-bare", str(bare_port)),
+        ]
+        try:
+            await asyncio.sleep(1.0)
+            procs.append(spawn("--serve-intake", str(intake_port), db, str(api_port)))
+            bare_url = f"http://127.0.0.1:{bare_port}/telegram/webhook"
+            intake_url = f"http://127.0.0.1:{intake_port}/telegram/webhook"
+            await wait_up(bare_url)
+            await wait_up(intake_url)
+            bare = await measure(bare_url, 0, n, rate, seconds)
+            intake = await measure(intake_url, 0, n, rate, seconds)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=10)
+    ratio = intake["rps"] / bare["rps"]
+    print(f"bare aiohttp 200 : {bare['rps']:8.0f} req/s   p50 {bare['p50']:6.2f} ms"
+          f"   p99 {bare['p99']:6.2f} ms at {rate:g}/s")
+    print(f"webhook intake   : {intake['rps']:8.0f} upd/s   p50 {intake['p50']:6.2f} ms"
+          f"   p99 {intake['p99']:6.2f} ms at {rate:g}/s")
+    print(f"ratio intake/bare: {ratio:.2f}  (goal >= 0.5)   p99 goal <= 25 ms at 200/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve-bare", type=int)
+    parser.add_argument("--serve-api", type=int)
+    parser.add_argument("--serve-intake", nargs=3, metavar=("PORT", "DB", "API_PORT"))
+    parser.add_argument("-n", type=int, default=4000, help="updates in the throughput run")
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+    elif args.serve_api:
+        serve_api(args.serve_api)
+    elif args.serve_intake:
+        port, db, api_port = args.serve_intake
+        serve_intake(int(port), db, int(api_port))
+    else:
+        asyncio.run(run(args.n, args.rate, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Test fixtures: a migrated database per test (SQLite file, or PostgreSQL when
+HOTLINE_TEST_DATABASE_URL is set), built from a template made once per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.cli import load_units, migrate
+from backend.config import Settings
+from backend.db import create_engine, session_factory
+
+PG_URL = os.environ.get("HOTLINE_TEST_DATABASE_URL")
+TEMPLATE_DB = "hotline_template"
+
+
+def _dsn(url: str, database: str | None = None) -> str:
+    parsed = make_url(url)
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin(sql: str) -> None:
+    assert PG_URL is not None
+    conn = await asyncpg.connect(_dsn(PG_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _build(url: str) -> None:
+    settings = Settings(database_url=url)
+    await migrate(settings)
+    await load_units(settings)
+
+
+@pytest.fixture(scope="session")
+def template_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database with the schema, the categories and every unit, made once."""
+    if PG_URL:
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
+        asyncio.run(_admin(f"CREATE DATABASE {TEMPLATE_DB}"))
+        url = make_url(PG_URL).set(database=TEMPLATE_DB).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('template') / 'template.db'}"
+    asyncio.run(_build(url))
+    return url
+
+
+@pytest.fixture
+def database_url(template_url: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh copy of the template for one test."""
+    if PG_URL:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    else:
+        source = Path(str(make_url(template_url).database))
+        target = tmp_path / "hotline.db"
+        shutil.copyfile(source, target)
+        yield f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        environment="test",
+        database_url=database_url,
+        media_dir=tmp_path / "media",
+        outbox_poll_interval=0.2,
+    )

@@ -1,0 +1,320 @@
+"""The dialogue as scripts of (resident says → bot says), through the real dispatcher and
+database, with no network: replies are read back from the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from itertools import count
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.models import Conversation, OutboxMessage, Ticket
+from backend.services.units import WardIndex
+from bot.dispatcher import Dispatcher
+from handlers.events import Capabilities, Incoming, MediaRef
+from handlers.turn import Services
+
+TELEGRAM_LIKE = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
+_ids = count(1)
+
+
+class Chat:
+    """One resident's chat, driven through the dispatcher."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession], chat_id: str
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.chat_id = chat_id
+        self.read = 0
+
+    async def send(self, kind: str, update_id: str | None = None, **fields: Any) -> str:
+        uid = update_id or str(next(_ids))
+        await self.dispatcher.handle(
+            Incoming(channel="telegram", chat_id=self.chat_id, update_id=uid, kind=kind, **fields)  # type: ignore[arg-type]
+        )
+        return uid
+
+    async def say(self, text: str) -> list[dict[str, Any]]:
+        if text.startswith("/"):
+            command, _, args = text[1:].partition(" ")
+            await self.send("command", command=command, args=args, text=text)
+        else:
+            await self.send("text", text=text)
+        return await self.replies()
+
+    async def press(self, data: str) -> list[dict[str, Any]]:
+        await self.send("button", button=data, callback_id=f"cb{next(_ids)}")
+        return await self.replies()
+
+    async def replies(self) -> list[dict[str, Any]]:
+        """Messages (not acks) written to the outbox since the last call."""
+        async with self.sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.chat_id == self.chat_id)
+                    .order_by(OutboxMessage.id)
+                )
+            )
+        new = rows[self.read :]
+        self.read = len(rows)
+        return [r.payload for r in new if r.payload["type"] == "reply"]
+
+    async def state(self) -> str:
+        async with self.sessions() as session:
+            conv = await session.scalar(
+                select(Conversation).where(Conversation.chat_id == self.chat_id)
+            )
+        return conv.state if conv else "none"
+
+
+def texts(replies: list[dict[str, Any]]) -> str:
+    return "\n".join(r["text"] for r in replies)
+
+
+@pytest.fixture
+async def dispatcher(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Dispatcher]:
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    d = Dispatcher(sessions, Services(wards=wards), {"telegram": TELEGRAM_LIKE})
+    d.start()
+    yield d
+    await d.stop()
+
+
+@pytest.fixture
+def chat(dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]) -> Chat:
+    return Chat(dispatcher, sessions, chat_id="9001")
+
+
+PHOTO = MediaRef(sha256="a" * 64, content_type="image/jpeg", width=64, height=48, size_bytes=900)
+
+
+async def to_description(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.send("photo", media=PHOTO)
+    await chat.press("photos|done")
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    await chat.press("category|dumping")
+    await chat.replies()
+    assert await chat.state() == "description"
+
+
+async def test_consent_is_asked_first_and_never_pre_ticked(chat: Chat) -> None:
+    replies = await chat.say("/start")
+    assert len(replies) == 2
+    consent = replies[1]
+    assert "91/2025/QH15" in consent["text"]
+    assert [b["data"] for b in consent["buttons"][0] + consent["buttons"][1]] == [
+        "consent|yes",
+        "consent|no",
+    ]
+    declined = await chat.press("consent|no")
+    assert "Không có sự đồng ý" in texts(declined)
+    assert await chat.state() == "idle"
+
+
+async def test_english_from_lang_command(chat: Chat) -> None:
+    await chat.say("/start")
+    replies = await chat.say("/lang en")
+    assert "Switched to English" in texts(replies)
+    assert "Do you agree?" in texts(replies)
+
+
+async def test_album_counts_as_one_step_and_at_most_five_photos(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.send("photo", media=PHOTO, media_group="g1")
+    for i in range(1, 3):
+        other = MediaRef(str(i) * 64, "image/jpeg", 10, 10, 100)
+        await chat.send("photo", media=other, media_group="g1")
+    replies = await chat.replies()
+    assert len(replies) == 1 and "Đã nhận ảnh" in replies[0]["text"]
+    for i in range(3, 6):
+        await chat.send("photo", media=MediaRef(str(i) * 64, "image/jpeg", 10, 10, 100))
+    replies = await chat.replies()
+    assert "Đã đủ 5 ảnh" in texts(replies)
+    assert await chat.state() == "location"
+
+
+async def test_skip_photos_reminds_that_evidence_helps(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    replies = await chat.say("/skip")
+    assert "có ảnh thường được xác minh" in texts(replies)
+    assert await chat.state() == "location"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [("not_image", "không phải ảnh"), ("too_large", "quá lớn"), ("download_failed", "gửi lại")],
+)
+async def test_bad_files_get_a_clear_message_and_change_nothing(
+    chat: Chat, error: str, expected: str
+) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.send("photo", media_error=error)
+    assert expected in texts(await chat.replies())
+    assert await chat.state() == "photos"
+
+
+async def test_location_errors_ask_again(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.say("/skip")
+    replies = await chat.say("ngay cạnh chợ")
+    assert "Chưa đọc được vị trí" in texts(replies)
+    assert replies[-1]["request"] == "location"
+    replies = await chat.say("48.8566, 2.3522")
+    assert "ngoài lãnh thổ Việt Nam" in texts(replies)
+    await chat.send("location", location=(13.7563, 100.5018))
+    assert "ngoài lãnh thổ Việt Nam" in texts(await chat.replies())
+    assert await chat.state() == "location"
+    replies = await chat.say("20.0740, 105.9120")
+    wards = [b["data"] for row in replies[-1]["buttons"] for b in row]
+    assert wards[0] == "ward|14812" and len(wards) == 3
+
+
+async def test_ward_by_typed_name(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.say("/skip")
+    await chat.say("20.0740, 105.9120")
+    replies = await chat.say("khong co phuong nao")
+    assert "Không tìm thấy" in texts(replies)
+    replies = await chat.say("Bim Son")
+    assert "Phường Bỉm Sơn, Thanh Hóa" in texts(replies)
+    assert await chat.state() == "category"
+
+
+async def test_descriptions_too_short_or_too_long(chat: Chat) -> None:
+    await to_description(chat)
+    assert "trống" in texts(await chat.say("   "))
+    replies = await chat.say("x" * 10_000)
+    assert "10000" in texts(replies) and "2000" in texts(replies)
+    assert await chat.state() == "description"
+    await chat.say("x" * 2000)
+    assert await chat.state() == "polluter"
+
+
+async def test_invalid_phone_is_refused(chat: Chat) -> None:
+    await to_description(chat)
+    await chat.say("Rác đổ đầy lề đường.")
+    await chat.say("Công ty ABC")
+    await chat.press("nature|recurring")
+    replies = await chat.say("12345")
+    assert "không hợp lệ" in texts(replies)
+    assert await chat.state() == "contact"
+    replies = await chat.say("+84 912 345 678")
+    assert "+84912345678" in texts(replies)
+    assert await chat.state() == "summary"
+
+
+async def test_stale_and_forged_buttons_change_nothing(chat: Chat) -> None:
+    await to_description(chat)
+    replies = await chat.press("category|noise")
+    assert "Nút này đã cũ" in texts(replies)
+    replies = await chat.press("summary|confirm")
+    assert "Nút này đã cũ" in texts(replies)
+    replies = await chat.press("garbage")
+    assert "Nút này đã cũ" in texts(replies)
+    assert await chat.state() == "description"
+
+
+async def test_unknown_commands_and_mismatched_input_keep_the_step(chat: Chat) -> None:
+    await to_description(chat)
+    replies = await chat.say("/frobnicate")
+    assert "Không có lệnh này" in texts(replies)
+    await chat.send("location", location=(20.0, 105.0))
+    replies = await chat.replies()
+    assert "cần mô tả bằng chữ" in texts(replies)
+    await chat.send("photo", media=PHOTO)
+    assert "cần mô tả bằng chữ" in texts(await chat.replies())
+    assert await chat.state() == "description"
+
+
+async def test_edit_from_summary_returns_to_summary(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await to_description(chat)
+    await chat.say("Khói đen bốc lên.")
+    await chat.press("polluter|skip")
+    await chat.press("nature|one_off")
+    await chat.say("Ẩn danh")
+    assert await chat.state() == "summary"
+    await chat.press("summary|edit")
+    await chat.press("edit|category")
+    replies = await chat.press("category|burning")
+    assert "Đốt rác" in texts(replies) and await chat.state() == "summary"
+    replies = await chat.press("summary|confirm")
+    assert "Mã theo dõi: 38-" in texts(replies)
+    async with sessions() as session:
+        ticket = (await session.scalars(select(Ticket))).one()
+    assert ticket.category_code == "burning" and ticket.urgency == "urgent"
+    assert ticket.polluter is None and ticket.description == "Khói đen bốc lên."
+
+
+async def test_codes_follow_province_month_sequence(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    codes = []
+    for n in range(2):
+        chat = Chat(dispatcher, sessions, chat_id=f"93{n}")
+        await to_description(chat)
+        await chat.say("Nước thải đen.")
+        await chat.press("polluter|skip")
+        await chat.press("nature|recurring")
+        await chat.say("Ẩn danh")
+        await chat.press("summary|confirm")
+        async with sessions() as session:
+            codes = list(await session.scalars(select(Ticket.code).order_by(Ticket.id)))
+    assert len(codes) == 2
+    prefix = codes[0][:8]
+    assert prefix.startswith("38-") and codes[1].startswith(prefix)
+    assert codes[0].endswith("-00001") and codes[1].endswith("-00002")
+
+
+async def test_same_update_twice_is_handled_once(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    uid = await chat.send("command", command="start", text="/start")
+    await chat.send("command", update_id=uid, command="start", text="/start")
+    assert len(await chat.replies()) == 2
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
+
+
+async def test_status_shows_details_only_to_the_reporter(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    owner = Chat(dispatcher, sessions, chat_id="9101")
+    await to_description(owner)
+    await owner.say("Bãi rác bí mật.")
+    await owner.press("polluter|skip")
+    await owner.press("nature|recurring")
+    await owner.say("Ẩn danh")
+    await owner.press("summary|confirm")
+    async with sessions() as session:
+        code = (await session.scalars(select(Ticket.code))).one()
+    mine = texts(await owner.say(f"/status {code}"))
+    assert "Bãi rác bí mật." in mine and "Đã tiếp nhận" in mine
+    stranger = Chat(dispatcher, sessions, chat_id="9102")
+    theirs = texts(await stranger.say(f"/status {code.lower()}"))
+    assert "Đã tiếp nhận" in theirs and "UBND Phường Bỉm Sơn" in theirs
+    assert "Bãi rác bí mật." not in theirs
+    assert "Không có phản ánh" in texts(await stranger.say("/status 01-0000-00000"))
+    assert code in texts(await owner.say("/my"))
+
+
+async def test_cancel_at_any_step(chat: Chat) -> None:
+    await to_description(chat)
+    assert "Đã huỷ" in texts(await chat.say("/cancel"))
+    assert await chat.state() == "idle"

@@ -1,0 +1,85 @@
+"""Parsing what residents type, and the message catalogues."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from backend.services.photos import NotAnImage, inspect_image
+from backend.text import search_key
+from handlers.i18n import LANGUAGES, catalogue, pick_language, translate
+from handlers.report import normalise_phone, parse_latlon
+from tests.fakes.images import image_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20.0740, 105.9120", (20.074, 105.912)),
+        ("20.0740 105.9120", (20.074, 105.912)),
+        (" -8.5;115.2 ", (-8.5, 115.2)),
+        ("95, 10", None),
+        ("phố Huế", None),
+        ("", None),
+    ],
+)
+def test_parse_latlon(text: str, expected: tuple[float, float] | None) -> None:
+    assert parse_latlon(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0912345678", "+84912345678"),
+        ("+84 912 345 678", "+84912345678"),
+        ("0243 825 3232", "+842438253232"),
+        ("12345", None),
+        ("+1 202 555 0143", None),
+        ("gọi tôi", None),
+    ],
+)
+def test_normalise_phone(text: str, expected: str | None) -> None:
+    assert normalise_phone(text) == expected
+
+
+def test_search_key_folds_tones() -> None:
+    assert search_key("Phường Bỉm Sơn") == "phuongbimson"
+    assert search_key("Đắk Lắk") == "daklak"
+
+
+def test_catalogues_have_the_same_keys_and_placeholders() -> None:
+    vi, en = catalogue("vi"), catalogue("en")
+    assert set(vi) == set(en)
+    for key in vi:
+        fields = re.compile(r"\{(\w+)\}")
+        assert set(fields.findall(vi[key])) == set(fields.findall(en[key])), key
+    assert LANGUAGES == ("vi", "en")
+
+
+def test_language_choice() -> None:
+    assert pick_language("en-GB") == "en"
+    assert pick_language("vi") == "vi"
+    assert pick_language(None) == "vi"
+    assert translate("en", "status.not_found", code="X") == "No report has the code X. Please check it."
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_accepted_images(fmt: str) -> None:
+    content_type, width, height = inspect_image(image_bytes(fmt))
+    assert content_type.startswith("image/") and (width, height) == (64, 48)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"%PDF-1.4 not an image",
+        b"<html><body>hi</body></html>",
+        image_bytes("GIF"),
+        image_bytes("JPEG", size=(400, 300))[:300],
+    ],
+)
+def test_refused_files(data: bytes) -> None:
+    with pytest.raises(NotAnImage):
+        inspect_image(data)
