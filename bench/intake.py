@@ -115,9 +115,7 @@ async def closed_loop(url: str, bodies: list[bytes], concurrency: int) -> float:
     """Requests per second with `concurrency` requests always in flight."""
     headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
     it = iter(bodies)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             for body in it:
@@ -203,10 +201,14 @@ async def run(n: int, rate: float, seconds: float) -> None:
                 p.terminate()
                 p.wait(timeout=10)
     ratio = intake["rps"] / bare["rps"]
-    print(f"bare aiohttp 200 : {bare['rps']:8.0f} req/s   p50 {bare['p50']:6.2f} ms"
-          f"   p99 {bare['p99']:6.2f} ms at {rate:g}/s")
-    print(f"webhook intake   : {intake['rps']:8.0f} upd/s   p50 {intake['p50']:6.2f} ms"
-          f"   p99 {intake['p99']:6.2f} ms at {rate:g}/s")
+    print(
+        f"bare aiohttp 200 : {bare['rps']:8.0f} req/s   p50 {bare['p50']:6.2f} ms"
+        f"   p99 {bare['p99']:6.2f} ms at {rate:g}/s"
+    )
+    print(
+        f"webhook intake   : {intake['rps']:8.0f} upd/s   p50 {intake['p50']:6.2f} ms"
+        f"   p99 {intake['p99']:6.2f} ms at {rate:g}/s"
+    )
     print(f"ratio intake/bare: {ratio:.2f}  (goal >= 0.5)   p99 goal <= 25 ms at 200/s")
 
 

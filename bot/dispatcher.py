@@ -213,9 +213,7 @@ class Dispatcher:
             (channel, chat_id): ConversationState(
                 state=state, language=language, data=copy.deepcopy(data), reporter_id=reporter_id
             )
-            for channel, chat_id, state, language, data, reporter_id in await session.execute(
-                query
-            )
+            for channel, chat_id, state, language, data, reporter_id in await session.execute(query)
         }
 
     async def _commit_failure(self, event: Incoming) -> None:

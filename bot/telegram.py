@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -47,6 +48,9 @@ from handlers.events import (
 from handlers.i18n import translate
 
 log = logging.getLogger(__name__)
+
+# Durations such as retry_after arrive as timedelta (PTB's announced future behaviour).
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 CHANNEL = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name

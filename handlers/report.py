@@ -96,9 +96,7 @@ async def begin(turn: Turn) -> None:
     """/start: consent first unless given for the current text version, then photos."""
     returning = turn.conv.reporter_id is not None
     if turn.conv.reporter_id is None:
-        reporter, created = await find_or_create_reporter(
-            turn.session, turn.channel, turn.chat_id
-        )
+        reporter, created = await find_or_create_reporter(turn.session, turn.channel, turn.chat_id)
         returning = not created
         turn.conv.reporter_id = reporter.id
     turn.reset("consent")

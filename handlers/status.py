@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from backend.services.reporters import reporter_for_chat
 from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
 from backend.timeutil import format_local
@@ -21,7 +23,7 @@ async def show_status(turn: Turn, code: str) -> None:
     if status is None:
         turn.say("status.not_found", code=code[:30])
         return
-    params = {
+    params: dict[str, Any] = {
         "code": status.code,
         "state": _state_label(turn, status),
         "ward": status.ward_name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Category, Ticket, Unit, Ward
@@ -25,7 +25,7 @@ class TicketStatus:
     description: str
 
 
-def _status_query():  # type: ignore[no-untyped-def]
+def _status_query() -> Select[Ticket, str, str, str, str]:
     return (
         select(Ticket, Unit.name, Ward.name, Category.name_vi, Category.name_en)
         .join(Unit, Ticket.unit_id == Unit.id)
@@ -52,7 +52,7 @@ def _to_status(row: tuple[Ticket, str, str, str, str]) -> TicketStatus:
 
 async def status_by_code(session: AsyncSession, code: str) -> TicketStatus | None:
     row = (await session.execute(_status_query().where(Ticket.code == code))).first()
-    return None if row is None else _to_status(tuple(row))  # type: ignore[arg-type]
+    return None if row is None else _to_status(row._tuple())
 
 
 async def tickets_of_reporter(
@@ -64,4 +64,4 @@ async def tickets_of_reporter(
         .order_by(Ticket.created_at.desc(), Ticket.id.desc())
         .limit(limit)
     )
-    return [_to_status(tuple(r)) for r in rows]  # type: ignore[arg-type]
+    return [_to_status(r._tuple()) for r in rows]

@@ -160,3 +160,28 @@ def test_webhook_secret_is_stable_per_token() -> None:
     assert a == Settings(telegram_token=SecretStr("1:a")).webhook_secret()
     assert a != Settings(telegram_token=SecretStr("1:b")).webhook_secret()
     assert Settings(telegram_webhook_secret=SecretStr("s3")).webhook_secret() == "s3"
+
+
+async def test_files_are_checked_before_they_count(
+    api: FakeTelegram,
+    chat_settings: Settings,
+    mode: str,
+) -> None:
+    if mode != "polling":
+        return
+    async with running(chat_settings):
+        user = FakeUser(api, chat_id=5005)
+        await user.text("/start")
+        await user.replies(2)
+        await user.press("✅ Tôi đồng ý")
+        await user.replies(2)
+        await user.document(b"%PDF-1.7 report", "bien-ban.pdf", "application/pdf")
+        assert "không phải ảnh" in ((await user.reply()).text or "")
+        await user.document(b"<svg/>", "anh.jpg", "image/jpeg")
+        assert "không phải ảnh" in ((await user.reply()).text or "")
+        await user.document(None, "huge.jpg", "image/jpeg", size=25 * 1024 * 1024)
+        assert "quá lớn" in ((await user.reply()).text or "")
+        await user.document(image_bytes("PNG"), "hien-truong.png", "image/png")
+        assert "Đã nhận ảnh" in ((await user.reply()).text or "")
+    stored = list((chat_settings.media_dir).rglob("*.png"))
+    assert len(stored) == 1

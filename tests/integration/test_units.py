@@ -53,7 +53,7 @@ async def test_nearest_wards_and_name_search(sessions: async_sessionmaker[AsyncS
     async with sessions() as session:
         index = await WardIndex.load(session)
     nearest = index.nearest(20.0740, 105.9120)
-    assert [n.ward.code for n in nearest][0] == "14812"
+    assert nearest[0].ward.code == "14812"
     assert nearest[0].distance_km < 0.1 and len(nearest) == 3
     assert index.covers(21.0285, 105.8542)  # Hà Nội
     assert index.covers(10.7769, 106.7009)  # TP Hồ Chí Minh

@@ -61,7 +61,10 @@ def test_language_choice() -> None:
     assert pick_language("en-GB") == "en"
     assert pick_language("vi") == "vi"
     assert pick_language(None) == "vi"
-    assert translate("en", "status.not_found", code="X") == "No report has the code X. Please check it."
+    assert (
+        translate("en", "status.not_found", code="X")
+        == "No report has the code X. Please check it."
+    )
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])

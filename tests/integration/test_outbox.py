@@ -1,0 +1,129 @@
+"""Delivery from the outbox to the Bot API stand-in: pacing, retry_after, backoff, failure."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.models import OutboxMessage, utcnow
+from backend.services.units import WardIndex
+from bot.dispatcher import Dispatcher
+from bot.outbox import OutboxWorker
+from bot.telegram import TelegramChannel
+from handlers.events import Reply
+from handlers.turn import Services
+from tests.fakes.telegram_api import FakeTelegram
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeTelegram]:
+    fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def worker(
+    api: FakeTelegram, settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[OutboxWorker]:
+    tg_settings = settings.model_copy(
+        update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
+    )
+    dispatcher = Dispatcher(sessions, Services(WardIndex([])), {})
+    channel = TelegramChannel(tg_settings, dispatcher)
+    await channel.bot.initialize()
+    outbox = OutboxWorker(sessions, max_attempts=3)
+    outbox.add_sender(channel)
+    yield outbox
+    await outbox.stop()
+    await channel.bot.shutdown()
+
+
+async def enqueue(sessions: async_sessionmaker[AsyncSession], chat: str, *texts: str) -> None:
+    async with sessions() as session, session.begin():
+        for text in texts:
+            session.add(
+                OutboxMessage(channel="telegram", chat_id=chat, payload=Reply(text).to_payload())
+            )
+
+
+async def rows(sessions: async_sessionmaker[AsyncSession]) -> list[OutboxMessage]:
+    async with sessions() as session:
+        return list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+async def test_one_message_a_second_per_chat_in_order(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await enqueue(sessions, "1", "a", "b", "c")
+    await enqueue(sessions, "2", "x")
+    worker.start()
+    try:
+        sent = await api.wait_sent(1, 3, timeout=10)
+        await api.wait_sent(2, 1)
+    finally:
+        await worker.stop()
+    assert [s.text for s in sent] == ["a", "b", "c"]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(sent)]
+    assert all(g >= 0.95 for g in gaps), gaps
+    # Another chat is not held up behind the first one's pacing.
+    assert api.sent_to(2)[0].at - sent[0].at < 0.5
+    assert all(r.status == "sent" for r in await rows(sessions))
+
+
+async def test_retry_after_is_honoured_and_not_a_failure(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    api.fail_next("sendMessage", 429, retry_after=1)
+    await enqueue(sessions, "1", "hello")
+    before = utcnow()
+    tried, _ = await worker.pump()
+    assert tried == 1 and api.sent_to(1) == []
+    (row,) = await rows(sessions)
+    assert row.status == "pending" and row.attempts == 0
+    assert row.next_attempt_at >= before + timedelta(seconds=1)
+    assert "retry after 1" in (row.last_error or "")
+    worker.start()
+    try:
+        await api.wait_sent(1, 1, timeout=5)
+    finally:
+        await worker.stop()
+    (row,) = await rows(sessions)
+    assert row.status == "sent"
+
+
+async def test_server_errors_back_off_then_fail(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    api.fail_next("sendMessage", 500)
+    await enqueue(sessions, "1", "hello")
+    await worker.pump()
+    (row,) = await rows(sessions)
+    assert row.status == "pending" and row.attempts == 1
+    assert row.next_attempt_at - utcnow() > timedelta(seconds=1)
+    # Nothing is due yet: the next pump leaves it alone.
+    assert (await worker.pump())[0] == 0
+
+
+async def test_a_blocked_bot_is_a_permanent_failure(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    api.fail_next("sendMessage", 403)
+    await enqueue(sessions, "1", "hello", "second")
+    await worker.pump()
+    first, second = await rows(sessions)
+    assert first.status == "failed" and "Forbidden" in (first.last_error or "")
+    # The next message of the chat still goes out, after the per-chat pause.
+    worker.start()
+    sent = await api.wait_sent(1, 1, timeout=5)
+    await worker.stop()
+    assert [s.text for s in sent] == ["second"]
+    assert (await rows(sessions))[1].status == "sent" and second.id > first.id
