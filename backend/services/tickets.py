@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Category, Ticket, Unit, Ward
@@ -34,7 +34,7 @@ def _status_query() -> Select[Ticket, str, str, str, str]:
     )
 
 
-def _to_status(row: tuple[Ticket, str, str, str, str]) -> TicketStatus:
+def _to_status(row: Row[Ticket, str, str, str, str]) -> TicketStatus:
     t, unit_name, ward_name, cat_vi, cat_en = row
     return TicketStatus(
         code=t.code,
@@ -52,7 +52,7 @@ def _to_status(row: tuple[Ticket, str, str, str, str]) -> TicketStatus:
 
 async def status_by_code(session: AsyncSession, code: str) -> TicketStatus | None:
     row = (await session.execute(_status_query().where(Ticket.code == code))).first()
-    return None if row is None else _to_status(row._tuple())
+    return None if row is None else _to_status(row)
 
 
 async def tickets_of_reporter(
@@ -64,4 +64,4 @@ async def tickets_of_reporter(
         .order_by(Ticket.created_at.desc(), Ticket.id.desc())
         .limit(limit)
     )
-    return [_to_status(r._tuple()) for r in rows]
+    return [_to_status(r) for r in rows]
