@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.cli import load_units, migrate
 from backend.config import Settings
 from backend.db import create_engine, session_factory
+from tests.fakes.telegram_api import FakeTelegram
 
 PG_URL = os.environ.get("HOTLINE_TEST_DATABASE_URL")
 TEMPLATE_DB = "hotline_template"
@@ -88,3 +89,12 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         media_dir=tmp_path / "media",
         outbox_poll_interval=0.2,
     )
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeTelegram]:
+    """The Bot API stand-in, listening on 127.0.0.1."""
+    fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.stop()

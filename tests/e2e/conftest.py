@@ -23,14 +23,6 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[FakeTelegram]:
-    fake = FakeTelegram()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
 @pytest.fixture(params=["polling", "webhook"])
 def mode(request: pytest.FixtureRequest) -> str:
     value: str = request.param

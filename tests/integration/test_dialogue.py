@@ -95,9 +95,22 @@ def chat(dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]) -> 
 PHOTO = MediaRef(sha256="a" * 64, content_type="image/jpeg", width=64, height=48, size_bytes=900)
 
 
-async def to_description(chat: Chat) -> None:
+async def to_photos(chat: Chat) -> None:
     await chat.say("/start")
     await chat.press("consent|yes")
+
+
+async def submit(chat: Chat, description: str) -> None:
+    """From the description step to a confirmed, anonymous, recurring report."""
+    await chat.say(description)
+    await chat.press("polluter|skip")
+    await chat.press("nature|recurring")
+    await chat.say("Ẩn danh")
+    await chat.press("summary|confirm")
+
+
+async def to_description(chat: Chat) -> None:
+    await to_photos(chat)
     await chat.send("photo", media=PHOTO)
     await chat.press("photos|done")
     await chat.send("location", location=(20.0740, 105.9120))
@@ -129,8 +142,7 @@ async def test_english_from_lang_command(chat: Chat) -> None:
 
 
 async def test_album_counts_as_one_step_and_at_most_five_photos(chat: Chat) -> None:
-    await chat.say("/start")
-    await chat.press("consent|yes")
+    await to_photos(chat)
     await chat.send("photo", media=PHOTO, media_group="g1")
     for i in range(1, 3):
         other = MediaRef(str(i) * 64, "image/jpeg", 10, 10, 100)
@@ -145,8 +157,7 @@ async def test_album_counts_as_one_step_and_at_most_five_photos(chat: Chat) -> N
 
 
 async def test_skip_photos_reminds_that_evidence_helps(chat: Chat) -> None:
-    await chat.say("/start")
-    await chat.press("consent|yes")
+    await to_photos(chat)
     replies = await chat.say("/skip")
     assert "có ảnh thường được xác minh" in texts(replies)
     assert await chat.state() == "location"
@@ -159,16 +170,14 @@ async def test_skip_photos_reminds_that_evidence_helps(chat: Chat) -> None:
 async def test_bad_files_get_a_clear_message_and_change_nothing(
     chat: Chat, error: str, expected: str
 ) -> None:
-    await chat.say("/start")
-    await chat.press("consent|yes")
+    await to_photos(chat)
     await chat.send("photo", media_error=error)
     assert expected in texts(await chat.replies())
     assert await chat.state() == "photos"
 
 
 async def test_location_errors_ask_again(chat: Chat) -> None:
-    await chat.say("/start")
-    await chat.press("consent|yes")
+    await to_photos(chat)
     await chat.say("/skip")
     replies = await chat.say("ngay cạnh chợ")
     assert "Chưa đọc được vị trí" in texts(replies)
@@ -184,8 +193,7 @@ async def test_location_errors_ask_again(chat: Chat) -> None:
 
 
 async def test_ward_by_typed_name(chat: Chat) -> None:
-    await chat.say("/start")
-    await chat.press("consent|yes")
+    await to_photos(chat)
     await chat.say("/skip")
     await chat.say("20.0740, 105.9120")
     replies = await chat.say("khong co phuong nao")
@@ -269,11 +277,7 @@ async def test_codes_follow_province_month_sequence(
     for n in range(2):
         chat = Chat(dispatcher, sessions, chat_id=f"93{n}")
         await to_description(chat)
-        await chat.say("Nước thải đen.")
-        await chat.press("polluter|skip")
-        await chat.press("nature|recurring")
-        await chat.say("Ẩn danh")
-        await chat.press("summary|confirm")
+        await submit(chat, "Nước thải đen.")
         async with sessions() as session:
             codes = list(await session.scalars(select(Ticket.code).order_by(Ticket.id)))
     assert len(codes) == 2
@@ -297,11 +301,7 @@ async def test_status_shows_details_only_to_the_reporter(
 ) -> None:
     owner = Chat(dispatcher, sessions, chat_id="9101")
     await to_description(owner)
-    await owner.say("Bãi rác bí mật.")
-    await owner.press("polluter|skip")
-    await owner.press("nature|recurring")
-    await owner.say("Ẩn danh")
-    await owner.press("summary|confirm")
+    await submit(owner, "Bãi rác bí mật.")
     async with sessions() as session:
         code = (await session.scalars(select(Ticket.code))).one()
     mine = texts(await owner.say(f"/status {code}"))

@@ -23,14 +23,6 @@ from tests.fakes.telegram_api import FakeTelegram
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeTelegram]:
-    fake = FakeTelegram()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def worker(
     api: FakeTelegram, settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[OutboxWorker]:
