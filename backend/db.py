@@ -1,10 +1,17 @@
-"""Engine and session factory; SQLite gets WAL and foreign keys."""
+"""Engines and session factories; SQLite gets WAL and foreign keys."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, pool
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -12,27 +19,117 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+log = logging.getLogger(__name__)
+
+WRITER_DRIVER = "sqlite+inline"
+
+
+class _InlineCursor(sqlite3.Cursor):
+    async def _async_soft_close(self) -> None:
+        """SQLAlchemy's asyncio results call this; rows are read on this thread anyway."""
+
+
+class _InlineConnection(sqlite3.Connection):
+    def cursor(self, factory: Any = _InlineCursor) -> Any:
+        return super().cursor(factory)
+
+
+class InlineSQLiteDialect(SQLiteDialect_pysqlite):
+    """SQLite called on the event loop's own thread, for the chat writer only.
+
+    A statement on a local SQLite file takes microseconds; handing it to a worker thread
+    (what aiosqlite does, several times per statement) costs a hundred times more and
+    waits for the GIL under load. The writer takes the write lock without waiting
+    (busy_timeout 0, `BEGIN IMMEDIATE`), so it never blocks the loop on another
+    connection: on SQLITE_BUSY it backs off with an await and tries again.
+    """
+
+    is_async = True
+    supports_statement_cache = True
+
+    @classmethod
+    def get_pool_class(cls, url: URL) -> type[pool.Pool]:
+        return pool.AsyncAdaptedQueuePool
+
+
+registry.register("sqlite.inline", __name__, "InlineSQLiteDialect")
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether exc is SQLite refusing a lock that another connection holds."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
+
+
+def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cur.close()
 
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for the URL, with the SQLite pragmas this app relies on."""
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        _sqlite_pragmas(engine, 30_000)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def create_writer_engine(url: str) -> AsyncEngine | None:
+    """The chat writer's own engine on SQLite (see InlineSQLiteDialect); None elsewhere.
+
+    PostgreSQL's driver already runs on the event loop, so the writer shares the app's
+    engine there.
+    """
+    if not is_sqlite(url):
+        return None
+    inline = URL.create(WRITER_DRIVER, database=make_url(url).database)
+    engine = create_async_engine(
+        inline,
+        connect_args={"timeout": 0, "factory": _InlineConnection},
+        pool_size=1,
+    )
+    _sqlite_pragmas(engine, 0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _manual_transactions(dbapi_conn: Any, _record: Any) -> None:
+        # The sqlite3 module would open a deferred transaction on the first write; the
+        # writer wants the write lock up front, so that no later statement can be busy.
+        dbapi_conn.isolation_level = None
+        # A checkpoint copies the WAL into the database inside some commit: not inside
+        # the writer's, which would hold up the loop. See checkpoint_forever().
+        dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def checkpoint_forever(engine: AsyncEngine, interval: float = 0.5) -> None:
+    """Copy the SQLite WAL into the database every interval, off the event loop.
+
+    The chat writer does not checkpoint (it runs on the loop); this does, on the app's
+    threaded engine. PASSIVE never waits for readers or the writer.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except DBAPIError as exc:
+            log.warning("WAL checkpoint failed: %s", exc.orig)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -15,6 +16,10 @@ def fold(text: str) -> str:
     return stripped.lower()
 
 
+@lru_cache(maxsize=4096)
 def search_key(text: str) -> str:
-    """fold() without spaces or punctuation ("Phường Bỉm Sơn" → "phuongbimson")."""
+    """fold() without spaces or punctuation ("Phường Bỉm Sơn" → "phuongbimson").
+
+    Cached: button labels are matched against typed text on every message.
+    """
     return _NON_ALNUM.sub("", fold(text))

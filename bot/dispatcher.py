@@ -12,19 +12,135 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import insert, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Insert, Select, Table, bindparam, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.db import is_busy
 from backend.models import Conversation, OutboxMessage, ProcessedUpdate, utcnow
-from backend.services.upsert import upsert
+from backend.services.upsert import dialect_insert, upsert_statement
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
 from handlers.turn import Services, Turn
 
 log = logging.getLogger(__name__)
+
+# Turns of the event loop a batch waits for more updates, while more keep arriving.
+LINGER_TURNS = 4
+# How long a batch waits for SQLite's write lock before it counts as failed (seconds).
+BUSY_PATIENCE = 30.0
+
+_STATE_COLUMNS = ("channel", "chat_id", "state", "data", "language", "reporter_id", "updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The hot path's statements: Core on the tables, built once and reused.
+
+    Building and cache-keying a statement, or going through the ORM, costs more than
+    executing it on SQLite, so each batch only binds values to these. load() and save()
+    run on the sync connection, each in one hop from the event loop.
+    """
+
+    claim: Any
+    states: Select[Any]
+    save_states: Any
+    outbox: Insert
+
+    def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded:
+        """Record the batch's updates as handled, and load the chats of the new ones.
+
+        The record is an INSERT … ON CONFLICT DO NOTHING: the rows it returns are the
+        updates not seen before (another process handling the same update waits for it
+        and then skips it). The whole batch is one transaction, so a failure forgets it.
+        """
+        keys = {(e.channel, e.update_id) for e in events}
+        claimed = conn.execute(
+            self.claim,
+            [{"channel": c, "update_id": u, "processed_at": now} for c, u in keys],
+        )
+        loaded = _Loaded(fresh={(c, u) for c, u in claimed})
+        # One lookup per channel (a batch rarely has more than one): `channel = ? AND id
+        # IN (…)` searches the unique index, where a row-value IN makes SQLite scan.
+        for channel, group in _by_channel(events).items():
+            chat_ids = list({e.chat_id for e in group if (channel, e.update_id) in loaded.fresh})
+            if not chat_ids:
+                continue
+            rows = conn.execute(self.states, {"channel": channel, "ids": chat_ids})
+            for chat_id, state, language, data, reporter_id in rows:
+                loaded.states[(channel, chat_id)] = ConversationState(
+                    state=state, language=language, data=data, reporter_id=reporter_id
+                )
+                loaded.before[(channel, chat_id)] = (
+                    state,
+                    language,
+                    copy.deepcopy(data),
+                    reporter_id,
+                )
+        return loaded
+
+    def save(
+        self,
+        conn: Connection,
+        conversations: list[dict[str, Any]],
+        outbox: list[dict[str, Any]],
+    ) -> None:
+        if conversations:
+            conn.execute(self.save_states, conversations)
+        if outbox:
+            conn.execute(self.outbox, outbox)
+
+
+@dataclass(slots=True)
+class _Loaded:
+    fresh: set[tuple[str, str]]
+    states: dict[tuple[str, str], ConversationState] = field(default_factory=dict)
+    # The stored state of each chat, to write back only those that changed.
+    before: dict[tuple[str, str], tuple[str, str, Any, int | None]] = field(default_factory=dict)
+
+    def changed(self, chat: tuple[str, str], st: ConversationState) -> bool:
+        return self.before.get(chat) != (st.state, st.language, st.data, st.reporter_id)
+
+
+def _by_channel(events: Sequence[Incoming]) -> dict[str, list[Incoming]]:
+    groups: dict[str, list[Incoming]] = {}
+    for event in events:
+        groups.setdefault(event.channel, []).append(event)
+    return groups
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    processed = cast(Table, ProcessedUpdate.__table__)
+    conversations = cast(Table, Conversation.__table__)
+    c = conversations.c
+    states = select(c.chat_id, c.state, c.language, c.data, c.reporter_id).where(
+        c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True))
+    )
+    if dialect == "postgresql":
+        # Another process may be answering the same chat: take turns per chat.
+        states = states.with_for_update()
+    claim = (
+        dialect_insert(dialect, processed)
+        .on_conflict_do_nothing(index_elements=["channel", "update_id"])
+        .returning(processed.c.channel, processed.c.update_id)
+    )
+    return _Statements(
+        claim=claim,
+        states=states,
+        save_states=upsert_statement(
+            dialect, conversations, _STATE_COLUMNS, ("channel", "chat_id")
+        ),
+        outbox=insert(cast(Table, OutboxMessage.__table__)),
+    )
+
 
 StepFn = Callable[[Turn, Incoming], Awaitable[None]]
 
@@ -40,7 +156,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         services: Services,
         capabilities: Mapping[str, Capabilities],
         *,
@@ -48,7 +164,8 @@ class Dispatcher:
         step: StepFn = dialogue_step,
         max_batch: int = 256,
     ) -> None:
-        self._sessions = sessions
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._services = services
         self._capabilities = capabilities
         self._on_commit = on_commit
@@ -85,6 +202,14 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Let the loop read the requests already waiting on their sockets first: one
+            # commit then serves them all. Idle, this costs one turn of the loop.
+            waiting = -1
+            for _ in range(LINGER_TURNS):
+                if self._queue.qsize() == waiting:
+                    break
+                waiting = self._queue.qsize()
+                await asyncio.sleep(0)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -123,29 +248,43 @@ class Dispatcher:
         self._on_commit()
 
     async def _commit(self, events: Sequence[Incoming]) -> None:
-        async with self._sessions() as session, session.begin():
-            await self._apply(session, events)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + BUSY_PATIENCE
+        delay = 0.001
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    # The dialogue's services get a session on the same transaction.
+                    session = AsyncSession(bind=conn, expire_on_commit=False)
+                    try:
+                        await self._apply(conn, session, events)
+                    finally:
+                        await session.close()
+                return
+            except DBAPIError as exc:
+                # Another connection holds SQLite's write lock: wait without blocking
+                # the loop, then run the batch again from the committed state.
+                if not is_busy(exc) or loop.time() > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
-    async def _apply(self, session: AsyncSession, events: Sequence[Incoming]) -> None:
+    async def _apply(
+        self, conn: AsyncConnection, session: AsyncSession, events: Sequence[Incoming]
+    ) -> None:
         # A handful of statements per batch, whatever its size: each round trip to the
         # database costs more than the dialogue logic of one update.
-        keys = {(e.channel, e.update_id) for e in events}
-        found = await session.execute(
-            select(ProcessedUpdate.channel, ProcessedUpdate.update_id).where(
-                tuple_(ProcessedUpdate.channel, ProcessedUpdate.update_id).in_(keys)
-            )
-        )
-        seen = {(channel, update_id) for channel, update_id in found}
-        states = await self._load_states(session, {(e.channel, e.chat_id) for e in events})
+        sql = _statements(conn.dialect.name)
         now = utcnow()
+        loaded = await conn.run_sync(sql.load, events, now)
+        states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
-        outbox: list[dict[str, object]] = []
-        processed: list[dict[str, object]] = []
+        outbox: list[dict[str, Any]] = []
         for event in events:
             key = (event.channel, event.update_id)
-            if key in seen:
-                continue
-            seen.add(key)
+            if key not in loaded.fresh:
+                continue  # handled before, or twice in this batch
+            loaded.fresh.discard(key)
             chat = (event.channel, event.chat_id)
             state = states.get(chat) or ConversationState(
                 state="idle", language=pick_language(event.language)
@@ -172,49 +311,22 @@ class Dispatcher:
                 }
                 for reply in turn.out
             )
-            processed.append(
-                {"channel": event.channel, "update_id": event.update_id, "processed_at": now}
-            )
-        if touched:
-            rows = [
-                {
-                    "channel": channel,
-                    "chat_id": chat_id,
-                    "state": st.state,
-                    "data": st.data,
-                    "language": st.language,
-                    "reporter_id": st.reporter_id,
-                    "updated_at": now,
-                }
-                for (channel, chat_id), st in touched.items()
-            ]
-            await upsert(session, Conversation, rows, ["channel", "chat_id"])
-        if outbox:
-            await session.execute(insert(OutboxMessage), outbox)
-        if processed:
-            await session.execute(insert(ProcessedUpdate), processed)
-
-    @staticmethod
-    async def _load_states(
-        session: AsyncSession, chats: set[tuple[str, str]]
-    ) -> dict[tuple[str, str], ConversationState]:
-        query = select(
-            Conversation.channel,
-            Conversation.chat_id,
-            Conversation.state,
-            Conversation.language,
-            Conversation.data,
-            Conversation.reporter_id,
-        ).where(tuple_(Conversation.channel, Conversation.chat_id).in_(chats))
-        if session.get_bind().dialect.name == "postgresql":
-            # Another process may be answering the same chat: take turns per chat.
-            query = query.with_for_update()
-        return {
-            (channel, chat_id): ConversationState(
-                state=state, language=language, data=copy.deepcopy(data), reporter_id=reporter_id
-            )
-            for channel, chat_id, state, language, data, reporter_id in await session.execute(query)
-        }
+        conversations = [
+            {
+                "channel": channel,
+                "chat_id": chat_id,
+                "state": st.state,
+                "data": st.data,
+                "language": st.language,
+                "reporter_id": st.reporter_id,
+                "updated_at": now,
+            }
+            for (channel, chat_id), st in touched.items()
+            if loaded.changed((channel, chat_id), st)
+        ]
+        # The dialogue's ORM work goes first: outbox rows may refer to what it created.
+        await session.flush()
+        await conn.run_sync(sql.save, conversations, outbox)
 
     async def _commit_failure(self, event: Incoming) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from backend.db import checkpoint_forever, create_writer_engine
 from backend.services.units import WardIndex
-from backend.web.app import SESSIONS, SETTINGS
+from backend.web.app import ENGINE, SESSIONS, SETTINGS
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxWorker
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
@@ -39,7 +41,13 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
         max_attempts=settings.outbox_max_attempts,
         poll_interval=settings.outbox_poll_interval,
     )
-    dispatcher = Dispatcher(sessions, Services(wards=wards), capabilities, on_commit=outbox.wake)
+    writer = create_writer_engine(settings.database_url)
+    dispatcher = Dispatcher(
+        writer if writer is not None else app[ENGINE],
+        Services(wards=wards),
+        capabilities,
+        on_commit=outbox.wake,
+    )
     app[DISPATCHER] = dispatcher
     app[OUTBOX] = outbox
     telegram: TelegramChannel | None = None
@@ -51,6 +59,11 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
         outbox.add_sender(telegram)
         app[TELEGRAM] = telegram
     dispatcher.start()
+    checkpoints = (
+        asyncio.create_task(checkpoint_forever(app[ENGINE]), name="wal-checkpoint")
+        if writer is not None
+        else None
+    )
     if settings.outbox_enabled:
         outbox.start()
     if telegram is not None:
@@ -62,6 +75,11 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
             await telegram.stop()
         await outbox.stop()
         await dispatcher.stop()
+        if checkpoints is not None:
+            checkpoints.cancel()
+            await asyncio.gather(checkpoints, return_exceptions=True)
+        if writer is not None:
+            await writer.dispose()
 
 
 def mount_chat(app: web.Application) -> None:

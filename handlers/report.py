@@ -96,9 +96,11 @@ async def begin(turn: Turn) -> None:
     """/start: consent first unless given for the current text version, then photos."""
     returning = turn.conv.reporter_id is not None
     if turn.conv.reporter_id is None:
-        reporter, created = await find_or_create_reporter(turn.session, turn.channel, turn.chat_id)
+        reporter_id, created = await find_or_create_reporter(
+            turn.session, turn.channel, turn.chat_id
+        )
         returning = not created
-        turn.conv.reporter_id = reporter.id
+        turn.conv.reporter_id = reporter_id
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=True)
     if returning and await has_consent(turn.session, turn.conv.reporter_id):

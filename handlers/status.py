@@ -30,8 +30,8 @@ async def show_status(turn: Turn, code: str) -> None:
         "unit": status.unit_name,
         "updated": format_local(status.updated_at),
     }
-    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
-    if status.reporter_id is not None and status.reporter_id == reporter.id:
+    reporter_id = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    if status.reporter_id is not None and status.reporter_id == reporter_id:
         turn.say(
             "status.owner",
             category=status.category_en if turn.conv.language == "en" else status.category_vi,
@@ -44,8 +44,8 @@ async def show_status(turn: Turn, code: str) -> None:
 
 
 async def show_mine(turn: Turn) -> None:
-    reporter = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
-    mine = await tickets_of_reporter(turn.session, reporter.id)
+    reporter_id = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    mine = await tickets_of_reporter(turn.session, reporter_id)
     if not mine:
         turn.say("my.none")
         return

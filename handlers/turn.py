@@ -61,9 +61,17 @@ class Turn:
         rows = tuple(
             tuple(buttons[i : i + columns]) for i in range(0, len(buttons), max(1, columns))
         )
+        text = self.t(key, **params)
+        last = self.out[-1] if self.out else None
+        if isinstance(last, Reply) and last == Reply(text=last.text):
+            # Plain text followed by more ("that was not a photo" + the step's prompt)
+            # goes as one message: the resident reads it at once, and a chat gets one
+            # message a second.
+            self.out.pop()
+            text = f"{last.text}\n\n{text}"
         self.out.append(
             Reply(
-                text=self.t(key, **params),
+                text=text,
                 buttons=rows,
                 request=request,
                 request_label=request_label,

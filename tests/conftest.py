@@ -13,11 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.cli import load_units, migrate
 from backend.config import Settings
-from backend.db import create_engine, session_factory
+from backend.db import create_engine, create_writer_engine, session_factory
 from tests.fakes.telegram_api import FakeTelegram
 
 PG_URL = os.environ.get("HOTLINE_TEST_DATABASE_URL")
@@ -75,10 +75,24 @@ def database_url(template_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
-    yield session_factory(engine)
+    yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def writer(database_url: str, engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The chat writer's engine, as the server builds it (its own on SQLite)."""
+    own = create_writer_engine(database_url)
+    yield own if own is not None else engine
+    if own is not None:
+        await own.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return session_factory(engine)
 
 
 @pytest.fixture

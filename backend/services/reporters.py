@@ -1,56 +1,83 @@
-"""Reporters: a pseudonym for staff, a sealed identity, and consent records."""
+"""Reporters: a pseudonym for staff, a sealed identity, and consent records.
+
+The statements are Core and built once: a chat's first message creates its reporter in
+the intake's hot path, where the ORM's unit of work would cost more than the SQL.
+"""
 
 from __future__ import annotations
 
 import secrets
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import Consent, Reporter, ReporterIdentity
+from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
 CONSENT_TEXT_VERSION = "2026-11-v1"
 
+_reporters = cast(Table, Reporter.__table__)
+_identities = cast(Table, ReporterIdentity.__table__)
+_consents = cast(Table, Consent.__table__)
 
-async def reporter_for_chat(session: AsyncSession, channel: str, chat_id: str) -> Reporter:
-    """The reporter behind a chat, created on first contact."""
-    reporter, _ = await find_or_create_reporter(session, channel, chat_id)
-    return reporter
+_FIND = select(_identities.c.reporter_id).where(
+    _identities.c.channel == bindparam("channel"),
+    _identities.c.chat_id == bindparam("chat_id"),
+)
+_CREATE = insert(_reporters).returning(_reporters.c.id)
+_SEAL = insert(_identities)
+_CONSENTED = (
+    select(_consents.c.id)
+    .where(
+        _consents.c.reporter_id == bindparam("reporter_id"),
+        _consents.c.text_version == bindparam("version"),
+        _consents.c.withdrawn_at.is_(None),
+    )
+    .limit(1)
+)
+_CONSENT = insert(_consents)
+
+
+async def reporter_for_chat(session: AsyncSession, channel: str, chat_id: str) -> int:
+    """The id of the reporter behind a chat, created on first contact."""
+    reporter_id, _ = await find_or_create_reporter(session, channel, chat_id)
+    return reporter_id
 
 
 async def find_or_create_reporter(
     session: AsyncSession, channel: str, chat_id: str
-) -> tuple[Reporter, bool]:
-    """The reporter behind a chat, and whether it was created just now."""
-    found = await session.scalar(
-        select(Reporter)
-        .join(ReporterIdentity, ReporterIdentity.reporter_id == Reporter.id)
-        .where(ReporterIdentity.channel == channel, ReporterIdentity.chat_id == chat_id)
-    )
+) -> tuple[int, bool]:
+    """The id of the reporter behind a chat, and whether it was created just now."""
+    found = await session.scalar(_FIND, {"channel": channel, "chat_id": chat_id})
     if found is not None:
-        return found, False
+        return int(found), False
     # 32 random bits: a clash is unlikely and the unique index refuses one if it happens.
-    reporter = Reporter(pseudonym=secrets.token_hex(4).upper())
-    session.add(reporter)
-    await session.flush()
-    session.add(ReporterIdentity(reporter_id=reporter.id, channel=channel, chat_id=chat_id))
-    return reporter, True
+    pseudonym = secrets.token_hex(4).upper()
+    reporter_id = await session.scalar(_CREATE, {"pseudonym": pseudonym, "created_at": utcnow()})
+    if reporter_id is None:
+        raise RuntimeError("INSERT … RETURNING gave no id")
+    await session.execute(
+        _SEAL, {"reporter_id": reporter_id, "channel": channel, "chat_id": chat_id}
+    )
+    return int(reporter_id), True
 
 
-async def record_consent(session: AsyncSession, reporter_id: int, language: str) -> Consent:
-    consent = Consent(reporter_id=reporter_id, text_version=CONSENT_TEXT_VERSION, language=language)
-    session.add(consent)
-    return consent
+async def record_consent(session: AsyncSession, reporter_id: int, language: str) -> None:
+    await session.execute(
+        _CONSENT,
+        {
+            "reporter_id": reporter_id,
+            "text_version": CONSENT_TEXT_VERSION,
+            "language": language,
+            "granted_at": utcnow(),
+        },
+    )
 
 
 async def has_consent(session: AsyncSession, reporter_id: int) -> bool:
     found = await session.scalar(
-        select(Consent.id).where(
-            Consent.reporter_id == reporter_id,
-            Consent.text_version == CONSENT_TEXT_VERSION,
-            Consent.withdrawn_at.is_(None),
-        )
+        _CONSENTED, {"reporter_id": reporter_id, "version": CONSENT_TEXT_VERSION}
     )
     return found is not None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.models import Conversation, OutboxMessage, Ticket
 from backend.services.units import WardIndex
@@ -78,10 +78,12 @@ def texts(replies: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture
-async def dispatcher(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Dispatcher]:
+async def dispatcher(
+    sessions: async_sessionmaker[AsyncSession], writer: AsyncEngine
+) -> AsyncIterator[Dispatcher]:
     async with sessions() as session:
         wards = await WardIndex.load(session)
-    d = Dispatcher(sessions, Services(wards=wards), {"telegram": TELEGRAM_LIKE})
+    d = Dispatcher(writer, Services(wards=wards), {"telegram": TELEGRAM_LIKE})
     d.start()
     yield d
     await d.stop()

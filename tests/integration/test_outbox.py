@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import OutboxMessage, utcnow
@@ -24,12 +24,15 @@ from tests.fakes.telegram_api import FakeTelegram
 
 @pytest.fixture
 async def worker(
-    api: FakeTelegram, settings: Settings, sessions: async_sessionmaker[AsyncSession]
+    api: FakeTelegram,
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
 ) -> AsyncIterator[OutboxWorker]:
     tg_settings = settings.model_copy(
         update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
     )
-    dispatcher = Dispatcher(sessions, Services(WardIndex([])), {})
+    dispatcher = Dispatcher(engine, Services(WardIndex([])), {})
     channel = TelegramChannel(tg_settings, dispatcher)
     await channel.bot.initialize()
     outbox = OutboxWorker(sessions, max_attempts=3)
