@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -126,7 +127,8 @@ class TelegramChannel:
         if not hmac.compare_digest(given, self._secret):
             return web.Response(status=401, text="bad secret token")
         try:
-            data = await request.json()
+            # json.loads takes the bytes as they came (UTF-8 per the Bot API).
+            data = json.loads(await request.read())
             incoming = await self.to_incoming(data)
         except (ValueError, TypeError, KeyError, AttributeError):
             return web.Response(status=400, text="not an update")
