@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = 8
     outbox_poll_interval: float = 1.0
 
+    # A province's deadline policy on top of the shipped defaults (TOML, see
+    # backend/data/deadlines.toml); how often overdue tickets are looked for (seconds).
+    deadlines_file: Path | None = None
+    deadline_interval: float = 60.0
+    deadline_worker_enabled: bool = True
+
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 

@@ -191,7 +191,28 @@ class Ticket(Base):
     location_source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the current step is due; None once nothing is pending. Overdue is due_at < now.
     due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # ward · province · ministry · police (Điều 6 competence)
+    competence: Mapped[str | None] = mapped_column(String(16))
+    # The case (vụ việc) this report was merged into; a case is its first report.
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    complex: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    classified_at: Mapped[datetime | None] = mapped_column(default=None)
+    assigned_at: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    answered_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    reopen_until: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    rejection_reason: Mapped[str | None] = mapped_column(String(32))
+    result_text: Mapped[str | None] = mapped_column(Text)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    escalated_at: Mapped[datetime | None] = mapped_column(default=None)
+    escalation_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_tickets_open_due", "state", "due_at"),)
 
 
 class TicketCounter(Base):
@@ -216,6 +237,25 @@ class Photo(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    # evidence (from the report) · result (with the answer)
+    kind: Mapped[str] = mapped_column(String(16), default="evidence")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A staff account: operator, ward staff, leader, supervisor, police liaison, admin."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    # operator · ward_staff · ward_leader · supervisor · police · admin
+    role: Mapped[str] = mapped_column(String(32))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"), index=True)
+    # Where escalations and staff cards reach them.
+    telegram_chat_id: Mapped[str | None] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

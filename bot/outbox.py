@@ -15,7 +15,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.models import OutboxMessage, utcnow
-from handlers.events import Ack, Outgoing, outgoing_from_payload
+from handlers.events import Ack, Outgoing
+from handlers.notices import render_payload
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class OutboxWorker:
     async def _send(self, row: OutboxMessage) -> _Outcome:
         sender = self._senders[row.channel]
         limiter = self._limiters[row.channel]
-        message = outgoing_from_payload(row.payload)
+        message = render_payload(row.payload)
         await limiter.acquire(row.chat_id, per_chat=not isinstance(message, Ack))
         try:
             await sender.deliver(row.chat_id, message)

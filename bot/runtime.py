@@ -10,7 +10,7 @@ from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
 from backend.services.units import WardIndex
-from backend.web.app import ENGINE, SESSIONS, SETTINGS
+from backend.web.app import ENGINE, POLICIES, SESSIONS, SETTINGS
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxWorker
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
@@ -44,7 +44,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     writer = create_writer_engine(settings.database_url)
     dispatcher = Dispatcher(
         writer if writer is not None else app[ENGINE],
-        Services(wards=wards),
+        Services(wards=wards, policies=app[POLICIES]),
         capabilities,
         on_commit=outbox.wake,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.events import Incoming
+from handlers.feedback import is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
 from handlers.report import STEPS, Step, begin
 from handlers.status import show_mine, show_status
@@ -61,6 +62,9 @@ async def _button(turn: Turn, step: Step, event: Incoming) -> None:
 async def step(turn: Turn, event: Incoming) -> None:
     """Handle one event for the chat in turn; unexpected input gets the current step's help."""
     current = STEPS[turn.state]
+    if is_ticket_button(event):
+        await ticket_button(turn, event)
+        return
     if event.kind == "command":
         await _command(turn, event)
         return

@@ -432,6 +432,7 @@ class Summary(Step):
             reporter_id=turn.conv.reporter_id,
             channel=turn.channel,
             now=turn.services.now(),
+            policies=turn.services.policies,
         )
         turn.reset()
         turn.say(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import utcnow
+from backend.services.deadlines import Policies
 from backend.services.units import WardIndex
 from handlers.events import Ack, Button, Capabilities, ConversationState, Outgoing, Reply
 from handlers.i18n import translate
@@ -21,6 +22,7 @@ class Services:
 
     wards: WardIndex
     now: Callable[[], datetime] = utcnow
+    policies: Policies = field(default_factory=Policies.load)
 
 
 @dataclass(slots=True)

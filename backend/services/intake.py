@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, Photo, Province, Ticket, TicketCounter, Ward
+from backend.services.deadlines import Policies
 from backend.services.reporters import set_phone
 from backend.services.routing import route
 from backend.services.upsert import insert_for
 from backend.timeutil import local
-
-# received → classified, in wall-clock hours (DOMAIN.md, deadlines).
-CLASSIFY_WITHIN = {"urgent": timedelta(hours=2), "normal": timedelta(hours=6)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +67,7 @@ async def submit_report(
     reporter_id: int | None,
     channel: str,
     now: datetime,
+    policies: Policies | None = None,
 ) -> Submitted:
     """Store the ticket, route it, give it a code and start the classification clock."""
     ward = await session.get(Ward, draft.ward_code)
@@ -79,7 +78,8 @@ async def submit_report(
         raise LookupError(f"unknown province {ward.province_code}")
     unit = await route(session, draft.category_code, ward.code)
     urgency = suggest_urgency(draft.nature)
-    due_at = now + CLASSIFY_WITHIN[urgency]
+    policy = (policies or Policies.load()).for_province(ward.province_code)
+    due_at = policy.classify_due(now, urgency)
     ticket = Ticket(
         code=await next_code(session, ward.province_code, now),
         state="received",

@@ -10,10 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.db import create_engine, session_factory
+from backend.services.deadlines import Policies
+from backend.services.escalation import DeadlineWorker
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+POLICIES = web.AppKey("policies", Policies)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -22,6 +25,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = session_factory(engine)
     yield
     await engine.dispose()
+
+
+async def _deadlines(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    worker = DeadlineWorker(app[SESSIONS], app[POLICIES], settings.deadline_interval)
+    if settings.deadline_worker_enabled:
+        worker.start()
+    yield
+    await worker.stop()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -35,6 +47,8 @@ def create_app(settings: Settings) -> web.Application:
     """The web app without chat channels; the composition root mounts those."""
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[SETTINGS] = settings
+    app[POLICIES] = Policies.load(settings.deadlines_file)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_deadlines)
     app.router.add_get("/healthz", healthz)
     return app

@@ -1,0 +1,203 @@
+"""Overdue tickets and the end of the reopen window, watched by a worker in every process.
+
+Overdue is not a state: it is `due_at < now` on a ticket that still has a step to do
+(tickets with nothing pending have no due time). Each pass takes a batch under row
+locks (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer at a time) and marks
+what it escalates in the same transaction, so no ticket is escalated twice by two
+processes, and it is escalated again only after the policy's interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.models import AuditEvent, Category, Ticket, Unit, User, Ward, utcnow
+from backend.services.deadlines import Policies
+from backend.services.notify import tell_staff
+from backend.services.units import province_unit_code
+from backend.services.workflow import OPEN_STATES, Action, Actor, apply
+from backend.timeutil import format_local
+
+log = logging.getLogger(__name__)
+
+
+def overdue_query(now: datetime, again_before: datetime, limit: int) -> Select[Any]:
+    """Open tickets past their due time, not escalated since again_before, oldest first."""
+    return (
+        select(Ticket.id)
+        .where(
+            Ticket.due_at < now,
+            Ticket.state.in_(OPEN_STATES),
+            or_(Ticket.escalated_at.is_(None), Ticket.escalated_at < again_before),
+        )
+        .order_by(Ticket.due_at)
+        .limit(limit)
+    )
+
+
+def _locked(session: AsyncSession, query: Select[Any]) -> Select[Any]:
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+async def escalate_overdue(
+    session: AsyncSession, policies: Policies, *, now: datetime | None = None, limit: int = 200
+) -> list[int]:
+    """Escalate one batch of overdue tickets: flag, audit, tell the unit's leaders and the
+    province's supervisors. Returns the ids escalated."""
+    now = now or utcnow()
+    # The shortest interval any province uses; each ticket is checked against its own.
+    again = min(
+        [policies.default.escalate_again_hours]
+        + [p.escalate_again_hours for p in policies.overrides()]
+    )
+    ids = list(
+        await session.scalars(
+            _locked(session, overdue_query(now, now - timedelta(hours=again), limit))
+        )
+    )
+    escalated: list[int] = []
+    for ticket_id in ids:
+        ticket = await session.get(Ticket, ticket_id)
+        ward = await session.get(Ward, ticket.ward_code) if ticket else None
+        if ticket is None or ward is None:
+            continue
+        policy = policies.for_province(ward.province_code)
+        cutoff = now - timedelta(hours=policy.escalate_again_hours)
+        if ticket.escalated_at is not None and ticket.escalated_at >= cutoff:
+            continue
+        # The guard in the WHERE makes a second process's update a no-op.
+        claimed = await session.execute(
+            update(Ticket)
+            .where(
+                Ticket.id == ticket.id,
+                or_(Ticket.escalated_at.is_(None), Ticket.escalated_at < cutoff),
+            )
+            .values(escalated_at=now, escalation_count=Ticket.escalation_count + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        await session.refresh(ticket)
+        session.add(
+            AuditEvent(
+                ticket_id=ticket.id,
+                actor="system",
+                action="escalate",
+                from_state=ticket.state,
+                to_state=ticket.state,
+                note=f"due {format_local(ticket.due_at)}" if ticket.due_at else None,
+                created_at=now,
+            )
+        )
+        await _tell_escalation(session, ticket, ward)
+        escalated.append(ticket.id)
+    return escalated
+
+
+async def _tell_escalation(session: AsyncSession, ticket: Ticket, ward: Ward) -> None:
+    unit = await session.get(Unit, ticket.unit_id)
+    category = await session.get(Category, ticket.category_code)
+    province_unit = await session.scalar(
+        select(Unit.id).where(Unit.code == province_unit_code(ward.province_code))
+    )
+    users = list(
+        await session.scalars(
+            select(User).where(
+                User.active.is_(True),
+                or_(
+                    (User.role == "ward_leader") & (User.unit_id == ticket.unit_id),
+                    (User.role == "supervisor") & (User.unit_id == province_unit),
+                ),
+            )
+        )
+    )
+    await tell_staff(
+        session,
+        users,
+        "escalation.overdue",
+        {
+            "code": ticket.code,
+            "category": category.name_vi if category else ticket.category_code,
+            "ward": ward.name,
+            "state_key": f"ticket_state.{ticket.state}",
+            "due": format_local(ticket.due_at) if ticket.due_at else "-",
+            "unit": unit.name if unit else "",
+            "count": ticket.escalation_count,
+        },
+    )
+
+
+async def close_expired(
+    session: AsyncSession, policies: Policies, *, now: datetime | None = None, limit: int = 200
+) -> list[int]:
+    """Close answered tickets whose reopen window has passed without a reopen."""
+    now = now or utcnow()
+    query = (
+        select(Ticket.id)
+        .where(Ticket.state == "answered", Ticket.reopen_until < now)
+        .order_by(Ticket.reopen_until)
+        .limit(limit)
+    )
+    closed: list[int] = []
+    for ticket_id in list(await session.scalars(_locked(session, query))):
+        ticket = await session.get(Ticket, ticket_id)
+        if ticket is None or ticket.state != "answered":
+            continue
+        await apply(
+            session,
+            ticket,
+            Action("close", note="reopen window over"),
+            Actor.system(),
+            policies,
+            now=now,
+        )
+        closed.append(ticket.id)
+    return closed
+
+
+class DeadlineWorker:
+    """Runs the escalation and auto-close passes every `interval` seconds."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], policies: Policies, interval: float
+    ) -> None:
+        self._sessions = sessions
+        self._policies = policies
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self, now: datetime | None = None) -> tuple[int, int]:
+        async with self._sessions() as session, session.begin():
+            escalated = await escalate_overdue(session, self._policies, now=now)
+        async with self._sessions() as session, session.begin():
+            closed = await close_expired(session, self._policies, now=now)
+        return len(escalated), len(closed)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                escalated, closed = await self.run_once()
+                if escalated or closed:
+                    log.info("escalated %d overdue tickets, closed %d", escalated, closed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("deadline pass failed; trying again later")
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

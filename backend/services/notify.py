@@ -1,0 +1,128 @@
+"""Telling people through the outbox: services write notices, the chat layer words them.
+
+A notice is an outbox payload of type "notice": a message key from the catalogues, its
+parameters, the reader's language, an optional photo and buttons. The channel renders
+it when it sends, so the workflow never depends on a chat platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import Conversation, OutboxMessage, ReporterIdentity, Ticket, User, utcnow
+
+
+def notice(
+    key: str,
+    language: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    photo_sha256: str | None = None,
+    buttons: Sequence[Sequence[Mapping[str, Any]]] = (),
+) -> dict[str, Any]:
+    """The outbox payload for a catalogue message. A button is {"label" | "key", "data"}."""
+    return {
+        "type": "notice",
+        "key": key,
+        "language": language,
+        "params": dict(params or {}),
+        "photo_sha256": photo_sha256,
+        "buttons": [[dict(b) for b in row] for row in buttons],
+    }
+
+
+async def reporter_chats(
+    session: AsyncSession, reporter_ids: Iterable[int]
+) -> list[tuple[int, str, str, str]]:
+    """(reporter_id, channel, chat_id, language) for each reporter that came by chat."""
+    ids = list(set(reporter_ids))
+    if not ids:
+        return []
+    rows = await session.execute(
+        select(
+            ReporterIdentity.reporter_id,
+            ReporterIdentity.channel,
+            ReporterIdentity.chat_id,
+            Conversation.language,
+        )
+        .outerjoin(
+            Conversation,
+            (Conversation.channel == ReporterIdentity.channel)
+            & (Conversation.chat_id == ReporterIdentity.chat_id),
+        )
+        .where(ReporterIdentity.reporter_id.in_(ids), ReporterIdentity.chat_id.is_not(None))
+    )
+    return [(int(r), str(ch), str(chat), lang or "vi") for r, ch, chat, lang in rows if ch]
+
+
+async def tell_reporters(
+    session: AsyncSession,
+    tickets: Sequence[Ticket],
+    key: str,
+    params: Mapping[str, Any],
+    *,
+    photos: Sequence[str] = (),
+    buttons: Sequence[Sequence[Mapping[str, Any]]] = (),
+) -> int:
+    """Queue a notice (and any further photos) to the reporter of each ticket.
+
+    params may use {code}, filled in with each reporter's own ticket code. Returns the
+    number of outbox rows written.
+    """
+    now = utcnow()
+    by_reporter = {t.reporter_id: t for t in tickets if t.reporter_id is not None}
+    rows = 0
+    for reporter_id, channel, chat_id, language in await reporter_chats(session, by_reporter):
+        ticket = by_reporter[reporter_id]
+        own_buttons = [
+            [{**b, "data": str(b["data"]).format(code=ticket.code)} for b in row] for row in buttons
+        ]
+        payloads = [
+            notice(
+                key,
+                language,
+                {**params, "code": ticket.code},
+                photo_sha256=photos[0] if photos else None,
+                buttons=own_buttons,
+            ),
+            *(notice("notify.more_photo", language, {}, photo_sha256=p) for p in photos[1:]),
+        ]
+        for payload in payloads:
+            session.add(
+                OutboxMessage(
+                    channel=channel,
+                    chat_id=chat_id,
+                    payload=payload,
+                    ticket_id=ticket.id,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+            rows += 1
+    return rows
+
+
+async def tell_staff(
+    session: AsyncSession, users: Sequence[User], key: str, params: Mapping[str, Any]
+) -> int:
+    """Queue a notice to each staff member with a linked Telegram chat; returns rows."""
+    now = utcnow()
+    rows = 0
+    for user in users:
+        if not user.telegram_chat_id or not user.active:
+            continue
+        session.add(
+            OutboxMessage(
+                channel="telegram",
+                chat_id=user.telegram_chat_id,
+                payload=notice(key, "vi", params),
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+        rows += 1
+    return rows

@@ -1,0 +1,581 @@
+"""The QĐ 174 lifecycle as data: one service applies a transition, audits it, sets the due
+time and tells the reporter, in the caller's transaction. Nothing else changes a state.
+
+receive → classify → (forward) assign → claim → verify → handle → answer → close, with
+reject, transfer, merge into a case, extension (gia hạn) and reopen beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import AuditEvent, Photo, Ticket, Unit, Ward, utcnow
+from backend.services.deadlines import DeadlinePolicy, Policies
+from backend.services.notify import tell_reporters
+from backend.services.routing import COMPETENCES, unit_for
+from backend.timeutil import format_local
+
+Role = Literal[
+    "reporter", "operator", "ward_staff", "ward_leader", "supervisor", "police", "admin", "system"
+]
+ROLES: tuple[Role, ...] = (
+    "reporter",
+    "operator",
+    "ward_staff",
+    "ward_leader",
+    "supervisor",
+    "police",
+    "admin",
+    "system",
+)
+STATES = (
+    "received",
+    "classified",
+    "assigned",
+    "claimed",
+    "verifying",
+    "not_confirmed",
+    "handling",
+    "answered",
+    "reopened",
+    "closed",
+    "rejected",
+    "merged",
+)
+# States with a step still to do: these can be overdue.
+OPEN_STATES = (
+    "received",
+    "classified",
+    "assigned",
+    "claimed",
+    "verifying",
+    "not_confirmed",
+    "handling",
+    "reopened",
+)
+FINAL_STATES = ("closed", "rejected", "merged")
+# Refusal only with a stated reason (DOMAIN.md): these are the reasons.
+REJECT_REASONS = ("not_pollution", "no_place", "abusive", "spam")
+URGENCIES = ("urgent", "normal")
+
+_HANDLERS: frozenset[Role] = frozenset({"ward_staff", "ward_leader", "supervisor", "police"})
+_TRIAGE: frozenset[Role] = frozenset({"operator", "supervisor", "admin"})
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of the table: from which states, to which, who may, what it needs."""
+
+    action: str
+    sources: frozenset[str]
+    target: str | None  # None: the state stays (an extension, say)
+    roles: frozenset[Role]
+    requires: frozenset[str] = frozenset()
+
+
+def _t(
+    action: str,
+    sources: Sequence[str],
+    target: str | None,
+    roles: frozenset[Role] | set[Role],
+    requires: Sequence[str] = (),
+) -> Transition:
+    return Transition(action, frozenset(sources), target, frozenset(roles), frozenset(requires))
+
+
+TRANSITIONS: tuple[Transition, ...] = (
+    _t("classify", ["received"], "classified", _TRIAGE | {"system"}),
+    _t("assign", ["classified"], "assigned", _TRIAGE | {"system"}),
+    _t("claim", ["assigned", "reopened"], "claimed", _HANDLERS),
+    _t("verify", ["claimed"], "verifying", _HANDLERS),
+    _t("confirm", ["verifying"], "handling", _HANDLERS),
+    _t("not_confirmed", ["verifying"], "not_confirmed", _HANDLERS, ["reason"]),
+    _t("answer", ["handling", "not_confirmed"], "answered", _HANDLERS, ["result", "photos"]),
+    _t("close", ["answered"], "closed", {"ward_leader", "supervisor", "admin", "system"}),
+    _t("reopen", ["answered"], "reopened", {"reporter", "operator", "supervisor"}),
+    _t("reject", ["received", "classified"], "rejected", _TRIAGE, ["reason"]),
+    _t(
+        "transfer",
+        ["classified", "assigned", "claimed", "verifying", "handling", "reopened"],
+        "assigned",
+        _TRIAGE | {"ward_leader"},
+        ["reason", "unit"],
+    ),
+    _t(
+        "extend",
+        ["assigned", "claimed", "verifying", "handling", "not_confirmed", "reopened"],
+        None,
+        {"ward_leader", "supervisor", "admin"},
+        ["reason", "due"],
+    ),
+    _t("mark_complex", ["claimed", "verifying", "handling"], None, _HANDLERS, ["reason"]),
+    _t("merge", ["received", "classified", "assigned"], "merged", _TRIAGE, ["case"]),
+)
+TABLE: dict[str, Transition] = {t.action: t for t in TRANSITIONS}
+
+
+class WorkflowError(Exception):
+    """An action the table does not allow; `code` names the reason for the caller."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a staff member (with unit), the reporter, or the system itself."""
+
+    role: Role
+    user_id: int | None = None
+    unit_id: int | None = None
+    province_code: str | None = None
+    reporter_id: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        if self.reporter_id is not None:
+            return f"reporter:{self.reporter_id}"
+        return self.role
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(role="system")
+
+
+@dataclass
+class Action:
+    """What the caller asks for, with what the table may require."""
+
+    action: str
+    note: str | None = None
+    reason: str | None = None
+    result: str | None = None
+    photos: Sequence[dict[str, Any]] = field(default_factory=list)
+    unit_code: str | None = None
+    due: datetime | None = None
+    case_code: str | None = None
+    urgency: str | None = None
+    competence: str | None = None
+
+
+def allowed_actions(ticket: Ticket, role: Role) -> list[str]:
+    """The actions the table allows for a role on a ticket in its current state."""
+    return [t.action for t in TRANSITIONS if ticket.state in t.sources and role in t.roles]
+
+
+async def in_scope(session: AsyncSession, actor: Actor, ticket: Ticket) -> bool:
+    """Whether an actor may act on a ticket at all: own ticket, own unit, own province."""
+    if actor.role in ("system", "admin"):
+        return True
+    if actor.role == "reporter":
+        if actor.reporter_id is None:
+            return False
+        if actor.reporter_id == ticket.reporter_id:
+            return True
+        # Every reporter of a case follows it, through the report merged into it.
+        member = await session.scalar(
+            select(Ticket.id).where(
+                Ticket.case_id == ticket.id, Ticket.reporter_id == actor.reporter_id
+            )
+        )
+        return member is not None
+    if actor.role in ("operator", "supervisor"):
+        ward = await session.get(Ward, ticket.ward_code)
+        return ward is not None and ward.province_code == actor.province_code
+    return actor.unit_id is not None and actor.unit_id == ticket.unit_id
+
+
+async def apply(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policies: Policies,
+    *,
+    now: datetime | None = None,
+) -> Ticket:
+    """Apply one action to a ticket: check it, change it, audit it, set the due time and
+    tell the reporter. Raises WorkflowError and changes nothing when it is not allowed."""
+    now = now or utcnow()
+    rule = TABLE.get(request.action)
+    if rule is None:
+        raise WorkflowError("unknown_action", request.action)
+    if ticket.state not in rule.sources:
+        raise WorkflowError("wrong_state", f"{request.action} from {ticket.state}")
+    if actor.role not in rule.roles:
+        raise WorkflowError("forbidden", f"{actor.role} may not {request.action}")
+    if not await in_scope(session, actor, ticket):
+        raise WorkflowError("out_of_scope")
+    _check_requirements(rule, request, ticket, now)
+    ward = await session.get(Ward, ticket.ward_code)
+    policy = policies.for_province(ward.province_code if ward else None)
+    before = ticket.state
+    note = request.note or request.reason
+    effect = _EFFECTS[request.action]
+    extra = await effect(session, ticket, request, actor, policy, now)
+    if rule.target is not None:
+        ticket.state = rule.target
+    ticket.updated_at = now
+    session.add(
+        AuditEvent(
+            ticket_id=ticket.id,
+            actor=actor.label,
+            action=request.action,
+            from_state=before,
+            to_state=ticket.state,
+            note=extra or note,
+            created_at=now,
+        )
+    )
+    await session.flush()
+    return ticket
+
+
+def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: datetime) -> None:
+    needs = rule.requires
+    if "reason" in needs and not (request.reason or "").strip():
+        raise WorkflowError("reason_required")
+    if request.action == "reject" and request.reason not in REJECT_REASONS:
+        raise WorkflowError("reason_required", f"one of {', '.join(REJECT_REASONS)}")
+    if "result" in needs and not (request.result or "").strip():
+        raise WorkflowError("result_required")
+    if "photos" in needs and not request.photos:
+        raise WorkflowError("photos_required")
+    if "unit" in needs and not request.unit_code and not request.competence:
+        raise WorkflowError("unit_required")
+    if "due" in needs:
+        if request.due is None or request.due <= now:
+            raise WorkflowError("due_required", "a new date in the future")
+        if ticket.due_at is not None and request.due <= ticket.due_at:
+            raise WorkflowError("due_required", "later than the current due time")
+    if "case" in needs and not request.case_code:
+        raise WorkflowError("case_required")
+    if request.urgency is not None and request.urgency not in URGENCIES:
+        raise WorkflowError("bad_urgency")
+    if request.competence is not None and request.competence not in COMPETENCES:
+        raise WorkflowError("bad_competence")
+
+
+# --- effects: what each action does besides the state (returns an audit note or None) ----
+
+
+async def _classify(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    if request.urgency is not None:
+        ticket.urgency = request.urgency
+    if request.competence is not None:
+        ticket.competence = request.competence
+        ticket.unit_id = (await unit_for(session, request.competence, ticket.ward_code)).id
+    ticket.classified_at = now
+    ticket.due_at = policy.forward_due(now)
+    return f"urgency={ticket.urgency}; competence={ticket.competence or 'default'}"
+
+
+async def _assign(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.assigned_at = now
+    ticket.due_at = policy.claim_due(now)
+    unit = await session.get(Unit, ticket.unit_id)
+    ward = await session.get(Ward, ticket.ward_code)
+    await tell_reporters(
+        session,
+        await case_tickets(session, ticket),
+        "notify.assigned",
+        {"unit": unit.name if unit else "", "ward": ward.name if ward else ""},
+    )
+    return unit.code if unit else None
+
+
+async def _claim(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.claimed_by = actor.user_id
+    ticket.claimed_at = now
+    ticket.due_at = policy.answer_due(now, ticket.urgency, ticket.complex)
+    return None
+
+
+async def _keep_due(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    return None
+
+
+async def _answer(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.result_text = (request.result or "").strip()
+    ticket.answered_at = now
+    ticket.due_at = None
+    ticket.reopen_until = policy.reopen_until(now)
+    for p in request.photos:
+        session.add(
+            Photo(
+                ticket_id=ticket.id,
+                sha256=p["sha256"],
+                content_type=p["content_type"],
+                width=p["width"],
+                height=p["height"],
+                size_bytes=p["size_bytes"],
+                kind="result",
+                created_at=now,
+            )
+        )
+    rating = [
+        [{"label": f"{n}⭐", "data": f"t|{{code}}|rate|{n}"} for n in range(1, 6)],
+        [{"key": "feedback.not_fixed", "data": "t|{code}|reopen"}],
+    ]
+    merged = await case_tickets(session, ticket)
+    for member in merged:
+        if member.id != ticket.id and member.state == "merged":
+            member.result_text = ticket.result_text
+            member.answered_at = now
+    await tell_reporters(
+        session,
+        merged,
+        "notify.answered",
+        {"result": ticket.result_text, "until": format_local(ticket.reopen_until)},
+        photos=[p["sha256"] for p in request.photos],
+        buttons=rating,
+    )
+    return None
+
+
+async def _close(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.closed_at = now
+    ticket.due_at = None
+    ticket.reopen_until = None
+    members = await case_tickets(session, ticket)
+    for member in members:
+        if member.id != ticket.id and member.state == "merged":
+            member.closed_at = now
+    await tell_reporters(session, members, "notify.closed", {})
+    return None
+
+
+async def _reopen(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    if ticket.reopen_until is not None and now > ticket.reopen_until:
+        raise WorkflowError("reopen_window_over")
+    ticket.reopen_count += 1
+    ticket.reopen_until = None
+    ticket.answered_at = None
+    ticket.claimed_by = None
+    ticket.assigned_at = now
+    ticket.due_at = policy.claim_due(now)
+    await tell_reporters(session, [ticket], "notify.reopened", {})
+    return None
+
+
+async def _reject(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.rejection_reason = request.reason
+    ticket.due_at = None
+    await tell_reporters(
+        session, [ticket], "notify.rejected", {"reason_key": f"reject.{request.reason}"}
+    )
+    return f"{request.reason}: {request.note}" if request.note else request.reason
+
+
+async def _transfer(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    if request.unit_code:
+        unit = await session.scalar(select(Unit).where(Unit.code == request.unit_code))
+        if unit is None:
+            raise WorkflowError("unit_required", f"no unit {request.unit_code}")
+    else:
+        unit = await unit_for(session, request.competence or "ward", ticket.ward_code)
+    if unit.id == ticket.unit_id:
+        raise WorkflowError("unit_required", "the ticket is already there")
+    old = await session.get(Unit, ticket.unit_id)
+    ticket.unit_id = unit.id
+    ticket.competence = request.competence or ticket.competence
+    ticket.claimed_by = None
+    ticket.claimed_at = None
+    ticket.assigned_at = now
+    ticket.due_at = policy.claim_due(now)
+    await tell_reporters(
+        session,
+        await case_tickets(session, ticket),
+        "notify.transferred",
+        {"unit": unit.name, "reason": request.reason or ""},
+    )
+    return f"{old.code if old else '?'} → {unit.code}: {request.reason}"
+
+
+async def _extend(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    if request.due is None:
+        raise WorkflowError("due_required")
+    previous = ticket.due_at
+    ticket.due_at = request.due
+    await tell_reporters(
+        session,
+        [ticket],
+        "notify.extended",
+        {"due": format_local(request.due), "reason": request.reason or ""},
+    )
+    was = format_local(previous) if previous else "-"
+    return f"{was} → {format_local(request.due)}: {request.reason}"
+
+
+async def _mark_complex(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    ticket.complex = True
+    if ticket.claimed_at is not None:
+        ticket.due_at = policy.answer_due(ticket.claimed_at, ticket.urgency, True)
+    return None
+
+
+async def _merge(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policy: DeadlinePolicy,
+    now: datetime,
+) -> str | None:
+    case = await session.scalar(select(Ticket).where(Ticket.code == request.case_code))
+    if case is None or case.id == ticket.id:
+        raise WorkflowError("case_required", f"no other ticket {request.case_code}")
+    while case.case_id is not None:  # merge into the case itself, not into a member
+        parent = await session.get(Ticket, case.case_id)
+        if parent is None:
+            break
+        case = parent
+    if case.state in ("rejected", "merged") or case.id == ticket.id:
+        raise WorkflowError("case_required", f"{case.code} cannot take reports")
+    ticket.case_id = case.id
+    ticket.due_at = None
+    for member in await session.scalars(select(Ticket).where(Ticket.case_id == ticket.id)):
+        member.case_id = case.id
+    return case.code
+
+
+_EFFECTS = {
+    "classify": _classify,
+    "assign": _assign,
+    "claim": _claim,
+    "verify": _keep_due,
+    "confirm": _keep_due,
+    "not_confirmed": _keep_due,
+    "answer": _answer,
+    "close": _close,
+    "reopen": _reopen,
+    "reject": _reject,
+    "transfer": _transfer,
+    "extend": _extend,
+    "mark_complex": _mark_complex,
+    "merge": _merge,
+}
+
+
+async def rate(
+    session: AsyncSession, ticket: Ticket, stars: int, actor: Actor, *, now: datetime | None = None
+) -> None:
+    """The reporter's 1–5 rating of an answer (the latest rating counts)."""
+    if not 1 <= stars <= 5:
+        raise WorkflowError("bad_rating")
+    if ticket.answered_at is None and ticket.state not in ("answered", "closed"):
+        raise WorkflowError("wrong_state", "nothing answered to rate")
+    if not await in_scope(session, actor, ticket):
+        raise WorkflowError("out_of_scope")
+    now = now or utcnow()
+    ticket.rating = stars
+    session.add(
+        AuditEvent(
+            ticket_id=ticket.id,
+            actor=actor.label,
+            action="rate",
+            from_state=ticket.state,
+            to_state=ticket.state,
+            note=str(stars),
+            created_at=now,
+        )
+    )
+
+
+async def case_tickets(session: AsyncSession, ticket: Ticket) -> list[Ticket]:
+    """The ticket and every report merged into it (the case's reporters hear the result)."""
+    merged = await session.scalars(select(Ticket).where(Ticket.case_id == ticket.id))
+    return [ticket, *merged]
+
+
+async def find_ticket(session: AsyncSession, code: str, *, lock: bool = False) -> Ticket | None:
+    query = select(Ticket).where(Ticket.code == code)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return await session.scalar(query)

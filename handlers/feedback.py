@@ -1,0 +1,45 @@
+"""After the answer: the reporter rates it (1–5) or says it is not fixed (reopen)."""
+
+from __future__ import annotations
+
+from backend.services.workflow import Action, Actor, WorkflowError, apply, find_ticket, rate
+from handlers.events import Incoming
+from handlers.turn import Turn
+
+PREFIX = "t|"
+
+
+def is_ticket_button(event: Incoming) -> bool:
+    """Buttons on notices about a ticket: "t|<code>|rate|<n>" or "t|<code>|reopen"."""
+    return event.kind == "button" and (event.button or "").startswith(PREFIX)
+
+
+async def ticket_button(turn: Turn, event: Incoming) -> None:
+    _, code, action, *rest = [*(event.button or "").split("|"), "", ""][:4]
+    ticket = await find_ticket(turn.session, code, lock=True)
+    reporter_id = turn.conv.reporter_id
+    actor = Actor(role="reporter", reporter_id=reporter_id)
+    try:
+        if ticket is None or reporter_id is None:
+            raise WorkflowError("out_of_scope")
+        if action == "rate" and rest[0].isdigit():
+            await rate(turn.session, ticket, int(rest[0]), actor, now=turn.services.now())
+            turn.ack(event.callback_id)
+            turn.say("feedback.thanks", rating=int(rest[0]), code=code)
+        elif action == "reopen":
+            # The service tells the reporter that it was reopened.
+            await apply(
+                turn.session,
+                ticket,
+                Action("reopen", note="not fixed (reporter)"),
+                actor,
+                turn.services.policies,
+                now=turn.services.now(),
+            )
+            turn.ack(event.callback_id)
+        else:
+            raise WorkflowError("unknown_action", action)
+    except WorkflowError as exc:
+        turn.ack(event.callback_id, "button.stale")
+        key = "feedback.window_over" if exc.code == "reopen_window_over" else "feedback.unavailable"
+        turn.say(key, code=code)

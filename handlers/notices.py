@@ -1,0 +1,35 @@
+"""Words for the notices that services queue (see backend.services.notify)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.events import Button, Outgoing, Reply, outgoing_from_payload
+from handlers.i18n import translate
+
+
+def render_payload(payload: dict[str, Any]) -> Outgoing:
+    """An outbox payload as the message to send: replies and acks as stored, notices
+    worded in their reader's language."""
+    if payload.get("type") != "notice":
+        return outgoing_from_payload(payload)
+    language = str(payload.get("language") or "vi")
+    params = dict(payload.get("params") or {})
+    for name in [p for p in params if p.endswith("_key")]:
+        # A parameter that is itself a message (a rejection reason, say).
+        params[name.removesuffix("_key")] = translate(language, str(params.pop(name)))
+    buttons = tuple(
+        tuple(
+            Button(
+                label=str(b["label"]) if "label" in b else translate(language, str(b["key"])),
+                data=str(b["data"]),
+            )
+            for b in row
+        )
+        for row in payload.get("buttons") or ()
+    )
+    return Reply(
+        text=translate(language, str(payload["key"]), **params),
+        buttons=buttons,
+        photo_sha256=payload.get("photo_sha256"),
+    )
