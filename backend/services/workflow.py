@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import AuditEvent, Photo, Ticket, Unit, Ward, utcnow
+from backend.models import AuditEvent, Photo, Ticket, Unit, User, Ward, utcnow
 from backend.services.deadlines import DeadlinePolicy, Policies
 from backend.services.notify import tell_reporters
 from backend.services.routing import COMPETENCES, unit_for
@@ -149,6 +149,19 @@ class Actor:
     @classmethod
     def system(cls) -> Actor:
         return cls(role="system")
+
+    @classmethod
+    async def of_user(cls, session: AsyncSession, user: User) -> Actor:
+        """The actor for a staff account: its role, unit and the unit's province."""
+        if user.role not in ROLES or user.role in ("reporter", "system"):
+            raise WorkflowError("forbidden", f"no staff role {user.role!r}")
+        unit = await session.get(Unit, user.unit_id) if user.unit_id else None
+        return cls(
+            role=user.role,
+            user_id=user.id,
+            unit_id=user.unit_id,
+            province_code=unit.province_code if unit else None,
+        )
 
 
 @dataclass

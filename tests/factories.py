@@ -1,0 +1,92 @@
+"""Factories for workflow tests: a reported ticket with its reporter's chat, and staff."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import count
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import Conversation, Ticket, Unit, User, utcnow
+from backend.services.deadlines import Policies
+from backend.services.intake import ReportDraft, submit_report
+from backend.services.reporters import find_or_create_reporter
+from backend.services.workflow import Actor
+
+_n = count(1)
+PHOTO = {
+    "sha256": "b" * 64,
+    "content_type": "image/jpeg",
+    "width": 640,
+    "height": 480,
+    "size_bytes": 5000,
+}
+
+
+async def make_ticket(
+    session: AsyncSession,
+    *,
+    ward: str = "14812",
+    category: str = "dumping",
+    nature: str = "recurring",
+    chat_id: str | None = None,
+    language: str = "vi",
+    now: datetime | None = None,
+) -> Ticket:
+    """A ticket reported by chat at a ward, in state received."""
+    chat = chat_id or f"chat-{next(_n)}"
+    reporter_id, _ = await find_or_create_reporter(session, "telegram", chat)
+    session.add(
+        Conversation(
+            channel="telegram",
+            chat_id=chat,
+            state="idle",
+            data={},
+            language=language,
+            reporter_id=reporter_id,
+        )
+    )
+    submitted = await submit_report(
+        session,
+        ReportDraft(
+            category_code=category,
+            ward_code=ward,
+            lat=20.074,
+            lon=105.912,
+            location_source="gps",
+            description="Bãi rác tự phát",
+            nature=nature,
+            photos=[PHOTO],
+        ),
+        reporter_id=reporter_id,
+        channel="telegram",
+        now=now or utcnow(),
+        policies=Policies.load(),
+    )
+    ticket = await session.get(Ticket, submitted.ticket_id)
+    assert ticket is not None
+    return ticket
+
+
+async def make_user(
+    session: AsyncSession, role: str, unit_code: str | None, *, chat_id: str | None = None
+) -> User:
+    unit_id = None
+    if unit_code is not None:
+        unit_id = await session.scalar(select(Unit.id).where(Unit.code == unit_code))
+    n = next(_n)
+    user = User(
+        username=f"{role}{n}",
+        display_name=f"{role} {n}",
+        role=role,
+        unit_id=unit_id,
+        telegram_chat_id=chat_id,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def actor(session: AsyncSession, role: str, unit_code: str | None) -> Actor:
+    return await Actor.of_user(session, await make_user(session, role, unit_code))
