@@ -17,6 +17,7 @@ from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
 from backend.services.categories import seed_categories
 from backend.services.units import import_units
+from backend.web.api import mount_api
 from backend.web.app import create_app
 
 log = logging.getLogger("hotline")
@@ -27,6 +28,7 @@ def build_app(settings: Settings) -> web.Application:
     from bot.runtime import mount_chat
 
     app = create_app(settings)
+    mount_api(app)
     mount_chat(app)
     return app
 

@@ -253,6 +253,22 @@ async def apply(
     return ticket
 
 
+async def act(
+    session: AsyncSession,
+    ticket: Ticket,
+    request: Action,
+    actor: Actor,
+    policies: Policies,
+    *,
+    now: datetime | None = None,
+) -> Ticket:
+    """apply(), then what follows by itself: a classified ticket is forwarded at once."""
+    await apply(session, ticket, request, actor, policies, now=now)
+    if ticket.state == "classified":
+        await apply(session, ticket, Action("assign"), Actor.system(), policies, now=now)
+    return ticket
+
+
 def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: datetime) -> None:
     needs = rule.requires
     if "reason" in needs and not (request.reason or "").strip():

@@ -45,7 +45,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     """The web app without chat channels; the composition root mounts those."""
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    # Room for a photo upload at the largest size accepted.
+    app = web.Application(client_max_size=settings.max_photo_bytes + 64 * 1024)
     app[SETTINGS] = settings
     app[POLICIES] = Policies.load(settings.deadlines_file)
     app.cleanup_ctx.append(_database)

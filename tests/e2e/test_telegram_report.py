@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -140,11 +141,10 @@ async def test_restart_between_steps_resumes_the_conversation(
     assert wards.buttons()[0][1] == "ward|14812"
 
 
+@pytest.mark.parametrize("mode", ["webhook"])
 async def test_webhook_refuses_a_wrong_secret(
     api: FakeTelegram, chat_settings: Settings, mode: str
 ) -> None:
-    if mode != "webhook":
-        return
     async with running(chat_settings):
         assert api.webhook_url is not None and api.webhook_url.endswith("/telegram/webhook")
         user = FakeUser(api, chat_id=5004)
@@ -163,13 +163,12 @@ def test_webhook_secret_is_stable_per_token() -> None:
     assert Settings(telegram_webhook_secret=SecretStr("s3")).webhook_secret() == "s3"
 
 
+@pytest.mark.parametrize("mode", ["polling"])
 async def test_files_are_checked_before_they_count(
     api: FakeTelegram,
     chat_settings: Settings,
     mode: str,
 ) -> None:
-    if mode != "polling":
-        return
     async with running(chat_settings):
         user = FakeUser(api, chat_id=5005)
         await user.text("/start")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -122,3 +123,69 @@ async def test_a_blocked_bot_is_a_permanent_failure(
     await worker.stop()
     assert [s.text for s in sent] == ["second"]
     assert (await rows(sessions))[1].status == "sent" and second.id > first.id
+
+
+async def _due_now(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Let the waiting time pass: make every pending row due (after the chat's 1 s pause)."""
+    await asyncio.sleep(1.05)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.status == "pending")
+            .values(next_attempt_at=utcnow())
+        )
+
+
+async def test_429_then_500_then_ok_delivers_exactly_once(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    api.fail_next("sendMessage", 429, retry_after=3)
+    api.fail_next("sendMessage", 500)
+    await enqueue(sessions, "1", "kết quả")
+    await worker.pump()
+    (row,) = await rows(sessions)
+    assert (row.status, row.attempts) == ("pending", 0)  # 429 is not the message's fault
+    assert row.next_attempt_at - utcnow() > timedelta(seconds=2)
+    assert (await worker.pump())[0] == 0  # retry_after is honoured
+    await _due_now(sessions)
+    await worker.pump()
+    (row,) = await rows(sessions)
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert "Internal Server Error" in (row.last_error or "")
+    await _due_now(sessions)
+    await worker.pump()
+    await _due_now(sessions)
+    await worker.pump()
+    (row,) = await rows(sessions)
+    assert row.status == "sent"
+    assert [s.text for s in api.sent_to(1)] == ["kết quả"]
+
+
+async def test_nothing_is_lost_or_repeated_across_a_restart(
+    api: FakeTelegram,
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+) -> None:
+    tg_settings = settings.model_copy(
+        update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
+    )
+    await enqueue(sessions, "1", "một", "hai", "ba")
+
+    async def serve_until(count: int) -> None:
+        """One server's life: its own channel and worker, stopped after count messages."""
+        channel = TelegramChannel(tg_settings, Dispatcher(engine, Services(WardIndex([])), {}))
+        await channel.bot.initialize()
+        outbox = OutboxWorker(sessions, max_attempts=3)
+        outbox.add_sender(channel)
+        outbox.start()
+        try:
+            await api.wait_sent(1, count, timeout=10)
+        finally:
+            await outbox.stop()
+            await channel.bot.shutdown()
+
+    await serve_until(1)
+    await serve_until(3)  # the restarted server carries on where the first stopped
+    assert [s.text for s in api.sent_to(1)] == ["một", "hai", "ba"]
+    assert [r.status for r in await rows(sessions)] == ["sent"] * 3
