@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.models import AuditEvent, Category, Ticket, Unit, User, Ward, utcnow
 from backend.services.deadlines import Policies
@@ -51,88 +52,111 @@ async def escalate_overdue(
     session: AsyncSession, policies: Policies, *, now: datetime | None = None, limit: int = 200
 ) -> list[int]:
     """Escalate one batch of overdue tickets: flag, audit, tell the unit's leaders and the
-    province's supervisors. Returns the ids escalated."""
+    province's supervisors. Returns the ids escalated. A fixed handful of queries per
+    batch, whatever its size."""
     now = now or utcnow()
     # The shortest interval any province uses; each ticket is checked against its own.
     again = min(
         [policies.default.escalate_again_hours]
         + [p.escalate_again_hours for p in policies.overrides()]
     )
-    ids = list(
-        await session.scalars(
-            _locked(session, overdue_query(now, now - timedelta(hours=again), limit))
-        )
+    query = overdue_query(now, now - timedelta(hours=again), limit)
+    ids = list(await session.scalars(_locked(session, query)))
+    if not ids:
+        return []
+    found = await session.execute(
+        select(Ticket, Ward).join(Ward, Ward.code == Ticket.ward_code).where(Ticket.id.in_(ids))
     )
-    escalated: list[int] = []
-    for ticket_id in ids:
-        ticket = await session.get(Ticket, ticket_id)
-        ward = await session.get(Ward, ticket.ward_code) if ticket else None
-        if ticket is None or ward is None:
-            continue
-        policy = policies.for_province(ward.province_code)
-        cutoff = now - timedelta(hours=policy.escalate_again_hours)
-        if ticket.escalated_at is not None and ticket.escalated_at >= cutoff:
-            continue
+    by_cutoff: dict[datetime, list[tuple[Ticket, Ward]]] = {}
+    for ticket, ward in found:
+        hours = policies.for_province(ward.province_code).escalate_again_hours
+        cutoff = now - timedelta(hours=hours)
+        if ticket.escalated_at is None or ticket.escalated_at < cutoff:
+            by_cutoff.setdefault(cutoff, []).append((ticket, ward))
+    escalated: list[tuple[Ticket, Ward]] = []
+    for cutoff, group in by_cutoff.items():
         # The guard in the WHERE makes a second process's update a no-op.
-        claimed = await session.execute(
-            update(Ticket)
-            .where(
-                Ticket.id == ticket.id,
-                or_(Ticket.escalated_at.is_(None), Ticket.escalated_at < cutoff),
-            )
-            .values(escalated_at=now, escalation_count=Ticket.escalation_count + 1)
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        await session.refresh(ticket)
-        session.add(
-            AuditEvent(
-                ticket_id=ticket.id,
-                actor="system",
-                action="escalate",
-                from_state=ticket.state,
-                to_state=ticket.state,
-                note=f"due {format_local(ticket.due_at)}" if ticket.due_at else None,
-                created_at=now,
+        claimed = set(
+            await session.scalars(
+                update(Ticket)
+                .where(
+                    Ticket.id.in_([t.id for t, _ in group]),
+                    or_(Ticket.escalated_at.is_(None), Ticket.escalated_at < cutoff),
+                )
+                .values(escalated_at=now, escalation_count=Ticket.escalation_count + 1)
+                .returning(Ticket.id)
+                .execution_options(synchronize_session=False)
             )
         )
-        await _tell_escalation(session, ticket, ward)
-        escalated.append(ticket.id)
-    return escalated
-
-
-async def _tell_escalation(session: AsyncSession, ticket: Ticket, ward: Ward) -> None:
-    unit = await session.get(Unit, ticket.unit_id)
-    category = await session.get(Category, ticket.category_code)
-    province_unit = await session.scalar(
-        select(Unit.id).where(Unit.code == province_unit_code(ward.province_code))
+        for ticket, ward in group:
+            if ticket.id in claimed:
+                set_committed_value(ticket, "escalated_at", now)
+                set_committed_value(ticket, "escalation_count", ticket.escalation_count + 1)
+                escalated.append((ticket, ward))
+    session.add_all(
+        AuditEvent(
+            ticket_id=ticket.id,
+            actor="system",
+            action="escalate",
+            from_state=ticket.state,
+            to_state=ticket.state,
+            note=f"due {format_local(ticket.due_at)}" if ticket.due_at else None,
+            created_at=now,
+        )
+        for ticket, _ in escalated
     )
-    users = list(
+    await _tell_escalations(session, escalated)
+    escalated.sort(key=lambda pair: pair[0].due_at or now)
+    return [ticket.id for ticket, _ in escalated]
+
+
+async def _tell_escalations(session: AsyncSession, escalated: list[tuple[Ticket, Ward]]) -> None:
+    if not escalated:
+        return
+    unit_ids = {t.unit_id for t, _ in escalated}
+    province_codes = {province_unit_code(w.province_code) for _, w in escalated}
+    units = {
+        u.id: u
+        for u in await session.scalars(
+            select(Unit).where(or_(Unit.id.in_(unit_ids), Unit.code.in_(province_codes)))
+        )
+    }
+    province_unit = {u.province_code: u.id for u in units.values() if u.code in province_codes}
+    categories = {c.code: c for c in await session.scalars(select(Category))}
+    staff = list(
         await session.scalars(
             select(User).where(
                 User.active.is_(True),
                 or_(
-                    (User.role == "ward_leader") & (User.unit_id == ticket.unit_id),
-                    (User.role == "supervisor") & (User.unit_id == province_unit),
+                    (User.role == "ward_leader") & User.unit_id.in_(unit_ids),
+                    (User.role == "supervisor") & User.unit_id.in_(province_unit.values()),
                 ),
             )
         )
     )
-    await tell_staff(
-        session,
-        users,
-        "escalation.overdue",
-        {
-            "code": ticket.code,
-            "category": category.name_vi if category else ticket.category_code,
-            "ward": ward.name,
-            "state_key": f"ticket_state.{ticket.state}",
-            "due": format_local(ticket.due_at) if ticket.due_at else "-",
-            "unit": unit.name if unit else "",
-            "count": ticket.escalation_count,
-        },
-    )
+    for ticket, ward in escalated:
+        unit = units.get(ticket.unit_id)
+        category = categories.get(ticket.category_code)
+        readers = [
+            u
+            for u in staff
+            if (u.role == "ward_leader" and u.unit_id == ticket.unit_id)
+            or (u.role == "supervisor" and u.unit_id == province_unit.get(ward.province_code))
+        ]
+        await tell_staff(
+            session,
+            readers,
+            "escalation.overdue",
+            {
+                "code": ticket.code,
+                "category": category.name_vi if category else ticket.category_code,
+                "ward": ward.name,
+                "state_key": f"ticket_state.{ticket.state}",
+                "due": format_local(ticket.due_at) if ticket.due_at else "-",
+                "unit": unit.name if unit else "",
+                "count": ticket.escalation_count,
+            },
+        )
 
 
 async def close_expired(

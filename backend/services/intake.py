@@ -41,9 +41,17 @@ class Submitted:
     due_at: datetime
 
 
-def suggest_urgency(nature: str) -> str:
-    """Điều 6: a sudden one-off event is urgent; a recurring one within a commune is normal."""
-    return "urgent" if nature == "one_off" else "normal"
+# Categories urgent whatever the nature: hazardous or medical waste is a police matter
+# and spreads harm before anyone can classify it (DOMAIN.md, competence).
+URGENT_CATEGORIES = frozenset({"hazardous"})
+
+
+def suggest_urgency(category_code: str, nature: str) -> str:
+    """Điều 6: a sudden one-off event is urgent; a recurring one within a commune is
+    normal; some categories are urgent either way. An operator may change it."""
+    if category_code in URGENT_CATEGORIES or nature == "one_off":
+        return "urgent"
+    return "normal"
 
 
 async def next_code(session: AsyncSession, province_code: str, now: datetime) -> str:
@@ -77,7 +85,7 @@ async def submit_report(
     if province is None:
         raise LookupError(f"unknown province {ward.province_code}")
     unit = await route(session, draft.category_code, ward.code)
-    urgency = suggest_urgency(draft.nature)
+    urgency = suggest_urgency(draft.category_code, draft.nature)
     policy = (policies or Policies.load()).for_province(ward.province_code)
     due_at = policy.classify_due(now, urgency)
     ticket = Ticket(

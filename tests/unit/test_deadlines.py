@@ -98,3 +98,11 @@ def test_default_policy_matches_the_domain_notes() -> None:
         )
         == POLICY
     )
+
+
+def test_urgency_is_suggested_from_category_and_nature() -> None:
+    from backend.services.intake import suggest_urgency
+
+    assert suggest_urgency("dumping", "one_off") == "urgent"
+    assert suggest_urgency("dumping", "recurring") == "normal"
+    assert suggest_urgency("hazardous", "recurring") == "urgent"
