@@ -44,6 +44,7 @@ STATES = (
     "handling",
     "answered",
     "reopened",
+    "transferred",
     "closed",
     "rejected",
     "merged",
@@ -58,6 +59,7 @@ OPEN_STATES = (
     "not_confirmed",
     "handling",
     "reopened",
+    "transferred",
 )
 FINAL_STATES = ("closed", "rejected", "merged")
 # Refusal only with a stated reason (DOMAIN.md): these are the reasons.
@@ -92,7 +94,7 @@ def _t(
 TRANSITIONS: tuple[Transition, ...] = (
     _t("classify", ["received"], "classified", _TRIAGE | {"system"}),
     _t("assign", ["classified"], "assigned", _TRIAGE | {"system"}),
-    _t("claim", ["assigned", "reopened"], "claimed", _HANDLERS),
+    _t("claim", ["assigned", "transferred", "reopened"], "claimed", _HANDLERS),
     _t("verify", ["claimed"], "verifying", _HANDLERS),
     _t("confirm", ["verifying"], "handling", _HANDLERS),
     _t("not_confirmed", ["verifying"], "not_confirmed", _HANDLERS, ["reason"]),
@@ -102,20 +104,28 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t("reject", ["received", "classified"], "rejected", _TRIAGE, ["reason"]),
     _t(
         "transfer",
-        ["classified", "assigned", "claimed", "verifying", "handling", "reopened"],
-        "assigned",
+        ["classified", "assigned", "transferred", "claimed", "verifying", "handling", "reopened"],
+        "transferred",
         _TRIAGE | {"ward_leader"},
         ["reason", "unit"],
     ),
     _t(
         "extend",
-        ["assigned", "claimed", "verifying", "handling", "not_confirmed", "reopened"],
+        [
+            "assigned",
+            "transferred",
+            "claimed",
+            "verifying",
+            "handling",
+            "not_confirmed",
+            "reopened",
+        ],
         None,
         {"ward_leader", "supervisor", "admin"},
         ["reason", "due"],
     ),
     _t("mark_complex", ["claimed", "verifying", "handling"], None, _HANDLERS, ["reason"]),
-    _t("merge", ["received", "classified", "assigned"], "merged", _TRIAGE, ["case"]),
+    _t("merge", ["received", "classified", "assigned", "transferred"], "merged", _TRIAGE, ["case"]),
 )
 TABLE: dict[str, Transition] = {t.action: t for t in TRANSITIONS}
 

@@ -198,7 +198,7 @@ async def test_transfer_extend_and_reject_tell_the_reporter(
         )
         unit = await s.get(Unit, ticket.unit_id)
         assert unit is not None and unit.code == "P38"
-        assert ticket.state == "assigned"
+        assert ticket.state == "transferred"  # waiting for the new unit to claim it
         with pytest.raises(WorkflowError, match="due_required"):
             await apply(
                 s,
