@@ -15,10 +15,13 @@ from sqlalchemy.engine import make_url
 from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
+from backend.services.accounts import ROLES, create_user
 from backend.services.categories import seed_categories
 from backend.services.units import import_units
 from backend.web.api import mount_api
 from backend.web.app import create_app
+from backend.web.auth import session_middleware
+from backend.web.dashboard import mount_dashboard
 
 log = logging.getLogger("hotline")
 
@@ -28,6 +31,8 @@ def build_app(settings: Settings) -> web.Application:
     from bot.runtime import mount_chat
 
     app = create_app(settings)
+    app.middlewares.append(session_middleware)
+    mount_dashboard(app)
     mount_api(app)
     mount_chat(app)
     return app
@@ -84,6 +89,25 @@ async def load_units(settings: Settings) -> None:
     )
 
 
+async def add_user(settings: Settings, args: argparse.Namespace) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            created = await create_user(
+                session,
+                args.username,
+                args.role,
+                display_name=args.name,
+                unit_code=args.unit,
+                telegram_chat_id=args.telegram,
+            )
+    finally:
+        await engine.dispose()
+    # The one-time password goes to the terminal of whoever created the account, once.
+    print(f"user {created.user.username} ({created.user.role}) created")
+    print(f"one-time password: {created.one_time_password}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8080)
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")
+    new_user = sub.add_parser("create-user", help="a staff account; prints a one-time password")
+    new_user.add_argument("username")
+    new_user.add_argument("--role", required=True, choices=ROLES)
+    new_user.add_argument("--unit", help="unit code: W<ward>, P<province>, C<province>, MOAE")
+    new_user.add_argument("--name", help="display name")
+    new_user.add_argument("--telegram", help="Telegram chat id for escalations and cards")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -106,3 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("database is at the latest schema")
     elif args.command == "import-units":
         asyncio.run(load_units(settings))
+    elif args.command == "create-user":
+        try:
+            asyncio.run(add_user(settings, args))
+        except ValueError as exc:
+            parser.error(str(exc))

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     telegram_poll_timeout: int = 30
 
     nominatim_url: str = "https://nominatim.openstreetmap.org"
+    # Map tiles for the dashboard ({z}/{x}/{y}); OpenStreetMap unless configured.
+    map_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
     outbox_enabled: bool = True
     outbox_max_attempts: int = 8

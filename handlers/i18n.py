@@ -1,25 +1,21 @@
-"""Message catalogues: Vietnamese and English gettext .po files, read with Babel."""
+"""The dialogue's message catalogues (handlers/locales), in Vietnamese and English."""
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babel.messages.pofile import read_po
+from backend.i18n import DEFAULT_LANGUAGE, LANGUAGES, Catalogues
+
+__all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "catalogue", "pick_language", "translate"]
 
 LOCALES_DIR = Path(__file__).resolve().parent / "locales"
-LANGUAGES = ("vi", "en")
-DEFAULT_LANGUAGE = "vi"
+_CATALOGUES = Catalogues(LOCALES_DIR)
 
 
-@cache
 def catalogue(language: str) -> dict[str, str]:
     """msgid → msgstr for a language; message ids are symbolic keys."""
-    path = LOCALES_DIR / language / "LC_MESSAGES" / "messages.po"
-    with path.open("rb") as f:
-        cat = read_po(f, locale=language)
-    return {str(m.id): str(m.string) for m in cat if m.id and isinstance(m.id, str)}
+    return _CATALOGUES.catalogue(language)
 
 
 def pick_language(platform_code: str | None) -> str:
@@ -31,7 +27,4 @@ def pick_language(platform_code: str | None) -> str:
 
 def translate(language: str, key: str, **params: Any) -> str:
     """The message for key in language (falling back to Vietnamese), formatted with params."""
-    text = catalogue(language).get(key) or catalogue(DEFAULT_LANGUAGE).get(key)
-    if text is None:
-        raise KeyError(f"no message {key!r}")
-    return text.format(**params) if params else text
+    return _CATALOGUES.translate(language, key, **params)

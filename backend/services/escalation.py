@@ -18,11 +18,11 @@ from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from backend.models import AuditEvent, Category, Ticket, Unit, User, Ward, utcnow
+from backend.models import Category, Ticket, Unit, User, Ward, utcnow
 from backend.services.deadlines import Policies
 from backend.services.notify import tell_staff
 from backend.services.units import province_unit_code
-from backend.services.workflow import OPEN_STATES, Action, Actor, apply
+from backend.services.workflow import OPEN_STATES, Action, Actor, apply, audit_note
 from backend.timeutil import format_local
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,12 @@ async def escalate_overdue(
                 set_committed_value(ticket, "escalation_count", ticket.escalation_count + 1)
                 escalated.append((ticket, ward))
     session.add_all(
-        AuditEvent(
-            ticket_id=ticket.id,
-            actor="system",
-            action="escalate",
-            from_state=ticket.state,
-            to_state=ticket.state,
-            note=f"due {format_local(ticket.due_at)}" if ticket.due_at else None,
-            created_at=now,
+        audit_note(
+            ticket,
+            "system",
+            "escalate",
+            f"due {format_local(ticket.due_at)}" if ticket.due_at else None,
+            now,
         )
         for ticket, _ in escalated
     )

@@ -8,6 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -30,6 +31,16 @@ class StoredImage:
     width: int
     height: int
     size_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The photo as services take it (sha256, content_type, width, height, size)."""
+        return {
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+            "width": self.width,
+            "height": self.height,
+            "size_bytes": self.size_bytes,
+        }
 
 
 def media_path(media_dir: Path, sha256: str, content_type: str) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, Photo, Ticket, Unit, User, Ward, utcnow
@@ -193,6 +193,20 @@ class Action:
 def allowed_actions(ticket: Ticket, role: Role) -> list[str]:
     """The actions the table allows for a role on a ticket in its current state."""
     return [t.action for t in TRANSITIONS if ticket.state in t.sources and role in t.roles]
+
+
+def scope_query(query: Select[Any], actor: Actor) -> Select[Any]:
+    """A ticket query narrowed to what an actor may see: own unit, or own province for
+    triage roles, or everything for admins."""
+    if actor.role in ("admin", "system"):
+        return query
+    if actor.role in ("operator", "supervisor"):
+        return query.join(Ward, Ward.code == Ticket.ward_code).where(
+            Ward.province_code == actor.province_code
+        )
+    if actor.role == "reporter":
+        return query.where(Ticket.reporter_id == actor.reporter_id)
+    return query.where(Ticket.unit_id == actor.unit_id)
 
 
 async def in_scope(session: AsyncSession, actor: Actor, ticket: Ticket) -> bool:
@@ -582,6 +596,21 @@ _EFFECTS = {
 }
 
 
+def audit_note(
+    ticket: Ticket, actor: str, action: str, note: str | None, now: datetime
+) -> AuditEvent:
+    """An audit event for something done to a ticket that leaves its state as it is."""
+    return AuditEvent(
+        ticket_id=ticket.id,
+        actor=actor,
+        action=action,
+        from_state=ticket.state,
+        to_state=ticket.state,
+        note=note,
+        created_at=now,
+    )
+
+
 async def rate(
     session: AsyncSession, ticket: Ticket, stars: int, actor: Actor, *, now: datetime | None = None
 ) -> None:
@@ -592,19 +621,8 @@ async def rate(
         raise WorkflowError("wrong_state", "nothing answered to rate")
     if not await in_scope(session, actor, ticket):
         raise WorkflowError("out_of_scope")
-    now = now or utcnow()
     ticket.rating = stars
-    session.add(
-        AuditEvent(
-            ticket_id=ticket.id,
-            actor=actor.label,
-            action="rate",
-            from_state=ticket.state,
-            to_state=ticket.state,
-            note=str(stars),
-            created_at=now,
-        )
-    )
+    session.add(audit_note(ticket, actor.label, "rate", str(stars), now or utcnow()))
 
 
 async def case_tickets(session: AsyncSession, ticket: Ticket) -> list[Ticket]:

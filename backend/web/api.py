@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import (
@@ -25,7 +25,6 @@ from backend.models import (
     Ticket,
     Unit,
     User,
-    Ward,
     utcnow,
 )
 from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_image
@@ -38,10 +37,13 @@ from backend.services.workflow import (
     allowed_actions,
     find_ticket,
     in_scope,
+    scope_query,
 )
 from backend.web.app import POLICIES, SESSIONS, SETTINGS
+from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 
 TEST_USER_HEADER = "X-Hotline-Test-User"
+CSRF_HEADER = "X-CSRF-Token"
 # WorkflowError codes → HTTP status.
 _STATUS = {"forbidden": 403, "out_of_scope": 403, "wrong_state": 409, "unknown_action": 400}
 
@@ -62,7 +64,15 @@ def _json_error(status: int, body: dict[str, str]) -> web.HTTPException:
 
 
 async def identify(request: web.Request, session: AsyncSession) -> tuple[User, Actor]:
-    """The staff member behind a request, or 401."""
+    """The staff member behind a request, or 401: the dashboard's session (with its CSRF
+    token in X-CSRF-Token for changes), or in tests the X-Hotline-Test-User header."""
+    user = signed_in(request)
+    if user is not None:
+        web_session = request[WEB_SESSION]
+        changing = request.method not in ("GET", "HEAD", "OPTIONS")
+        if changing and not csrf_ok(web_session.csrf_token, request.headers.get(CSRF_HEADER)):
+            raise _json_error(403, {"error": "csrf", "detail": "send X-CSRF-Token"})
+        return user, await Actor.of_user(session, user)
     settings = request.app[SETTINGS]
     username = request.headers.get(TEST_USER_HEADER)
     if settings.environment != "test" or not username:
@@ -74,16 +84,6 @@ async def identify(request: web.Request, session: AsyncSession) -> tuple[User, A
         return user, await Actor.of_user(session, user)
     except WorkflowError as exc:
         raise _json_error(403, {"error": exc.code, "detail": str(exc)}) from exc
-
-
-def _scoped(query: Select[Any], actor: Actor) -> Select[Any]:
-    if actor.role == "admin":
-        return query
-    if actor.role in ("operator", "supervisor"):
-        return query.join(Ward, Ward.code == Ticket.ward_code).where(
-            Ward.province_code == actor.province_code
-        )
-    return query.where(Ticket.unit_id == actor.unit_id)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -114,7 +114,7 @@ async def list_tickets(request: web.Request) -> web.Response:
     now = utcnow()
     async with request.app[SESSIONS]() as session:
         _, actor = await identify(request, session)
-        query = _scoped(select(Ticket), actor)
+        query = scope_query(select(Ticket), actor)
         if state := request.query.get("state"):
             query = query.where(Ticket.state == state)
         if request.query.get("undelivered") == "1":

@@ -1,0 +1,408 @@
+"""The staff dashboard: login, queues, the ticket page and its actions. Server-rendered
+with Jinja2 (autoescaped), scoped to the signed-in user's units, CSRF on every form."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.i18n import Catalogues
+from backend.models import (
+    AuditEvent,
+    Category,
+    Photo,
+    Reporter,
+    ReporterIdentity,
+    Ticket,
+    TicketNote,
+    Unit,
+    User,
+    Ward,
+    utcnow,
+)
+from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
+from backend.services.photos import NotAnImage, TooLarge, find_media, store_image
+from backend.services.workflow import (
+    OPEN_STATES,
+    REJECT_REASONS,
+    STATES,
+    Action,
+    Actor,
+    WorkflowError,
+    act,
+    allowed_actions,
+    audit_note,
+    find_ticket,
+    in_scope,
+    scope_query,
+)
+from backend.timeutil import VN_TZ, format_local
+from backend.web.app import POLICIES, SESSIONS, SETTINGS
+from backend.web.auth import (
+    COOKIE,
+    LOGIN_CSRF_COOKIE,
+    WEB_SESSION,
+    csrf_ok,
+    login_csrf,
+    set_login_csrf,
+    set_session_cookie,
+    signed_in,
+)
+
+HERE = Path(__file__).resolve().parent
+TEXT = Catalogues(HERE / "locales", "web")
+TRIAGE = ("operator", "supervisor", "admin")
+VIEWS = ("new", "mine", "overdue", "all")
+ANSWER_TEMPLATES = ("template.cleaned", "template.fined", "template.not_found")
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
+    language = "en" if request.query.get("lang") == "en" else "vi"
+    user = signed_in(request)
+    web_session = request.get(WEB_SESSION)
+    html = _ENV.get_template(name).render(
+        t=lambda key, **p: TEXT.translate(language, key, **p),
+        user=user,
+        csrf=web_session.csrf_token if web_session else "",
+        local=lambda dt: format_local(dt) if dt else "",
+        **context,
+    )
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+async def _require(request: web.Request, session: AsyncSession) -> tuple[User, Actor]:
+    user = signed_in(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    return user, await Actor.of_user(session, user)
+
+
+async def _check_csrf(request: web.Request) -> dict[str, Any]:
+    form = dict(await request.post())
+    web_session = request.get(WEB_SESSION)
+    if web_session is None or not csrf_ok(web_session.csrf_token, form.get("csrf")):
+        raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
+    return form
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+async def login_page(request: web.Request) -> web.Response:
+    token = login_csrf(request)
+    response = render(request, "login.html", login_token=token, problem=None)
+    set_login_csrf(response, request, token)
+    return response
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not csrf_ok(token, form.get("csrf")):
+        raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
+    client = request.remote or "?"
+    async with request.app[SESSIONS]() as session, session.begin():
+        try:
+            user = await authenticate(
+                session, str(form.get("username", "")), str(form.get("password", "")), client
+            )
+        except LoginRefused as exc:
+            problem = "login.throttled" if exc.throttled else "login.wrong"
+            status = 429 if exc.throttled else 401
+            failed = None
+        else:
+            cookie, _ = await open_session(session, user)
+            failed = cookie
+    if failed is None:
+        return render(
+            request, "login.html", status=status, login_token=token or "", problem=problem
+        )
+    response = web.HTTPSeeOther("/queue")
+    set_session_cookie(response, request, failed)
+    response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    await _check_csrf(request)
+    async with request.app[SESSIONS]() as session, session.begin():
+        await close_session(session, request.cookies.get(COOKIE, ""))
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+# --- queues ------------------------------------------------------------------------------
+
+
+def _view_filter(
+    query: Select[Any], view: str, user: User, actor: Actor, now: datetime
+) -> Select[Any]:
+    if view == "new":
+        waiting = ("received", "classified") if actor.role in TRIAGE else ()
+        states = (*waiting, "assigned", "transferred", "reopened")
+        return query.where(Ticket.state.in_(states))
+    if view == "mine":
+        return query.where(Ticket.claimed_by == user.id, Ticket.state.in_(OPEN_STATES))
+    if view == "overdue":
+        return query.where(Ticket.state.in_(OPEN_STATES), Ticket.due_at < now)
+    return query
+
+
+def _day(value: str | None, *, end: bool = False) -> datetime | None:
+    try:
+        day = date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+    if day is None:
+        return None
+    moment = datetime.combine(day, time.min, VN_TZ)
+    return moment + timedelta(days=1) if end else moment
+
+
+async def queue(request: web.Request) -> web.Response:
+    now = utcnow()
+    q = request.query
+    view = q.get("view", "new") if q.get("view", "new") in VIEWS else "new"
+    async with request.app[SESSIONS]() as session:
+        user, actor = await _require(request, session)
+        scoped = scope_query(select(Ticket), actor)
+        counts = {}
+        for name in VIEWS:
+            counted = _view_filter(scoped, name, user, actor, now).subquery()
+            counts[name] = await session.scalar(select(func.count()).select_from(counted))
+        query = _view_filter(scoped, view, user, actor, now)
+        if q.get("category"):
+            query = query.where(Ticket.category_code == q["category"])
+        if q.get("state") in STATES:
+            query = query.where(Ticket.state == q["state"])
+        if q.get("urgency") in ("urgent", "normal"):
+            query = query.where(Ticket.urgency == q["urgency"])
+        if (start := _day(q.get("from"))) is not None:
+            query = query.where(Ticket.created_at >= start)
+        if (stop := _day(q.get("to"), end=True)) is not None:
+            query = query.where(Ticket.created_at < stop)
+        query = query.order_by(Ticket.due_at.is_(None), Ticket.due_at, Ticket.id).limit(300)
+        tickets = list(await session.scalars(query))
+        wards = {
+            w.code: w.name
+            for w in await session.scalars(
+                select(Ward).where(Ward.code.in_({t.ward_code for t in tickets}))
+            )
+        }
+        categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
+    names = {c.code: c.name_vi for c in categories}
+    rows = [
+        {
+            "code": t.code,
+            "category": names.get(t.category_code, t.category_code),
+            "ward": wards.get(t.ward_code, t.ward_code),
+            "state": t.state,
+            "urgency": t.urgency,
+            "due": t.due_at,
+            "overdue": t.state in OPEN_STATES and t.due_at is not None and t.due_at < now,
+        }
+        for t in tickets
+    ]
+    return render(
+        request,
+        "queue.html",
+        view=view,
+        counts=counts,
+        rows=rows,
+        categories=categories,
+        states=STATES,
+        query=q,
+    )
+
+
+# --- the ticket page ---------------------------------------------------------------------
+
+
+async def _visible_ticket(
+    request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
+) -> Ticket:
+    ticket = await find_ticket(session, request.match_info["code"], lock=lock)
+    if ticket is None:
+        raise web.HTTPNotFound()
+    if not await in_scope(session, actor, ticket):
+        raise web.HTTPForbidden(
+            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
+        )
+    return ticket
+
+
+async def ticket_page(request: web.Request) -> web.Response:
+    return await _ticket_response(request, identity=None)
+
+
+async def _ticket_response(request: web.Request, identity: dict[str, Any] | None) -> web.Response:
+    async with request.app[SESSIONS]() as session:
+        _, actor = await _require(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        ward = await session.get(Ward, ticket.ward_code)
+        unit = await session.get(Unit, ticket.unit_id)
+        category = await session.get(Category, ticket.category_code)
+        reporter = await session.get(Reporter, ticket.reporter_id) if ticket.reporter_id else None
+        case = await session.get(Ticket, ticket.case_id) if ticket.case_id else None
+        photos = list(
+            await session.scalars(
+                select(Photo).where(Photo.ticket_id == ticket.id).order_by(Photo.id)
+            )
+        )
+        events = list(
+            await session.scalars(
+                select(AuditEvent).where(AuditEvent.ticket_id == ticket.id).order_by(AuditEvent.id)
+            )
+        )
+        notes = list(
+            await session.execute(
+                select(TicketNote, User.display_name)
+                .join(User, User.id == TicketNote.user_id)
+                .where(TicketNote.ticket_id == ticket.id)
+                .order_by(TicketNote.id)
+            )
+        )
+    now = utcnow()
+    return render(
+        request,
+        "ticket.html",
+        ticket=ticket,
+        ward=ward,
+        unit=unit,
+        category=category,
+        pseudonym=f"#{reporter.pseudonym}" if reporter else None,
+        case=case,
+        photos=photos,
+        events=events,
+        notes=notes,
+        actions=allowed_actions(ticket, actor.role),
+        can_unseal=actor.role in TRIAGE and ticket.reporter_id is not None,
+        identity=identity,
+        overdue=ticket.state in OPEN_STATES and ticket.due_at is not None and ticket.due_at < now,
+        reasons=REJECT_REASONS,
+        templates=ANSWER_TEMPLATES,
+        tiles=request.app[SETTINGS].map_tile_url,
+        error=request.query.get("error"),
+        known_keys=set(TEXT.catalogue("vi")),
+        done=request.query.get("done"),
+    )
+
+
+async def ticket_action(request: web.Request) -> web.StreamResponse:
+    """POST /tickets/{code}/act (a form, with a photo for an answer)."""
+    form = await _check_csrf(request)
+    settings = request.app[SETTINGS]
+    code = request.match_info["code"]
+    photos: list[dict[str, Any]] = []
+    upload = form.get("photo")
+    problem: str | None = None
+    if isinstance(upload, web.FileField) and upload.filename:
+        data = upload.file.read(settings.max_photo_bytes + 1)
+        try:
+            stored = await asyncio.to_thread(
+                store_image, settings.media_dir, data, settings.max_photo_bytes
+            )
+        except TooLarge:
+            problem = "too_large"
+        except NotAnImage:
+            problem = "not_image"
+        else:
+            photos.append(stored.as_dict())
+    due = _day(str(form.get("due") or ""))
+    request_action = Action(
+        action=str(form.get("action", "")),
+        reason=str(form.get("reason") or "") or None,
+        result=str(form.get("result") or "") or None,
+        photos=photos,
+        due=due + timedelta(hours=17) if due else None,
+        competence=str(form.get("competence") or "") or None,
+        case_code=str(form.get("case") or "").strip().upper() or None,
+        urgency=str(form.get("urgency") or "") or None,
+    )
+    if problem is None:
+        async with request.app[SESSIONS]() as session, session.begin():
+            _, actor = await _require(request, session)
+            ticket = await _visible_ticket(request, session, actor, lock=True)
+            try:
+                await act(session, ticket, request_action, actor, request.app[POLICIES])
+            except WorkflowError as exc:
+                problem = exc.code
+                await session.rollback()
+    target = f"/tickets/{code}?" + (f"error={problem}" if problem else "done=ok")
+    raise web.HTTPSeeOther(target)
+
+
+async def add_note(request: web.Request) -> web.StreamResponse:
+    form = await _check_csrf(request)
+    text = str(form.get("text") or "").strip()[:4000]
+    async with request.app[SESSIONS]() as session, session.begin():
+        user, actor = await _require(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        if text:
+            session.add(TicketNote(ticket_id=ticket.id, user_id=user.id, text=text))
+    raise web.HTTPSeeOther(f"/tickets/{request.match_info['code']}")
+
+
+async def show_identity(request: web.Request) -> web.Response:
+    """POST /tickets/{code}/identity: triage roles unseal the reporter; it is audited."""
+    await _check_csrf(request)
+    async with request.app[SESSIONS]() as session, session.begin():
+        _, actor = await _require(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        if actor.role not in TRIAGE or ticket.reporter_id is None:
+            raise web.HTTPForbidden()
+        found = await session.get(ReporterIdentity, ticket.reporter_id)
+        session.add(audit_note(ticket, actor.label, "show_identity", None, utcnow()))
+        identity = {
+            "name": found.display_name if found else None,
+            "phone": found.phone if found else None,
+            "channel": found.channel if found else None,
+        }
+    return await _ticket_response(request, identity=identity)
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """GET /media/{sha256}: a photo, to those who may see a ticket it belongs to."""
+    sha = request.match_info["sha256"]
+    async with request.app[SESSIONS]() as session:
+        _, actor = await _require(request, session)
+        visible = await session.scalar(
+            scope_query(select(Ticket.id).join(Photo, Photo.ticket_id == Ticket.id), actor)
+            .where(Photo.sha256 == sha)
+            .limit(1)
+        )
+    path = find_media(request.app[SETTINGS].media_dir, sha) if visible else None
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=86400"})
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/queue" if signed_in(request) else "/login")
+
+
+def mount_dashboard(app: web.Application) -> None:
+    app.router.add_get("/", home)
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/queue", queue)
+    app.router.add_get("/tickets/{code}", ticket_page)
+    app.router.add_post("/tickets/{code}/act", ticket_action)
+    app.router.add_post("/tickets/{code}/notes", add_note)
+    app.router.add_post("/tickets/{code}/identity", show_identity)
+    app.router.add_get("/media/{sha256:[0-9a-f]{64}}", media)
+    app.router.add_static("/static", HERE / "static")

@@ -1,0 +1,146 @@
+"""The staff dashboard in headless Chromium: log in, claim, answer with a photo (the
+reporter's chat gets it), scoping, escaping, CSRF, login throttling, and the 360 px
+phone layout."""
+
+from __future__ import annotations
+
+import aiohttp
+from playwright.async_api import Browser, Page
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.services.accounts import create_user
+from backend.services.deadlines import Policies
+from backend.services.workflow import Action, Actor, apply
+from tests.browser.conftest import ARTIFACTS, log_in
+from tests.factories import make_ticket
+from tests.fakes.images import image_bytes
+from tests.fakes.telegram_api import FakeTelegram
+
+POLICIES = Policies.load()
+
+
+async def forwarded_ticket(
+    sessions: async_sessionmaker[AsyncSession], *, chat: str, description: str = "Rác"
+) -> str:
+    """A chat report, classified and forwarded to Phường Bỉm Sơn."""
+    async with sessions() as s, s.begin():
+        ticket = await make_ticket(s, chat_id=chat)
+        ticket.description = description
+        await apply(s, ticket, Action("classify"), Actor.system(), POLICIES)
+        await apply(s, ticket, Action("assign"), Actor.system(), POLICIES)
+        return ticket.code
+
+
+async def account(
+    sessions: async_sessionmaker[AsyncSession], name: str, role: str, unit: str
+) -> str:
+    async with sessions() as s, s.begin():
+        return (await create_user(s, name, role, unit_code=unit)).one_time_password
+
+
+async def no_sideways_scroll(page: Page) -> None:
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"page is {width} px wide"
+
+
+async def test_claim_and_answer_with_a_photo_reaches_the_reporter(
+    browser: Browser,
+    served: str,
+    api: FakeTelegram,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    code = await forwarded_ticket(sessions, chat="7001")
+    password = await account(sessions, "lan", "ward_staff", "W14812")
+    page = await log_in(browser, served, "lan", password, width=360)
+    await page.wait_for_url("**/queue")
+    assert await page.locator(f"text={code}").count() == 1
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(ARTIFACTS / "queue-360.png"), full_page=True)
+
+    await page.click(f"text={code}")
+    await page.click("form.action-claim button")
+    await page.click("form.action-verify button")
+    await page.click("form.action-confirm button")
+    answer = page.locator("form.action-answer")
+    await answer.locator("select.template").select_option(index=1)
+    assert "thu gom" in await answer.locator("textarea[name=result]").input_value()
+    await answer.locator("input[type=file]").set_input_files(
+        {"name": "ket-qua.jpg", "mimeType": "image/jpeg", "buffer": image_bytes("JPEG")}
+    )
+    await answer.locator("button").click()
+    await page.wait_for_selector(".ok")
+    assert "Đã trả lời" in await page.inner_text("h1")
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(ARTIFACTS / "ticket-360.png"), full_page=True)
+    assert await page.locator(".photos img").count() == 2  # the evidence and the result
+
+    sent = await api.wait_sent(7001, 2)  # "sent to the ward", then the answer
+    assert sent[-1].method == "sendPhoto"
+    assert "thu gom" in (sent[-1].text or "") and code in (sent[-1].text or "")
+
+
+async def test_another_wards_ticket_is_refused_by_url_and_by_api(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    code = await forwarded_ticket(sessions, chat="7002")
+    password = await account(sessions, "hoa", "ward_staff", "W00004")
+    page = await log_in(browser, served, "hoa", password)
+    await page.wait_for_url("**/queue")
+    assert await page.locator(f"text={code}").count() == 0
+    response = await page.goto(f"/tickets/{code}")
+    assert response is not None and response.status == 403
+    assert "Không có quyền" in await page.inner_text("h1")
+    api_status = await page.evaluate(
+        "async (code) => (await fetch('/api/v1/tickets/' + code)).status", code
+    )
+    assert api_status == 403
+
+
+async def test_html_in_a_description_is_shown_as_text(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    evil = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>đậm</b>'
+    code = await forwarded_ticket(sessions, chat="7003", description=evil)
+    password = await account(sessions, "minh", "ward_staff", "W14812")
+    page = await log_in(browser, served, "minh", password)
+    await page.wait_for_url("**/queue")
+    await page.goto(f"/tickets/{code}")
+    assert await page.inner_text(".description") == evil
+    assert await page.locator(".description b").count() == 0
+    assert await page.evaluate("window.pwned") is None
+
+
+async def test_a_form_without_its_csrf_token_is_refused(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    code = await forwarded_ticket(sessions, chat="7004")
+    password = await account(sessions, "tuan", "ward_staff", "W14812")
+    page = await log_in(browser, served, "tuan", password)
+    await page.wait_for_url("**/queue")
+    # The session cookie rides along, as it would from a forged form on another site.
+    refused = await page.request.post(f"/tickets/{code}/act", form={"action": "claim"})
+    assert refused.status == 403
+    forged = await page.request.post(
+        f"/tickets/{code}/act", form={"action": "claim", "csrf": "guess"}
+    )
+    assert forged.status == 403
+    await page.goto(f"/tickets/{code}")
+    assert "Chờ nhận xử lý" in await page.inner_text("h1")  # still not claimed
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{served}/login", data={"username": "tuan", "password": password}) as r,
+    ):
+        assert r.status == 403  # the login form has its token too
+
+
+async def test_logins_are_throttled(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    password = await account(sessions, "ha", "ward_leader", "W14812")
+    for _ in range(5):
+        page = await log_in(browser, served, "ha", "wrong password")
+        assert "Sai tên đăng nhập" in await page.inner_text(".error")
+    page = await log_in(browser, served, "ha", password)
+    assert "quá nhiều lần" in await page.inner_text(".error")
+    assert page.url.endswith("/login")
