@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
-from backend.services.units import WardIndex
-from backend.web.app import ENGINE, POLICIES, SESSIONS, SETTINGS
+from backend.web.app import ENGINE, POLICIES, SESSIONS, SETTINGS, WARDS
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxWorker
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
@@ -31,8 +30,7 @@ async def _telegram_webhook(request: web.Request) -> web.Response:
 async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     sessions = app[SESSIONS]
-    async with sessions() as session:
-        wards = await WardIndex.load(session)
+    wards = app[WARDS]
     if not len(wards):
         log.warning("no wards in the database: run `hotline import-units`")
     capabilities: dict[str, Capabilities] = {}

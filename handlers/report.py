@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
-import phonenumbers
-
 from backend.services.categories import CATEGORIES
 from backend.services.intake import ReportDraft, submit_report
-from backend.services.reporters import find_or_create_reporter, has_consent, record_consent
+from backend.services.reporters import (
+    find_or_create_reporter,
+    has_consent,
+    normalise_phone,
+    record_consent,
+)
+from backend.text import parse_point
 from backend.timeutil import format_local
 from handlers.events import Button, Incoming
 from handlers.turn import Turn
@@ -16,34 +18,8 @@ from handlers.turn import Turn
 MAX_PHOTOS = 5
 MAX_DESCRIPTION = 2000
 MAX_POLLUTER = 200
-_LATLON = re.compile(r"^\s*(-?\d{1,2}(?:\.\d+)?)\s*[,;\s]\s*(-?\d{1,3}(?:\.\d+)?)\s*$")
 NATURES = ("one_off", "recurring")
 EDITABLE = ("photos", "location", "category", "description", "polluter", "nature", "contact")
-
-
-def parse_latlon(text: str) -> tuple[float, float] | None:
-    """'20.0740, 105.9120' → (20.074, 105.912); None when it is not a coordinate pair."""
-    m = _LATLON.match(text)
-    if m is None:
-        return None
-    lat, lon = float(m.group(1)), float(m.group(2))
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        return None
-    return lat, lon
-
-
-def normalise_phone(text: str) -> str | None:
-    """A valid Vietnamese number in E.164 form, or None."""
-    try:
-        number = phonenumbers.parse(text.strip(), "VN")
-    except phonenumbers.NumberParseException:
-        return None
-    if (
-        not phonenumbers.is_valid_number(number)
-        or phonenumbers.region_code_for_number(number) != "VN"
-    ):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def category_name(turn: Turn, code: str) -> str:
@@ -199,7 +175,7 @@ class Location(Step):
             turn.say("location.ask")
 
     async def text(self, turn: Turn, text: str) -> bool:
-        point = parse_latlon(text)
+        point = parse_point(text)
         if point is None:
             turn.say("location.not_understood")
             self.prompt(turn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import cast
 
+import phonenumbers
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +40,20 @@ _CONSENTED = (
 _CONSENT = insert(_consents)
 
 
+def normalise_phone(text: str) -> str | None:
+    """A valid Vietnamese number in E.164 form, or None."""
+    try:
+        number = phonenumbers.parse(text.strip(), "VN")
+    except phonenumbers.NumberParseException:
+        return None
+    if (
+        not phonenumbers.is_valid_number(number)
+        or phonenumbers.region_code_for_number(number) != "VN"
+    ):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
 async def reporter_for_chat(session: AsyncSession, channel: str, chat_id: str) -> int:
     """The id of the reporter behind a chat, created on first contact."""
     reporter_id, _ = await find_or_create_reporter(session, channel, chat_id)
@@ -61,6 +76,29 @@ async def find_or_create_reporter(
         _SEAL, {"reporter_id": reporter_id, "channel": channel, "chat_id": chat_id}
     )
     return int(reporter_id), True
+
+
+async def create_phone_reporter(
+    session: AsyncSession, name: str | None, phone: str | None, address: str | None
+) -> int:
+    """A reporter who called the hotline: details sealed like a chat reporter's."""
+    reporter_id = await session.scalar(
+        _CREATE, {"pseudonym": secrets.token_hex(4).upper(), "created_at": utcnow()}
+    )
+    if reporter_id is None:
+        raise RuntimeError("INSERT … RETURNING gave no id")
+    display = " — ".join(part for part in (name, address) if part) or None
+    await session.execute(
+        _SEAL,
+        {
+            "reporter_id": reporter_id,
+            "channel": "phone",
+            "chat_id": None,
+            "display_name": display,
+            "phone": phone,
+        },
+    )
+    return int(reporter_id)
 
 
 async def record_consent(session: AsyncSession, reporter_id: int, language: str) -> None:

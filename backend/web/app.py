@@ -12,17 +12,21 @@ from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
+from backend.services.units import WardIndex
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 POLICIES = web.AppKey("policies", Policies)
+WARDS = web.AppKey("wards", WardIndex)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS].database_url)
     app[ENGINE] = engine
     app[SESSIONS] = session_factory(engine)
+    async with app[SESSIONS]() as session:
+        app[WARDS] = await WardIndex.load(session)
     yield
     await engine.dispose()
 

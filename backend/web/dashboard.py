@@ -28,7 +28,10 @@ from backend.models import (
     utcnow,
 )
 from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
+from backend.services.intake import ReportDraft, submit_report
 from backend.services.photos import NotAnImage, TooLarge, find_media, store_image
+from backend.services.reporters import create_phone_reporter, normalise_phone
+from backend.services.units import WardIndex
 from backend.services.workflow import (
     OPEN_STATES,
     REJECT_REASONS,
@@ -43,8 +46,9 @@ from backend.services.workflow import (
     in_scope,
     scope_query,
 )
+from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
-from backend.web.app import POLICIES, SESSIONS, SETTINGS
+from backend.web.app import POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -390,6 +394,122 @@ async def media(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "private, max-age=86400"})
 
 
+# --- hotline phone intake ---------------------------------------------------------------
+
+
+async def _operator(request: web.Request, session: AsyncSession) -> Actor:
+    _, actor = await _require(request, session)
+    if actor.role not in TRIAGE:
+        raise web.HTTPForbidden(
+            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
+        )
+    return actor
+
+
+async def phone_form(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as session:
+        await _operator(request, session)
+        categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
+    return render(request, "phone.html", categories=categories, form={}, problem=None)
+
+
+def _place(wards: WardIndex, form: dict[str, Any]) -> tuple[str, float, float, str] | None:
+    """(ward code, lat, lon, how) from a ward pick, a point, or a typed address."""
+    picked = str(form.get("ward") or "").strip()
+    point = parse_point(str(form.get("point") or ""))
+    if picked:
+        ward = wards.get(picked) or next(iter(wards.search(picked, near=point)), None)
+        if ward is not None:
+            lat, lon = point if point and wards.covers(*point) else (ward.lat, ward.lon)
+            return ward.code, lat, lon, "ward_pick" if not point else "map"
+    if point is not None and wards.covers(*point):
+        nearest = wards.nearest(*point, k=1)
+        return nearest[0].ward.code, point[0], point[1], "map"
+    typed = str(form.get("place") or "").strip()
+    for part in typed.split(","):
+        found = wards.search(part.strip())
+        if found:
+            return found[0].code, found[0].lat, found[0].lon, "address"
+    return None
+
+
+async def phone_intake(request: web.Request) -> web.StreamResponse:
+    """POST /intake/phone: an operator files a caller's report; the same ticket as a chat's."""
+    form = await _check_csrf(request)
+    settings = request.app[SETTINGS]
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    problem: str | None = None
+    phone_text = fields.get("phone", "").strip()
+    phone = normalise_phone(phone_text) if phone_text else None
+    description = fields.get("description", "").strip()
+    place = _place(request.app[WARDS], fields)
+    if phone_text and phone is None:
+        problem = "phone.bad_phone"
+    elif not description:
+        problem = "phone.no_description"
+    elif place is None:
+        problem = "phone.no_place"
+    photos: list[dict[str, Any]] = []
+    # (the dict made by _check_csrf keeps one file per name; photos may be several)
+    uploads = [
+        v
+        for k, v in (await request.post()).items()
+        if k == "photos" and isinstance(v, web.FileField) and v.filename
+    ]
+    for upload in uploads:
+        data = upload.file.read(settings.max_photo_bytes + 1)
+        try:
+            stored = await asyncio.to_thread(
+                store_image, settings.media_dir, data, settings.max_photo_bytes
+            )
+        except (TooLarge, NotAnImage):
+            problem = problem or "phone.bad_photo"
+        else:
+            photos.append(stored.as_dict())
+    async with request.app[SESSIONS]() as session, session.begin():
+        actor = await _operator(request, session)
+        if problem is not None or place is None:
+            categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
+            return render(
+                request,
+                "phone.html",
+                status=422,
+                categories=categories,
+                form=fields,
+                problem=problem,
+            )
+        ward_code, lat, lon, how = place
+        reporter_id = await create_phone_reporter(
+            session,
+            fields.get("name", "").strip()[:100] or None,
+            phone,
+            fields.get("address", "").strip()[:200] or None,
+        )
+        submitted = await submit_report(
+            session,
+            ReportDraft(
+                category_code=fields.get("category", "other"),
+                ward_code=ward_code,
+                lat=lat,
+                lon=lon,
+                location_source=how,
+                description=description[:2000],
+                nature="one_off" if fields.get("nature") == "one_off" else "recurring",
+                polluter=fields.get("polluter", "").strip()[:200] or None,
+                phone=phone,
+                photos=photos,
+            ),
+            reporter_id=reporter_id,
+            channel="phone",
+            now=utcnow(),
+            policies=request.app[POLICIES],
+        )
+        ticket = await session.get(Ticket, submitted.ticket_id)
+        if ticket is not None:
+            session.add(audit_note(ticket, actor.label, "phone_intake", None, utcnow()))
+    raise web.HTTPSeeOther(f"/tickets/{submitted.code}")
+
+
 async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/queue" if signed_in(request) else "/login")
 
@@ -405,4 +525,6 @@ def mount_dashboard(app: web.Application) -> None:
     app.router.add_post("/tickets/{code}/notes", add_note)
     app.router.add_post("/tickets/{code}/identity", show_identity)
     app.router.add_get("/media/{sha256:[0-9a-f]{64}}", media)
+    app.router.add_get("/intake/phone", phone_form)
+    app.router.add_post("/intake/phone", phone_intake)
     app.router.add_static("/static", HERE / "static")

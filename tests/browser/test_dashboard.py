@@ -144,3 +144,49 @@ async def test_logins_are_throttled(
     page = await log_in(browser, served, "ha", password)
     assert "quá nhiều lần" in await page.inner_text(".error")
     assert page.url.endswith("/login")
+
+
+async def test_an_operator_files_a_phone_report(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    password = await account(sessions, "thu", "operator", "P38")
+    page = await log_in(browser, served, "thu", password, width=360)
+    await page.wait_for_url("**/queue")
+    await page.click("a[href='/intake/phone']")
+    form = page.locator("form.phone-intake")
+    await form.locator("input[name=name]").fill("Nguyễn Văn An")
+    await form.locator("input[name=phone]").fill("0912 000 111")
+    await form.locator("input[name=ward]").fill("Bỉm Sơn")
+    await form.locator("select[name=category]").select_option("burning")
+    await form.locator("select[name=nature]").select_option("one_off")
+    await form.locator("textarea[name=description]").fill("Đốt rác bốc khói gần trường học")
+    await form.locator("input[type=file]").set_input_files(
+        {"name": "anh.png", "mimeType": "image/png", "buffer": image_bytes("PNG")}
+    )
+    await no_sideways_scroll(page)
+    await form.locator("button[type=submit]").click()
+    await page.wait_for_url("**/tickets/38-*")
+    heading = await page.inner_text("h1")
+    assert "Đã tiếp nhận" in heading and "Khẩn" in heading  # one-off: urgent
+    facts = await page.inner_text(".facts")
+    assert "Phường Bỉm Sơn" in facts and "Nguyễn Văn An" not in await page.content()
+    assert await page.locator(".photos img").count() == 1
+    # The caller's details are sealed until a triage role asks, and asking is audited.
+    await page.click("text=Xem danh tính")
+    identity = await page.inner_text(".identity")
+    assert "Nguyễn Văn An" in identity and "+84912000111" in identity
+    assert "Xem danh tính" in await page.inner_text(".timeline")
+
+
+async def test_a_phone_report_without_a_place_keeps_what_was_typed(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    password = await account(sessions, "vy", "operator", "P38")
+    page = await log_in(browser, served, "vy", password)
+    await page.wait_for_url("**/queue")
+    await page.goto("/intake/phone")
+    await page.fill("textarea[name=description]", "Xả nước thải ra kênh")
+    await page.fill("input[name=point]", "48.85, 2.35")  # Paris
+    await page.click("form.phone-intake button[type=submit]")
+    assert "Không xác định được xã/phường" in await page.inner_text(".error")
+    assert await page.input_value("textarea[name=description]") == "Xả nước thải ra kênh"

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from backend.services.photos import NotAnImage, inspect_image
-from backend.text import search_key
+from backend.services.reporters import normalise_phone
+from backend.text import parse_point, search_key
 from handlers.i18n import LANGUAGES, catalogue, pick_language, translate
-from handlers.report import normalise_phone, parse_latlon
 from tests.fakes.images import image_bytes
 
 
@@ -24,8 +24,8 @@ from tests.fakes.images import image_bytes
         ("", None),
     ],
 )
-def test_parse_latlon(text: str, expected: tuple[float, float] | None) -> None:
-    assert parse_latlon(text) == expected
+def test_parse_point(text: str, expected: tuple[float, float] | None) -> None:
+    assert parse_point(text) == expected
 
 
 @pytest.mark.parametrize(
