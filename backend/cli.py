@@ -17,6 +17,7 @@ from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
 from backend.services.accounts import ROLES, create_user
 from backend.services.categories import seed_categories
+from backend.services.staff_groups import create_link_code
 from backend.services.units import import_units
 from backend.web.api import mount_api
 from backend.web.app import create_app
@@ -108,6 +109,16 @@ async def add_user(settings: Settings, args: argparse.Namespace) -> None:
     print(f"one-time password: {created.one_time_password}")
 
 
+async def new_link_code(settings: Settings, unit_code: str) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            code = await create_link_code(session, unit_code)
+    finally:
+        await engine.dispose()
+    print(f"in the unit's Telegram group, type: /link {code}   (valid for 24 hours)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     new_user.add_argument("--unit", help="unit code: W<ward>, P<province>, C<province>, MOAE")
     new_user.add_argument("--name", help="display name")
     new_user.add_argument("--telegram", help="Telegram chat id for escalations and cards")
+    link = sub.add_parser("link-code", help="a one-time code that links a group to a unit")
+    link.add_argument("--unit", required=True, help="unit code, e.g. W14812")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -136,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("database is at the latest schema")
     elif args.command == "import-units":
         asyncio.run(load_units(settings))
+    elif args.command == "link-code":
+        try:
+            asyncio.run(new_link_code(settings, args.unit))
+        except ValueError as exc:
+            parser.error(str(exc))
     elif args.command == "create-user":
         try:
             asyncio.run(add_user(settings, args))

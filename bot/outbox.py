@@ -51,7 +51,9 @@ class Sender(Protocol):
     rate_global: float
     rate_per_chat: float
 
-    async def deliver(self, chat_id: str, message: Outgoing) -> None: ...
+    async def deliver(self, chat_id: str, message: Outgoing) -> str | None:
+        """Send message; the platform's message id when it gives one."""
+        ...
 
 
 class RateLimiter:
@@ -94,6 +96,7 @@ class RateLimiter:
 class _Outcome:
     row_id: int
     error: DeliveryError | None
+    message_id: str | None = None
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -210,7 +213,7 @@ class OutboxWorker:
         message = render_payload(row.payload)
         await limiter.acquire(row.chat_id, per_chat=not isinstance(message, Ack))
         try:
-            await sender.deliver(row.chat_id, message)
+            message_id = await sender.deliver(row.chat_id, message)
         except RetryLater as exc:
             limiter.pause(exc.seconds)
             return _Outcome(row.id, exc)
@@ -219,7 +222,7 @@ class OutboxWorker:
         except Exception as exc:
             log.exception("unexpected error delivering outbox row %d", row.id)
             return _Outcome(row.id, TransientError(type(exc).__name__))
-        return _Outcome(row.id, None)
+        return _Outcome(row.id, None, message_id)
 
     async def _record(self, outcomes: list[_Outcome], rows: list[OutboxMessage]) -> None:
         by_id = {r.id: r for r in rows}
@@ -230,7 +233,12 @@ class OutboxWorker:
                 values: dict[str, object] = {"lease_until": None}
                 error = outcome.error
                 if error is None:
-                    values.update(status="sent", sent_at=now, last_error=None)
+                    values.update(
+                        status="sent",
+                        sent_at=now,
+                        last_error=None,
+                        sent_message_id=outcome.message_id,
+                    )
                 elif isinstance(error, RetryLater):
                     # Being told to wait is not a failed attempt.
                     values.update(

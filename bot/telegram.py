@@ -39,6 +39,7 @@ from bot.outbox import PermanentError, RetryLater, TransientError
 from handlers.events import (
     Ack,
     Capabilities,
+    Edit,
     Incoming,
     MediaError,
     MediaRef,
@@ -57,6 +58,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 WEBHOOK_PATH = "/telegram/webhook"
 COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
 ALLOWED_UPDATES = ("message", "callback_query")
+GROUP_CHATS = ("group", "supergroup")
 
 
 def _seconds(value: int | float | timedelta) -> float:
@@ -175,20 +177,26 @@ class TelegramChannel:
         if query is not None:
             sender = query["from"]
             message = query.get("message")
-            chat = message["chat"]["id"] if message else sender["id"]
+            chat = message["chat"] if message else {"id": sender["id"], "type": "private"}
             return Incoming(
                 channel=CHANNEL,
-                chat_id=str(chat),
+                chat_id=str(chat["id"]),
                 update_id=uid,
                 kind="button",
                 button=query.get("data"),
                 callback_id=str(query["id"]),
                 language=sender.get("language_code"),
+                group=chat.get("type") in GROUP_CHATS,
+                sender_id=str(sender["id"]),
             )
         msg = update.get("message")
-        if msg is None or msg["chat"].get("type") != "private":
+        if msg is None:
             return None
         sender = msg.get("from")
+        if msg["chat"].get("type") in GROUP_CHATS:
+            return self._group_command(uid, msg)
+        if msg["chat"].get("type") != "private":
+            return None
         base: dict[str, Any] = {
             "channel": CHANNEL,
             "chat_id": str(msg["chat"]["id"]),
@@ -222,6 +230,26 @@ class TelegramChannel:
                 **base,
             )
         return Incoming(kind="other", **base)
+
+    @staticmethod
+    def _group_command(uid: str, msg: Mapping[str, Any]) -> Incoming | None:
+        """In a staff group only commands count (/link); the chatter is not for the bot."""
+        text = msg.get("text") or ""
+        if not text.startswith("/"):
+            return None
+        head, _, args = text[1:].partition(" ")
+        sender = msg.get("from") or {}
+        return Incoming(
+            channel=CHANNEL,
+            chat_id=str(msg["chat"]["id"]),
+            update_id=uid,
+            kind="command",
+            command=head.split("@", 1)[0].lower(),
+            args=args.strip(),
+            text=text,
+            group=True,
+            sender_id=str(sender["id"]) if "id" in sender else None,
+        )
 
     async def _fetch_media(
         self, source: Mapping[str, Any]
@@ -284,25 +312,35 @@ class TelegramChannel:
             return ReplyKeyboardRemove()
         return None
 
-    async def deliver(self, chat_id: str, message: Outgoing) -> None:
+    async def deliver(self, chat_id: str, message: Outgoing) -> str | None:
         try:
             if isinstance(message, Ack):
                 await self.bot.answer_callback_query(message.callback_id, text=message.text)
-            elif message.photo_sha256 is not None:
+                return None
+            if isinstance(message, Edit):
+                if message.caption:
+                    await self.bot.edit_message_caption(
+                        chat_id, int(message.message_id), caption=message.text[:1024]
+                    )
+                else:
+                    await self.bot.edit_message_text(message.text, chat_id, int(message.message_id))
+                return message.message_id
+            if message.photo_sha256 is not None:
                 path = find_media(self._settings.media_dir, message.photo_sha256)
                 if path is None:
                     raise PermanentError("photo no longer stored")
                 with path.open("rb") as photo:
-                    await self.bot.send_photo(
+                    sent = await self.bot.send_photo(
                         chat_id,
                         photo,
                         caption=message.text[:1024],
                         reply_markup=self.markup(message),
                     )
             else:
-                await self.bot.send_message(
+                sent = await self.bot.send_message(
                     chat_id, message.text, reply_markup=self.markup(message)
                 )
+            return str(sent.message_id)
         except RetryAfter as exc:
             raise RetryLater(_seconds(exc.retry_after)) from exc
         except (Forbidden, BadRequest, InvalidToken) as exc:

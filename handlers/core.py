@@ -6,6 +6,7 @@ from handlers.events import Incoming
 from handlers.feedback import is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
 from handlers.report import STEPS, Step, begin
+from handlers.staff import group_event
 from handlers.status import show_mine, show_status
 from handlers.text_match import match_option
 from handlers.turn import Turn
@@ -61,6 +62,9 @@ async def _button(turn: Turn, step: Step, event: Incoming) -> None:
 
 async def step(turn: Turn, event: Incoming) -> None:
     """Handle one event for the chat in turn; unexpected input gets the current step's help."""
+    if event.group:
+        await group_event(turn, event)
+        return
     current = STEPS[turn.state]
     if is_ticket_button(event):
         await ticket_button(turn, event)

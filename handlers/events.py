@@ -53,6 +53,9 @@ class Incoming:
     media_group: str | None = None
     phone: str | None = None
     language: str | None = None
+    # A staff group rather than a resident's private chat; who in it did this.
+    group: bool = False
+    sender_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,16 @@ class Ack:
         return {"type": "ack", "callback_id": self.callback_id, "text": self.text}
 
 
-Outgoing = Reply | Ack
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace the text (or photo caption) of a message sent before, and drop its buttons."""
+
+    message_id: str
+    text: str
+    caption: bool = False
+
+
+Outgoing = Reply | Ack | Edit
 
 
 def outgoing_from_payload(payload: dict[str, Any]) -> Outgoing:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.events import Button, Outgoing, Reply, outgoing_from_payload
+from handlers.events import Button, Edit, Outgoing, Reply, outgoing_from_payload
 from handlers.i18n import translate
 
 
 def render_payload(payload: dict[str, Any]) -> Outgoing:
     """An outbox payload as the message to send: replies and acks as stored, notices
     worded in their reader's language."""
-    if payload.get("type") != "notice":
+    if payload.get("type") not in ("notice", "edit"):
         return outgoing_from_payload(payload)
     language = str(payload.get("language") or "vi")
     params = dict(payload.get("params") or {})
@@ -28,8 +28,7 @@ def render_payload(payload: dict[str, Any]) -> Outgoing:
         )
         for row in payload.get("buttons") or ()
     )
-    return Reply(
-        text=translate(language, str(payload["key"]), **params),
-        buttons=buttons,
-        photo_sha256=payload.get("photo_sha256"),
-    )
+    text = translate(language, str(payload["key"]), **params)
+    if payload.get("type") == "edit":
+        return Edit(str(payload["message_id"]), text, caption=bool(payload.get("caption")))
+    return Reply(text=text, buttons=buttons, photo_sha256=payload.get("photo_sha256"))

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.models import utcnow
 from backend.services.deadlines import Policies
 from backend.services.units import WardIndex
-from handlers.events import Ack, Button, Capabilities, ConversationState, Outgoing, Reply
+from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
 from handlers.i18n import translate
 
 
@@ -35,7 +35,7 @@ class Turn:
     services: Services
     channel: str
     chat_id: str
-    out: list[Outgoing] = field(default_factory=list)
+    out: list[Reply | Ack] = field(default_factory=list)
 
     @property
     def state(self) -> str:

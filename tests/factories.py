@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import count
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,9 +34,10 @@ async def make_ticket(
     chat_id: str | None = None,
     language: str = "vi",
     now: datetime | None = None,
+    photo: dict[str, Any] | None = None,
 ) -> Ticket:
     """A ticket reported by chat at a ward, in state received."""
-    chat = chat_id or f"chat-{next(_n)}"
+    chat = chat_id or str(900_000 + next(_n))  # Telegram chat ids are numbers
     reporter_id, _ = await find_or_create_reporter(session, "telegram", chat)
     session.add(
         Conversation(
@@ -57,7 +59,7 @@ async def make_ticket(
             location_source="gps",
             description="Bãi rác tự phát",
             nature=nature,
-            photos=[PHOTO],
+            photos=[photo or PHOTO],
         ),
         reporter_id=reporter_id,
         channel="telegram",

@@ -35,6 +35,21 @@ def notice(
     }
 
 
+def outbox_row(
+    channel: str, chat_id: str, payload: dict[str, Any], ticket_id: int | None = None
+) -> OutboxMessage:
+    """A message to deliver now, through the outbox."""
+    now = utcnow()
+    return OutboxMessage(
+        channel=channel,
+        chat_id=chat_id,
+        payload=payload,
+        ticket_id=ticket_id,
+        created_at=now,
+        next_attempt_at=now,
+    )
+
+
 async def reporter_chats(
     session: AsyncSession, reporter_ids: Iterable[int]
 ) -> list[tuple[int, str, str, str]]:
@@ -73,7 +88,6 @@ async def tell_reporters(
     params may use {code}, filled in with each reporter's own ticket code. Returns the
     number of outbox rows written.
     """
-    now = utcnow()
     by_reporter = {t.reporter_id: t for t in tickets if t.reporter_id is not None}
     rows = 0
     for reporter_id, channel, chat_id, language in await reporter_chats(session, by_reporter):
@@ -92,16 +106,7 @@ async def tell_reporters(
             *(notice("notify.more_photo", language, {}, photo_sha256=p) for p in photos[1:]),
         ]
         for payload in payloads:
-            session.add(
-                OutboxMessage(
-                    channel=channel,
-                    chat_id=chat_id,
-                    payload=payload,
-                    ticket_id=ticket.id,
-                    created_at=now,
-                    next_attempt_at=now,
-                )
-            )
+            session.add(outbox_row(channel, chat_id, payload, ticket.id))
             rows += 1
     return rows
 
@@ -110,19 +115,10 @@ async def tell_staff(
     session: AsyncSession, users: Sequence[User], key: str, params: Mapping[str, Any]
 ) -> int:
     """Queue a notice to each staff member with a linked Telegram chat; returns rows."""
-    now = utcnow()
     rows = 0
     for user in users:
         if not user.telegram_chat_id or not user.active:
             continue
-        session.add(
-            OutboxMessage(
-                channel="telegram",
-                chat_id=user.telegram_chat_id,
-                payload=notice(key, "vi", params),
-                created_at=now,
-                next_attempt_at=now,
-            )
-        )
+        session.add(outbox_row("telegram", user.telegram_chat_id, notice(key, "vi", params)))
         rows += 1
     return rows

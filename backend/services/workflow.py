@@ -16,6 +16,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, Photo, Ticket, Unit, User, Ward, utcnow
+from backend.services.cards import post_cards
 from backend.services.deadlines import DeadlinePolicy, Policies
 from backend.services.notify import tell_reporters
 from backend.services.routing import COMPETENCES, unit_for
@@ -351,6 +352,7 @@ async def _assign(
     ticket.due_at = policy.claim_due(now)
     unit = await session.get(Unit, ticket.unit_id)
     ward = await session.get(Ward, ticket.ward_code)
+    await post_cards(session, ticket)
     await tell_reporters(
         session,
         await case_tickets(session, ticket),
@@ -465,6 +467,7 @@ async def _reopen(
     ticket.claimed_by = None
     ticket.assigned_at = now
     ticket.due_at = policy.claim_due(now)
+    await post_cards(session, ticket)
     await tell_reporters(session, [ticket], "notify.reopened", {})
     return None
 
@@ -508,6 +511,7 @@ async def _transfer(
     ticket.claimed_at = None
     ticket.assigned_at = now
     ticket.due_at = policy.claim_due(now)
+    await post_cards(session, ticket)
     await tell_reporters(
         session,
         await case_tickets(session, ticket),

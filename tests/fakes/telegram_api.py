@@ -49,6 +49,7 @@ class FakeTelegram:
     sent: list[Sent] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     answered_callbacks: list[dict[str, Any]] = field(default_factory=list)
+    edits: list[dict[str, Any]] = field(default_factory=list)
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_statuses: list[int] = field(default_factory=list)
@@ -308,7 +309,14 @@ class FakeTelegram:
         return self._ok(True)
 
     async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
+        self.edits.append(params)
         msg = self._message(str(params["chat_id"]), text=params.get("text"))
+        msg["message_id"] = int(params["message_id"])
+        return self._ok(msg)
+
+    async def _m_editMessageCaption(self, params: dict[str, Any]) -> web.Response:
+        self.edits.append(params)
+        msg = self._message(str(params["chat_id"]), caption=params.get("caption"))
         msg["message_id"] = int(params["message_id"])
         return self._ok(msg)
 
@@ -329,17 +337,27 @@ def _decode(value: str) -> Any:
 
 
 class FakeUser:
-    """A resident in a private chat with the bot, producing real update JSON."""
+    """A Telegram user talking to the bot, producing real update JSON: in a private chat
+    (chat id = user id), or in a group when group_id is given."""
 
-    def __init__(self, api: FakeTelegram, chat_id: int, language_code: str = "vi") -> None:
+    def __init__(
+        self,
+        api: FakeTelegram,
+        chat_id: int,
+        language_code: str = "vi",
+        *,
+        group_id: int | None = None,
+    ) -> None:
         self.api = api
-        self.chat_id = chat_id
+        self.user_id = chat_id
+        self.chat_id = group_id if group_id is not None else chat_id
+        self.chat_type = "supergroup" if group_id is not None else "private"
         self.language_code = language_code
         self.seen = 0
 
     def _user(self) -> dict[str, Any]:
         return {
-            "id": self.chat_id,
+            "id": self.user_id,
             "is_bot": False,
             "first_name": "Lan",
             "language_code": self.language_code,
@@ -351,7 +369,7 @@ class FakeUser:
             "message": {
                 "message_id": self.api.next_update_id(),
                 "date": int(time.time()),
-                "chat": {"id": self.chat_id, "type": "private", "first_name": "Lan"},
+                "chat": {"id": self.chat_id, "type": self.chat_type, "first_name": "Lan"},
                 "from": self._user(),
                 **content,
             },
@@ -435,7 +453,7 @@ class FakeUser:
                 "message": {
                     "message_id": message_id,
                     "date": int(time.time()),
-                    "chat": {"id": self.chat_id, "type": "private"},
+                    "chat": {"id": self.chat_id, "type": self.chat_type},
                     "from": {"id": BOT_ID, "is_bot": True, "first_name": "Hotline"},
                     "text": "…",
                 },
