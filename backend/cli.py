@@ -6,23 +6,31 @@ import argparse
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+import secrets
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
-from backend.services.accounts import ROLES, create_user
+from backend.models import User
+from backend.services.accounts import ROLES, create_user, set_password
 from backend.services.categories import seed_categories
 from backend.services.staff_groups import create_link_code
 from backend.services.units import import_units
 from backend.web.api import mount_api
-from backend.web.app import create_app
+from backend.web.app import SESSIONS, create_app
 from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
+from backend.web.demo import mount_demo
 
 log = logging.getLogger("hotline")
 
@@ -49,10 +57,88 @@ async def _freeze_heap(_app: web.Application) -> None:
     gc.freeze()
 
 
+DEMO_STAFF = (
+    ("demo-operator", "operator", "P38", "Tổng đài viên (demo)"),
+    ("demo-staff", "ward_staff", "W14812", "Cán bộ phường Bỉm Sơn (demo)"),
+    ("demo-leader", "ward_leader", "W14812", "Lãnh đạo phường Bỉm Sơn (demo)"),
+)
+
+
+def _with_demo_chat(settings: Settings) -> tuple[Settings, Any]:
+    """Settings pointing Telegram at the built-in stand-in, and the stand-in (not started).
+
+    The stand-in lives with the tests' stand-ins, in the source tree `make run` uses.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if (root / "tests" / "fakes").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+    try:
+        from tests.fakes.telegram_api import FakeTelegram
+    except ImportError:
+        log.warning("the chat simulator needs the source tree (tests/fakes): off")
+        return settings, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake = FakeTelegram(token="100000:DEMO", port=port)  # noqa: S106 - the stand-in's own
+    demo = settings.model_copy(
+        update={
+            "telegram_token": SecretStr(fake.token),
+            "telegram_api_url": f"http://127.0.0.1:{port}",
+            "telegram_mode": "polling",
+            "telegram_poll_timeout": 1,
+        }
+    )
+    return demo, fake
+
+
+async def _seed_demo_staff(app: web.Application) -> None:
+    """Demo accounts for training, with fresh passwords printed at each start."""
+    lines = []
+    async with app[SESSIONS]() as session, session.begin():
+        for username, role, unit, name in DEMO_STAFF:
+            user = await session.scalar(select(User).where(User.username == username))
+            if user is None:
+                created = await create_user(
+                    session, username, role, display_name=name, unit_code=unit
+                )
+                password = created.one_time_password
+            else:
+                password = secrets.token_urlsafe(9)
+                await set_password(session, user, password)
+            lines.append(f"  {username:14} {password}   ({name})")
+    print("Demo staff accounts (log in at /login):", *lines, sep="\n")
+    print("Chat as a resident at /demo/chat", flush=True)
+
+
+def server_app(settings: Settings) -> web.Application:
+    """The app `hotline serve` runs: with the chat simulator when there is no token."""
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    fake = None
+    if settings.telegram_token is None and settings.demo_chat:
+        if settings.environment == "production":
+            log.warning("no HOTLINE_TELEGRAM_TOKEN in production: Telegram is off")
+        else:
+            settings, fake = _with_demo_chat(settings)
+    app = build_app(settings)
+    if fake is not None:
+        from tests.fakes.telegram_api import DemoStandIn
+
+        async def stand_in(_app: web.Application) -> AsyncIterator[None]:
+            await fake.start()
+            yield
+            await fake.stop()
+
+        # Before the chat runtime, which asks the stand-in who the bot is.
+        app.cleanup_ctx.insert(0, stand_in)
+        mount_demo(app, DemoStandIn(fake))
+        app.on_startup.append(_seed_demo_staff)
+    return app
+
+
 def run_server(settings: Settings, host: str, port: int, *, banner: bool = True) -> None:
     """Run the service until interrupted."""
-    settings.media_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(settings)
+    app = server_app(settings)
     app.on_startup.append(_freeze_heap)
     web.run_app(app, host=host, port=port, access_log=None, print=print if banner else None)
 

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # Map tiles for the dashboard ({z}/{x}/{y}); OpenStreetMap unless configured.
     map_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
+    # Without a Telegram token, outside production: run the built-in Bot API stand-in
+    # with the chat simulator at /demo/chat and seeded demo staff accounts.
+    demo_chat: bool = True
+
     outbox_enabled: bool = True
     outbox_max_attempts: int = 8
     outbox_poll_interval: float = 1.0

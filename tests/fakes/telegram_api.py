@@ -471,3 +471,40 @@ class FakeUser:
 
     async def reply(self, timeout: float = 15.0) -> Sent:
         return (await self.replies(1, timeout))[0]
+
+
+class DemoStandIn:
+    """The stand-in as the chat simulator (/demo/chat) uses it, for `make run` without a
+    Telegram token: one FakeUser per browser, and the bot's messages to that chat."""
+
+    def __init__(self, api: FakeTelegram) -> None:
+        self.api = api
+
+    def user(self, chat_id: int) -> FakeUser:
+        return FakeUser(self.api, chat_id)
+
+    def messages(self, chat_id: int) -> list[dict[str, Any]]:
+        out = []
+        for s in self.api.sent_to(chat_id):
+            keyboard = s.keyboard()
+            out.append(
+                {
+                    "id": s.message_id,
+                    "text": s.text,
+                    "buttons": [
+                        [(b["text"], b.get("callback_data", "")) for b in row]
+                        for row in (s.reply_markup or {}).get("inline_keyboard", [])
+                    ],
+                    "keyboard": [b["text"] for b in keyboard],
+                    "request_location": bool(keyboard and keyboard[0].get("request_location")),
+                    "remove_keyboard": bool((s.reply_markup or {}).get("remove_keyboard")),
+                    "photo": s.photo is not None,
+                }
+            )
+        return out
+
+    def photo(self, chat_id: int, message_id: int) -> bytes | None:
+        for s in self.api.sent_to(chat_id):
+            if s.message_id == message_id:
+                return s.photo
+        return None

@@ -1,0 +1,82 @@
+"""Without a Telegram token the service runs the chat simulator: a resident reports at
+/demo/chat in the browser, and a demo ward account sees the ticket in its queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from playwright.async_api import Browser, Page
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.cli import DEMO_STAFF, server_app
+from backend.config import Settings
+from backend.models import Ticket, User
+from backend.services.accounts import set_password
+from tests.browser.conftest import log_in
+from tests.e2e.conftest import free_port
+
+
+async def bot_says(page: Page, text: str) -> None:
+    await page.locator(".log li.bot", has_text=text).last.wait_for(timeout=15_000)
+
+
+async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
+    browser: Browser,
+    database_url: str,
+    tmp_path: Path,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    port = free_port()
+    settings = Settings(
+        environment="development",
+        database_url=database_url,
+        media_dir=tmp_path / "media",
+        public_url=f"http://127.0.0.1:{port}",
+        telegram_rate_per_chat=100.0,
+        outbox_poll_interval=0.2,
+        deadline_worker_enabled=False,
+    )
+    assert settings.telegram_token is None
+    runner = web.AppRunner(server_app(settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        context = await browser.new_context(viewport={"width": 360, "height": 740}, base_url=base)
+        page = await context.new_page()
+        await page.goto("/demo/chat")
+
+        async def say(text: str) -> None:
+            await page.fill("#text", text)
+            await page.press("#text", "Enter")
+
+        await say("/start")
+        await page.locator(".log li.bot button", has_text="Tôi đồng ý").click()
+        await bot_says(page, "Bước 1")
+        await say("/skip")
+        await bot_says(page, "vị trí")
+        await page.click("#here")
+        await page.locator(".log li.bot button", has_text="Phường Bỉm Sơn").last.click()
+        await page.locator(".log li.bot button", has_text="Đốt rác").last.click()
+        await say("Đốt rác thải nhựa mỗi tối sau chợ")
+        await page.locator(".log li.bot button", has_text="Không rõ").last.click()
+        await page.locator(".log li.bot button", has_text="Thường xuyên").last.click()
+        await page.locator("#keyboard button", has_text="Ẩn danh").click()
+        await page.locator(".log li.bot button", has_text="Gửi").last.click()
+        await bot_says(page, "Mã theo dõi")
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360
+
+        async with sessions() as s, s.begin():
+            ticket = (await s.scalars(select(Ticket))).one()
+            operator = (await s.scalars(select(User).where(User.username == "demo-operator"))).one()
+            await set_password(s, operator, "training-day")
+        assert ticket.category_code == "burning" and ticket.ward_code == "14812"
+        staff_page = await log_in(browser, base, "demo-operator", "training-day")
+        await staff_page.wait_for_url("**/queue")
+        assert await staff_page.locator(f"text={ticket.code}").count() == 1
+    finally:
+        await runner.cleanup()
+    assert [u for u, *_ in DEMO_STAFF] == ["demo-operator", "demo-staff", "demo-leader"]
