@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench vendor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/test.sh
+
+# Re-fetch the vendored JS libraries (committed) from the npm registry.
+vendor:
+	bash scripts/vendor.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py

@@ -410,7 +410,14 @@ async def phone_form(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         await _operator(request, session)
         categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
-    return render(request, "phone.html", categories=categories, form={}, problem=None)
+    return render(
+        request,
+        "phone.html",
+        categories=categories,
+        form={},
+        problem=None,
+        tiles=request.app[SETTINGS].map_tile_url,
+    )
 
 
 def _place(wards: WardIndex, form: dict[str, Any]) -> tuple[str, float, float, str] | None:
@@ -477,6 +484,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
                 categories=categories,
                 form=fields,
                 problem=problem,
+                tiles=settings.map_tile_url,
             )
         ward_code, lat, lon, how = place
         reporter_id = await create_phone_reporter(

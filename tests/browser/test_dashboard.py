@@ -4,6 +4,8 @@ phone layout."""
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 from playwright.async_api import Browser, Page
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -74,6 +76,7 @@ async def test_claim_and_answer_with_a_photo_reaches_the_reporter(
     await no_sideways_scroll(page)
     await page.screenshot(path=str(ARTIFACTS / "ticket-360.png"), full_page=True)
     assert await page.locator(".photos img").count() == 2  # the evidence and the result
+    assert await page.locator(".map .leaflet-marker-icon").count() == 1
 
     sent = await api.wait_sent(7001, 2)  # "sent to the ward", then the answer
     assert sent[-1].method == "sendPhoto"
@@ -156,6 +159,11 @@ async def test_an_operator_files_a_phone_report(
     form = page.locator("form.phone-intake")
     await form.locator("input[name=name]").fill("Nguyễn Văn An")
     await form.locator("input[name=phone]").fill("0912 000 111")
+    # A click on the map picks a point (cleared again: the ward is named below).
+    await form.locator(".map").click()
+    picked = await form.locator("input[name=point]").input_value()
+    assert re.fullmatch(r"-?\d+\.\d{6}, -?\d+\.\d{6}", picked), picked
+    await form.locator("input[name=point]").fill("")
     await form.locator("input[name=ward]").fill("Bỉm Sơn")
     await form.locator("select[name=category]").select_option("burning")
     await form.locator("select[name=nature]").select_option("one_off")

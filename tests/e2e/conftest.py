@@ -44,6 +44,7 @@ def chat_settings(database_url: str, tmp_path: Path, api: FakeTelegram, mode: st
         # Per-chat pacing has its own test; here it would only slow the dialogue down.
         telegram_rate_per_chat=100.0,
         outbox_poll_interval=0.2,
+        map_tile_url="",  # no tiles: the tests have no internet
     )
 
 
