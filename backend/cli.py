@@ -26,6 +26,7 @@ from backend.services.accounts import ROLES, create_user, set_password
 from backend.services.categories import seed_categories
 from backend.services.staff_groups import create_link_code
 from backend.services.units import import_units
+from backend.web.admin import mount_admin
 from backend.web.api import mount_api
 from backend.web.app import SESSIONS, create_app
 from backend.web.auth import session_middleware
@@ -42,6 +43,7 @@ def build_app(settings: Settings) -> web.Application:
     app = create_app(settings)
     app.middlewares.append(session_middleware)
     mount_dashboard(app)
+    mount_admin(app)
     mount_api(app)
     mount_chat(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import LoginAttempt, Unit, User, WebSession, utcnow
 
+USERNAME = re.compile(r"[a-z0-9._-]{2,64}")
 ROLES = ("operator", "ward_staff", "ward_leader", "supervisor", "police", "admin")
 SESSION_DAYS = 7
 # At most this many failed logins per account, and per address, in the window.
@@ -57,8 +59,12 @@ async def create_user(
     telegram_chat_id: str | None = None,
 ) -> NewUser:
     """A staff account with a random one-time password (shown once, stored hashed)."""
+    if not USERNAME.fullmatch(username):
+        raise ValueError("a username is 2–64 of a-z, 0-9, '.', '_' and '-'")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if await session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise ValueError(f"the username {username} is taken")
     unit_id = None
     if unit_code is not None:
         unit_id = await session.scalar(select(Unit.id).where(Unit.code == unit_code))

@@ -93,7 +93,7 @@ async def _require(request: web.Request, session: AsyncSession) -> tuple[User, A
     return user, await Actor.of_user(session, user)
 
 
-async def _check_csrf(request: web.Request) -> dict[str, Any]:
+async def check_csrf(request: web.Request) -> dict[str, Any]:
     form = dict(await request.post())
     web_session = request.get(WEB_SESSION)
     if web_session is None or not csrf_ok(web_session.csrf_token, form.get("csrf")):
@@ -140,7 +140,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    await _check_csrf(request)
+    await check_csrf(request)
     async with request.app[SESSIONS]() as session, session.begin():
         await close_session(session, request.cookies.get(COOKIE, ""))
     response = web.HTTPSeeOther("/login")
@@ -307,7 +307,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
 
 async def ticket_action(request: web.Request) -> web.StreamResponse:
     """POST /tickets/{code}/act (a form, with a photo for an answer)."""
-    form = await _check_csrf(request)
+    form = await check_csrf(request)
     settings = request.app[SETTINGS]
     code = request.match_info["code"]
     photos: list[dict[str, Any]] = []
@@ -350,7 +350,7 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
 
 
 async def add_note(request: web.Request) -> web.StreamResponse:
-    form = await _check_csrf(request)
+    form = await check_csrf(request)
     text = str(form.get("text") or "").strip()[:4000]
     async with request.app[SESSIONS]() as session, session.begin():
         user, actor = await _require(request, session)
@@ -362,7 +362,7 @@ async def add_note(request: web.Request) -> web.StreamResponse:
 
 async def show_identity(request: web.Request) -> web.Response:
     """POST /tickets/{code}/identity: triage roles unseal the reporter; it is audited."""
-    await _check_csrf(request)
+    await check_csrf(request)
     async with request.app[SESSIONS]() as session, session.begin():
         _, actor = await _require(request, session)
         ticket = await _visible_ticket(request, session, actor)
@@ -397,7 +397,7 @@ async def media(request: web.Request) -> web.StreamResponse:
 # --- hotline phone intake ---------------------------------------------------------------
 
 
-async def _operator(request: web.Request, session: AsyncSession) -> Actor:
+async def require_triage(request: web.Request, session: AsyncSession) -> Actor:
     _, actor = await _require(request, session)
     if actor.role not in TRIAGE:
         raise web.HTTPForbidden(
@@ -408,7 +408,7 @@ async def _operator(request: web.Request, session: AsyncSession) -> Actor:
 
 async def phone_form(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
-        await _operator(request, session)
+        await require_triage(request, session)
         categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
     return render(
         request,
@@ -442,7 +442,7 @@ def _place(wards: WardIndex, form: dict[str, Any]) -> tuple[str, float, float, s
 
 async def phone_intake(request: web.Request) -> web.StreamResponse:
     """POST /intake/phone: an operator files a caller's report; the same ticket as a chat's."""
-    form = await _check_csrf(request)
+    form = await check_csrf(request)
     settings = request.app[SETTINGS]
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     problem: str | None = None
@@ -457,7 +457,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     elif place is None:
         problem = "phone.no_place"
     photos: list[dict[str, Any]] = []
-    # (the dict made by _check_csrf keeps one file per name; photos may be several)
+    # (the dict made by check_csrf keeps one file per name; photos may be several)
     uploads = [
         v
         for k, v in (await request.post()).items()
@@ -474,7 +474,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         else:
             photos.append(stored.as_dict())
     async with request.app[SESSIONS]() as session, session.begin():
-        actor = await _operator(request, session)
+        actor = await require_triage(request, session)
         if problem is not None or place is None:
             categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
             return render(

@@ -198,3 +198,41 @@ async def test_a_phone_report_without_a_place_keeps_what_was_typed(
     await page.click("form.phone-intake button[type=submit]")
     assert "Không xác định được xã/phường" in await page.inner_text(".error")
     assert await page.input_value("textarea[name=description]") == "Xả nước thải ra kênh"
+
+
+async def test_an_admin_manages_accounts_and_group_links(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        admin_password = (await create_user(s, "root", "admin")).one_time_password
+    staff_password = await account(sessions, "nga", "ward_staff", "W14812")
+    outsider = await log_in(browser, served, "nga", staff_password)
+    await outsider.wait_for_url("**/queue")
+    response = await outsider.goto("/admin")
+    assert response is not None and response.status == 403
+
+    page = await log_in(browser, served, "root", admin_password)
+    await page.wait_for_url("**/queue")
+    await page.click("a[href='/admin']")
+    form = page.locator("form.new-user")
+    await form.locator("input[name=username]").fill("binh")
+    await form.locator("input[name=name]").fill("Anh Bình")
+    await form.locator("select[name=role]").select_option("ward_leader")
+    await form.locator("input[name=unit]").fill("W14812")
+    await form.locator("input[name=telegram]").fill("8123")
+    await form.locator("button").click()
+    once = await page.inner_text(".secret code")
+    assert len(once) >= 12 and "binh" in await page.inner_text(".users")
+    await page.goto("/admin")  # shown once: not on the page any more
+    assert await page.locator(".secret").count() == 0
+    newcomer = await log_in(browser, served, "binh", once)
+    await newcomer.wait_for_url("**/queue")
+
+    link = page.locator("form.link-code")
+    await link.locator("input[name=unit]").fill("W14812")
+    await link.locator("button").click()
+    code = await page.inner_text(".secret code")
+    assert len(code) == 8
+    await link.locator("input[name=unit]").fill("W99999")
+    await link.locator("button").click()
+    assert "no unit W99999" in await page.inner_text(".error")

@@ -1,0 +1,145 @@
+"""Admin pages: staff accounts (create, new password, disable) and units' Telegram groups
+(one-time link codes, unlink). Admins only; every form carries the CSRF token."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import StaffGroup, Unit, User
+from backend.services.accounts import ROLES, create_user, set_password
+from backend.services.staff_groups import create_link_code
+from backend.web.app import SESSIONS
+from backend.web.dashboard import check_csrf, render, require_triage
+
+
+async def _admin(request: web.Request, session: AsyncSession) -> None:
+    actor = await require_triage(request, session)
+    if actor.role != "admin":
+        raise web.HTTPForbidden(
+            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
+        )
+
+
+async def _page(
+    request: web.Request,
+    session: AsyncSession,
+    *,
+    secret: dict[str, str] | None = None,
+    problem: str | None = None,
+) -> web.Response:
+    users = list(
+        await session.execute(
+            select(User, Unit.code).outerjoin(Unit, Unit.id == User.unit_id).order_by(User.username)
+        )
+    )
+    groups = list(
+        await session.execute(
+            select(StaffGroup, Unit.name)
+            .join(Unit, Unit.id == StaffGroup.unit_id)
+            .order_by(StaffGroup.linked_at)
+        )
+    )
+    return render(
+        request,
+        "admin.html",
+        status=422 if problem else 200,
+        users=users,
+        groups=groups,
+        roles=ROLES,
+        secret=secret,
+        problem=problem,
+    )
+
+
+async def admin_page(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        return await _page(request, session)
+
+
+def _field(form: dict[str, Any], name: str) -> str | None:
+    value = str(form.get(name) or "").strip()
+    return value or None
+
+
+async def new_user(request: web.Request) -> web.Response:
+    form = await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        try:
+            async with session.begin_nested():
+                created = await create_user(
+                    session,
+                    _field(form, "username") or "",
+                    _field(form, "role") or "",
+                    display_name=_field(form, "name"),
+                    unit_code=_field(form, "unit"),
+                    telegram_chat_id=_field(form, "telegram"),
+                )
+        except ValueError as exc:
+            return await _page(request, session, problem=str(exc))
+        await session.commit()
+        secret = {
+            "key": "admin.password_once",
+            "value": created.one_time_password,
+            "who": created.user.username,
+        }
+        return await _page(request, session, secret=secret)
+
+
+async def change_user(request: web.Request) -> web.Response:
+    form = await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        user = await session.get(User, int(request.match_info["id"]))
+        if user is None:
+            raise web.HTTPNotFound()
+        secret = None
+        action = form.get("do")
+        if action == "reset":
+            password = secrets.token_urlsafe(12)
+            await set_password(session, user, password)
+            secret = {"key": "admin.password_once", "value": password, "who": user.username}
+        elif action in ("deactivate", "activate"):
+            user.active = action == "activate"
+        await session.commit()
+        return await _page(request, session, secret=secret)
+
+
+async def link_code(request: web.Request) -> web.Response:
+    form = await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        unit = _field(form, "unit") or ""
+        try:
+            code = await create_link_code(session, unit)
+        except ValueError as exc:
+            return await _page(request, session, problem=str(exc))
+        await session.commit()
+        return await _page(
+            request, session, secret={"key": "admin.code_once", "value": code, "who": unit}
+        )
+
+
+async def unlink_group(request: web.Request) -> web.Response:
+    await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        await session.execute(
+            delete(StaffGroup).where(StaffGroup.id == int(request.match_info["id"]))
+        )
+        await session.commit()
+        return await _page(request, session)
+
+
+def mount_admin(app: web.Application) -> None:
+    app.router.add_get("/admin", admin_page)
+    app.router.add_post("/admin/users", new_user)
+    app.router.add_post("/admin/users/{id:[0-9]+}", change_user)
+    app.router.add_post("/admin/link-code", link_code)
+    app.router.add_post("/admin/groups/{id:[0-9]+}/unlink", unlink_group)
