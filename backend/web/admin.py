@@ -105,6 +105,11 @@ async def change_user(request: web.Request) -> web.Response:
             password = secrets.token_urlsafe(12)
             await set_password(session, user, password)
             secret = {"key": "admin.password_once", "value": password, "who": user.username}
+        elif action == "telegram":
+            linked = _field(form, "telegram")
+            if linked is not None and not linked.lstrip("-").isdigit():
+                return await _page(request, session, problem="Telegram id: digits only")
+            user.telegram_chat_id = linked
         elif action in ("deactivate", "activate"):
             user.active = action == "activate"
         await session.commit()

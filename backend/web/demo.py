@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from backend.i18n import Catalogues
+from backend.web.app import SETTINGS
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -52,6 +53,8 @@ async def chat_page(request: web.Request) -> web.Response:
     chat = _chat_id(request) or 100_000 + secrets.randbelow(10**9)
     html = (HERE / "templates" / "demo.html").read_text(encoding="utf-8")
     html = html.replace("{{TITLE}}", TEXT.translate("vi", "demo.title"))
+    tiles = request.app[SETTINGS].map_tile_url
+    html = html.replace("{{TILES}}", tiles.replace("&", "&amp;").replace('"', "&quot;"))
     response = web.Response(text=html, content_type="text/html")
     response.set_cookie(DEMO_COOKIE, str(chat), httponly=True, samesite="Strict", path="/demo")
     return response

@@ -227,6 +227,10 @@ async def test_an_admin_manages_accounts_and_group_links(
     assert await page.locator(".secret").count() == 0
     newcomer = await log_in(browser, served, "binh", once)
     await newcomer.wait_for_url("**/queue")
+    row = page.locator(".users li", has_text="binh")
+    await row.locator("input[name=telegram]").fill("8124")
+    await row.locator("button[value=telegram]").click()
+    assert "Telegram 8124" in await page.locator(".users li", has_text="binh").inner_text()
 
     link = page.locator("form.link-code")
     await link.locator("input[name=unit]").fill("W14812")

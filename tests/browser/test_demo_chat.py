@@ -37,6 +37,7 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
         telegram_rate_per_chat=100.0,
         outbox_poll_interval=0.2,
         deadline_worker_enabled=False,
+        map_tile_url="",  # no tiles: the tests have no internet
     )
     assert settings.telegram_token is None
     runner = web.AppRunner(server_app(settings), access_log=None)
@@ -57,7 +58,8 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
         await bot_says(page, "Bước 1")
         await say("/skip")
         await bot_says(page, "vị trí")
-        await page.click("#here")
+        await page.locator("#pick").click()  # a spot on the map, shared as a location
+        await bot_says(page, "Phường")
         await page.locator(".log li.bot button", has_text="Phường Bỉm Sơn").last.click()
         await page.locator(".log li.bot button", has_text="Đốt rác").last.click()
         await say("Đốt rác thải nhựa mỗi tối sau chợ")

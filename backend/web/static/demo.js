@@ -96,6 +96,17 @@
     mine("📍 20.0740, 105.9120");
     send({ lat: 20.074, lon: 105.912 });
   });
+  // A click on the map shares that spot, as Telegram's location button would.
+  const pick = document.getElementById("pick");
+  if (window.L && pick) {
+    const map = L.map(pick).setView([20.074, 105.912], 12);
+    if (pick.dataset.tiles) L.tileLayer(pick.dataset.tiles, { maxZoom: 19, attribution: "© OpenStreetMap" }).addTo(map);
+    map.on("click", (event) => {
+      const p = event.latlng;
+      mine("📍 " + p.lat.toFixed(5) + ", " + p.lng.toFixed(5));
+      send({ lat: p.lat, lon: p.lng });
+    });
+  }
   poll();
   setInterval(poll, 700);
 })();
