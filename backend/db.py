@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event, pool
@@ -44,6 +45,7 @@ class InlineSQLiteDialect(SQLiteDialect_pysqlite):
     connection: on SQLITE_BUSY it backs off with an await and tries again.
     """
 
+    driver = "inline"
     is_async = True
     supports_statement_cache = True
 
@@ -53,6 +55,11 @@ class InlineSQLiteDialect(SQLiteDialect_pysqlite):
 
 
 registry.register("sqlite.inline", __name__, "InlineSQLiteDialect")
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """A timestamp as SQLAlchemy stores it in SQLite: naive UTC text, microseconds."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def is_sqlite(url: str) -> bool:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import checkpoint_forever
-from backend.models import Conversation, OutboxMessage, ProcessedUpdate
+from backend.models import Conversation, OutboxMessage, ProcessedUpdate, utcnow
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
 from handlers.events import Incoming
@@ -94,3 +94,32 @@ async def test_the_writer_leaves_checkpoints_to_the_background_task(
         probe.close()
     assert busy == 0
     assert 0 < frames < 100
+
+
+async def test_the_writers_rows_read_back_as_sqlalchemy_wrote_them(
+    writer: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    assert writer.dialect.driver == "inline"  # the plain sqlite3 path is the one in use
+    before = utcnow()
+    dispatcher = Dispatcher(writer, Services(WardIndex([])), {})
+    dispatcher.start()
+    try:
+        await dispatcher.handle(_start("1", chat="55"))
+        await dispatcher.handle(_start("1", chat="55"))  # the same update again: skipped
+    finally:
+        await dispatcher.stop()
+    async with sessions() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+        rows = list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+        processed = (await session.scalars(select(ProcessedUpdate))).one()
+        # The outbox worker's own query finds them due.
+        due = await session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= utcnow())
+        )
+    assert (conv.state, conv.language, conv.reporter_id is not None) == ("consent", "vi", True)
+    assert before <= conv.updated_at <= utcnow() and conv.updated_at.tzinfo is not None
+    assert [r.payload["type"] for r in rows] == ["reply", "reply"]
+    assert "91/2025/QH15" in rows[1].payload["text"]
+    assert due == 2 and before <= processed.processed_at <= utcnow()
