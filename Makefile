@@ -33,6 +33,7 @@ vendor:
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/escalation.py
+	$(BIN)/python bench/photos.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

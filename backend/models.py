@@ -239,6 +239,11 @@ class Photo(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     # evidence (from the report) · result (with the answer)
     kind: Mapped[str] = mapped_column(String(16), default="evidence")
+    # Where and when the camera says it was taken (EXIF, read before stripping); sealed
+    # evidence, not shown to ward staff.
+    exif_lat: Mapped[float | None] = mapped_column(Float, default=None)
+    exif_lon: Mapped[float | None] = mapped_column(Float, default=None)
+    exif_taken_at: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -33,7 +33,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from backend.config import Settings
-from backend.services.photos import NotAnImage, TooLarge, find_media, store_image
+from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from bot.dispatcher import Dispatcher
 from bot.outbox import PermanentError, RetryLater, TransientError
 from handlers.events import (
@@ -268,7 +268,7 @@ class TelegramChannel:
             log.warning("photo download failed: %s", type(exc).__name__)
             return None, "download_failed"
         try:
-            stored = await asyncio.to_thread(store_image, self._settings.media_dir, data, limit)
+            stored = await store_photo(self._settings.media_dir, data, limit)
         except TooLarge:
             return None, "too_large"
         except NotAnImage:
@@ -280,6 +280,8 @@ class TelegramChannel:
                 width=stored.width,
                 height=stored.height,
                 size_bytes=stored.size_bytes,
+                gps=stored.gps,
+                taken_at=stored.taken_at,
             ),
             None,
         )

@@ -32,6 +32,9 @@ class MediaRef:
     width: int
     height: int
     size_bytes: int
+    # From the original's EXIF, before it was stripped: sealed evidence.
+    gps: tuple[float, float] | None = None
+    taken_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,9 @@ async def submit_report(
                 width=p["width"],
                 height=p["height"],
                 size_bytes=p["size_bytes"],
+                exif_lat=(p.get("gps") or [None, None])[0],
+                exif_lon=(p.get("gps") or [None, None])[1],
+                exif_taken_at=p.get("taken_at"),
                 created_at=now,
             )
         )

@@ -1,19 +1,42 @@
-"""Evidence photos: check that bytes are an image we accept, store them by sha256."""
+"""Evidence photos: check, sanitise and store them, addressed by sha256.
+
+An accepted file (JPEG, PNG, WebP) is fully decoded to prove it is an image (verify()
+alone misses truncated JPEGs), with decompression bombs refused. Its EXIF GPS position
+and time are read first, to be kept sealed as evidence; then the image is turned
+upright, converted to RGB, shrunk to at most 2048 px (JPEG draft decoding does most of
+that while decoding) and written as a fresh JPEG at quality 85, with a 320 px
+thumbnail. Nothing of the original file's metadata (EXIF, comments, profiles) survives.
+
+The work is CPU-bound: callers run it in the process pool (`store_photo`), never on the
+event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import multiprocessing
 import os
 import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+STORED_TYPE = "image/jpeg"
+MAX_SIDE = 2048
+THUMB_SIDE = 320
+QUALITY = 85
+_GPS_IFD = 0x8825
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
 
 
 class NotAnImage(ValueError):
@@ -31,46 +54,112 @@ class StoredImage:
     width: int
     height: int
     size_bytes: int
+    # Sealed evidence from the original's EXIF: where and when it was taken.
+    gps: tuple[float, float] | None = None
+    taken_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The photo as services take it (sha256, content_type, width, height, size)."""
+        """The photo as services take it."""
         return {
             "sha256": self.sha256,
             "content_type": self.content_type,
             "width": self.width,
             "height": self.height,
             "size_bytes": self.size_bytes,
+            "gps": list(self.gps) if self.gps else None,
+            "taken_at": self.taken_at,
         }
 
 
-def media_path(media_dir: Path, sha256: str, content_type: str) -> Path:
-    return media_dir / sha256[:2] / f"{sha256}.{_EXTENSIONS[content_type]}"
+def media_path(media_dir: Path, sha256: str, suffix: str = "jpg") -> Path:
+    return media_dir / sha256[:2] / f"{sha256}.{suffix}"
 
 
-def find_media(media_dir: Path, sha256: str) -> Path | None:
-    """The stored file for a digest, whatever its extension."""
-    for ext in _EXTENSIONS.values():
-        path = media_dir / sha256[:2] / f"{sha256}.{ext}"
+def find_media(media_dir: Path, sha256: str, *, thumbnail: bool = False) -> Path | None:
+    """The stored file (or its thumbnail) for a digest."""
+    for ext in ("thumb.jpg",) if thumbnail else ("jpg", "png", "webp"):
+        path = media_path(media_dir, sha256, ext)
         if path.exists():
             return path
     return None
 
 
-def inspect_image(data: bytes) -> tuple[str, int, int]:
-    """(content type, width, height) of an accepted image; raises NotAnImage."""
+def _ratio(value: Any) -> float:
+    if isinstance(value, tuple) and len(value) == 2:
+        return float(Fraction(int(value[0]), int(value[1])))
+    return float(value)
+
+
+def read_gps(exif: Image.Exif) -> tuple[float, float] | None:
+    """EXIF GPS as (lat, lon), or None when absent or malformed."""
+    try:
+        gps = exif.get_ifd(_GPS_IFD)
+        lat_ref, lat, lon_ref, lon = gps.get(1), gps.get(2), gps.get(3), gps.get(4)
+        if not (lat and lon and lat_ref and lon_ref) or len(lat) != 3 or len(lon) != 3:
+            return None
+        latitude = _ratio(lat[0]) + _ratio(lat[1]) / 60 + _ratio(lat[2]) / 3600
+        longitude = _ratio(lon[0]) + _ratio(lon[1]) / 60 + _ratio(lon[2]) / 3600
+        if str(lat_ref).upper().startswith("S"):
+            latitude = -latitude
+        if str(lon_ref).upper().startswith("W"):
+            longitude = -longitude
+    except (TypeError, ValueError, ZeroDivisionError, KeyError, AttributeError, IndexError):
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180) or latitude == longitude == 0:
+        return None
+    return round(latitude, 6), round(longitude, 6)
+
+
+def read_taken_at(exif: Image.Exif) -> str | None:
+    """EXIF DateTimeOriginal as ISO text (camera local time), or None."""
+    try:
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL)
+        if not raw:
+            return None
+        # The camera's own clock, zone unknown: kept as the camera wrote it.
+        taken = datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")  # noqa: DTZ007
+        return taken.isoformat()
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sanitised:
+    jpeg: bytes
+    thumbnail: bytes
+    width: int
+    height: int
+    gps: tuple[float, float] | None
+    taken_at: str | None
+
+
+def sanitise(data: bytes, max_bytes: int) -> Sanitised:
+    """The clean JPEG and thumbnail for an uploaded image; raises NotAnImage/TooLarge."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"{len(data)} bytes")
     if not data:
         raise NotAnImage("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format or ""
-            if fmt not in ACCEPTED_FORMATS:
-                raise NotAnImage(f"format {fmt or 'unknown'}")
-            width, height = img.size
-            # verify() walks the file structure; decoding catches truncated data too.
-            img.verify()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except NotAnImage:
+        with warnings.catch_warnings():
+            # Past Pillow's pixel limit an image is treated as an attack, not a warning.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or ""
+                if fmt not in ACCEPTED_FORMATS:
+                    raise NotAnImage(f"format {fmt or 'unknown'}")
+                exif = img.getexif()
+                gps, taken_at = read_gps(exif), read_taken_at(exif)
+                if fmt == "JPEG" and max(img.size) > MAX_SIDE:
+                    # Decode at the power-of-two scale that first fits in MAX_SIDE: a
+                    # 4032 px photo decodes at 2016 px, four times less work, no resize.
+                    scale = 2
+                    while max(img.size) / scale > MAX_SIDE and scale < 8:
+                        scale *= 2
+                    img.draft("RGB", (img.width // scale, img.height // scale))
+                img.load()  # the whole decode: truncated or corrupt data fails here
+                upright = ImageOps.exif_transpose(img)
+                clean = _rgb(upright)
+    except (NotAnImage, TooLarge):
         raise
     except (
         UnidentifiedImageError,
@@ -78,29 +167,97 @@ def inspect_image(data: bytes) -> tuple[str, int, int]:
         SyntaxError,
         ValueError,
         Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        EOFError,
     ) as exc:
-        raise NotAnImage(str(exc)) from exc
-    return ACCEPTED_FORMATS[fmt], width, height
+        raise NotAnImage(str(exc) or type(exc).__name__) from exc
+    clean.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    clean.info = {}
+    full = io.BytesIO()
+    clean.save(full, "JPEG", quality=QUALITY)
+    # A cheap box reduction first, then a proper resample of what is left.
+    factor = max(1, max(clean.size) // (2 * THUMB_SIDE))
+    thumb = clean.reduce(factor) if factor > 1 else clean.copy()
+    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    small = io.BytesIO()
+    thumb.save(small, "JPEG", quality=80)
+    return Sanitised(full.getvalue(), small.getvalue(), clean.width, clean.height, gps, taken_at)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """A fresh RGB image (transparency over white), carrying none of the original's info."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    # exif_transpose gave a new image already: no need to copy an RGB one again.
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write then rename, so a crash never leaves a half-written file under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def store_image(media_dir: Path, data: bytes, max_bytes: int) -> StoredImage:
-    """Check and store an image once per content. Blocking: run it off the event loop."""
-    if len(data) > max_bytes:
-        raise TooLarge(f"{len(data)} bytes")
-    content_type, width, height = inspect_image(data)
-    digest = hashlib.sha256(data).hexdigest()
-    path = media_path(media_dir, digest, content_type)
+    """Sanitise and store an image once per content. Blocking and CPU-bound."""
+    clean = sanitise(data, max_bytes)
+    digest = hashlib.sha256(clean.jpeg).hexdigest()
+    path = media_path(media_dir, digest)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a crash never leaves a half-written photo under its name.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return StoredImage(digest, content_type, width, height, len(data))
+        _write(media_path(media_dir, digest, "thumb.jpg"), clean.thumbnail)
+        _write(path, clean.jpeg)
+    return StoredImage(
+        digest, STORED_TYPE, clean.width, clean.height, len(clean.jpeg), clean.gps, clean.taken_at
+    )
+
+
+def inspect_image(data: bytes) -> tuple[str, int, int]:
+    """(content type, width, height) of a stored, already clean image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+            if fmt not in ACCEPTED_FORMATS:
+                raise NotAnImage(f"format {fmt or 'unknown'}")
+            return ACCEPTED_FORMATS[fmt], img.width, img.height
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NotAnImage(str(exc)) from exc
+
+
+_pool: ProcessPoolExecutor | None = None
+
+
+def _executor() -> ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        # "spawn": the workers start clean, not as copies of a process with an event
+        # loop and threads.
+        _pool = ProcessPoolExecutor(
+            max_workers=max(1, min(4, os.cpu_count() or 1)),
+            mp_context=multiprocessing.get_context("spawn"),
+        )
+    return _pool
+
+
+async def store_photo(media_dir: Path, data: bytes, max_bytes: int) -> StoredImage:
+    """store_image in the process pool: the event loop never decodes an image."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_executor(), store_image, media_dir, data, max_bytes)
+
+
+def shutdown_pool() -> None:
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=True, cancel_futures=True)
+        _pool = None

@@ -408,6 +408,9 @@ async def _answer(
                 width=p["width"],
                 height=p["height"],
                 size_bytes=p["size_bytes"],
+                exif_lat=(p.get("gps") or [None, None])[0],
+                exif_lon=(p.get("gps") or [None, None])[1],
+                exif_taken_at=p.get("taken_at"),
                 kind="result",
                 created_at=now,
             )

@@ -27,7 +27,7 @@ from backend.models import (
     User,
     utcnow,
 )
-from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_image
+from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_photo
 from backend.services.workflow import (
     OPEN_STATES,
     Action,
@@ -271,9 +271,7 @@ async def upload_photo(request: web.Request) -> web.Response:
         await identify(request, session)
     data = await request.read()
     try:
-        stored = await asyncio.to_thread(
-            store_image, settings.media_dir, data, settings.max_photo_bytes
-        )
+        stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
     except TooLarge as exc:
         raise web.HTTPRequestEntityTooLarge(
             max_size=settings.max_photo_bytes,

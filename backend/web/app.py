@@ -12,6 +12,7 @@ from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
+from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,6 +30,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[WARDS] = await WardIndex.load(session)
     yield
     await engine.dispose()
+    shutdown_pool()
 
 
 async def _deadlines(app: web.Application) -> AsyncIterator[None]:

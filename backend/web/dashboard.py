@@ -3,7 +3,6 @@ with Jinja2 (autoescaped), scoped to the signed-in user's units, CSRF on every f
 
 from __future__ import annotations
 
-import asyncio
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from backend.models import (
 )
 from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
 from backend.services.intake import ReportDraft, submit_report
-from backend.services.photos import NotAnImage, TooLarge, find_media, store_image
+from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from backend.services.reporters import create_phone_reporter, normalise_phone
 from backend.services.units import WardIndex
 from backend.services.workflow import (
@@ -316,9 +315,7 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
     if isinstance(upload, web.FileField) and upload.filename:
         data = upload.file.read(settings.max_photo_bytes + 1)
         try:
-            stored = await asyncio.to_thread(
-                store_image, settings.media_dir, data, settings.max_photo_bytes
-            )
+            stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
         except TooLarge:
             problem = "too_large"
         except NotAnImage:
@@ -466,9 +463,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     for upload in uploads:
         data = upload.file.read(settings.max_photo_bytes + 1)
         try:
-            stored = await asyncio.to_thread(
-                store_image, settings.media_dir, data, settings.max_photo_bytes
-            )
+            stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
         except (TooLarge, NotAnImage):
             problem = problem or "phone.bad_photo"
         else:

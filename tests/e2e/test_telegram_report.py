@@ -183,5 +183,7 @@ async def test_files_are_checked_before_they_count(
         assert "quá lớn" in ((await user.reply()).text or "")
         await user.document(image_bytes("PNG"), "hien-truong.png", "image/png")
         assert "Đã nhận ảnh" in ((await user.reply()).text or "")
-    stored = list((chat_settings.media_dir).rglob("*.png"))
-    assert len(stored) == 1
+    # Only the one real image was kept, re-encoded as a clean JPEG with its thumbnail.
+    stored = sorted(p.name for p in chat_settings.media_dir.rglob("*.*"))
+    assert len(stored) == 2
+    assert stored[0].endswith(".jpg") and stored[1].endswith(".thumb.jpg")

@@ -6,11 +6,9 @@ import re
 
 import pytest
 
-from backend.services.photos import NotAnImage, inspect_image
 from backend.services.reporters import normalise_phone
 from backend.text import parse_point, search_key
 from handlers.i18n import LANGUAGES, catalogue, pick_language, translate
-from tests.fakes.images import image_bytes
 
 
 @pytest.mark.parametrize(
@@ -65,24 +63,3 @@ def test_language_choice() -> None:
         translate("en", "status.not_found", code="X")
         == "No report has the code X. Please check it."
     )
-
-
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-def test_accepted_images(fmt: str) -> None:
-    content_type, width, height = inspect_image(image_bytes(fmt))
-    assert content_type.startswith("image/") and (width, height) == (64, 48)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"%PDF-1.4 not an image",
-        b"<html><body>hi</body></html>",
-        image_bytes("GIF"),
-        image_bytes("JPEG", size=(400, 300))[:300],
-    ],
-)
-def test_refused_files(data: bytes) -> None:
-    with pytest.raises(NotAnImage):
-        inspect_image(data)
