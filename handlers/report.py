@@ -117,6 +117,7 @@ class Photos(Step):
     def prompt(self, turn: Turn) -> None:
         turn.data["photos"] = []
         turn.data["media_groups"] = []
+        turn.data.pop("photo_gps", None)
         turn.say("photos.ask", buttons=self.options(turn), max=MAX_PHOTOS)
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
@@ -144,8 +145,13 @@ class Photos(Step):
                     "width": m.width,
                     "height": m.height,
                     "size_bytes": m.size_bytes,
+                    "gps": list(m.gps) if m.gps else None,
+                    "taken_at": m.taken_at,
                 }
             )
+            if m.gps and "lat" not in turn.data and "photo_gps" not in turn.data:
+                # A photo sent as a file kept its position: offer it as the place.
+                turn.data["photo_gps"] = list(m.gps)
         if len(photos) >= MAX_PHOTOS:
             if not quiet:
                 turn.say("photos.full", max=MAX_PHOTOS)
@@ -164,15 +170,27 @@ class Photos(Step):
 class Location(Step):
     name = "location"
 
+    def options(self, turn: Turn) -> list[Button]:
+        if turn.data.get("photo_gps"):
+            return [self.button(turn, "photo", "location.use_photo")]
+        return []
+
     def prompt(self, turn: Turn) -> None:
         if turn.caps.request_location:
             turn.say(
                 "location.ask_button",
                 request="location",
                 request_label=turn.t("location.button"),
+                buttons=self.options(turn),
             )
         else:
-            turn.say("location.ask")
+            turn.say("location.ask", buttons=self.options(turn))
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        gps = turn.data.get("photo_gps")
+        if value != "photo" or not gps:
+            return False
+        return await self.location(turn, float(gps[0]), float(gps[1]), "photo_exif")
 
     async def text(self, turn: Turn, text: str) -> bool:
         point = parse_point(text)

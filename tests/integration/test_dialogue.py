@@ -320,3 +320,24 @@ async def test_cancel_at_any_step(chat: Chat) -> None:
     await to_description(chat)
     assert "Đã huỷ" in texts(await chat.say("/cancel"))
     assert await chat.state() == "idle"
+
+
+async def test_a_photo_with_gps_offers_its_location(chat: Chat) -> None:
+    await to_photos(chat)
+    located = MediaRef("c" * 64, "image/jpeg", 64, 48, 900, gps=(20.074, 105.912))
+    await chat.send("photo", media=located)
+    await chat.replies()
+    replies = await chat.press("photos|done")
+    buttons = [b["data"] for row in replies[-1]["buttons"] for b in row]
+    assert buttons == ["location|photo"]
+    replies = await chat.press("location|photo")
+    assert await chat.state() == "ward"
+    assert "20.07400, 105.91200" in texts(replies)
+    assert replies[-1]["buttons"][0][0]["data"] == "ward|14812"
+    # Without GPS in the photos there is nothing to offer.
+    other = Chat(chat.dispatcher, chat.sessions, chat_id="9002")
+    await to_photos(other)
+    await other.send("photo", media=PHOTO)
+    await other.replies()
+    replies = await other.press("photos|done")
+    assert replies[-1]["buttons"] == []
