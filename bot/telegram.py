@@ -61,6 +61,12 @@ ALLOWED_UPDATES = ("message", "callback_query")
 GROUP_CHATS = ("group", "supergroup")
 
 
+def _command(text: str) -> tuple[str, str]:
+    """'/link@HotlineBot AB12' → ('link', 'AB12'): the command without the bot's name."""
+    head, _, args = text[1:].partition(" ")
+    return head.split("@", 1)[0].lower(), args
+
+
 def _seconds(value: int | float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
@@ -206,8 +212,7 @@ class TelegramChannel:
         text = msg.get("text")
         if text is not None:
             if text.startswith("/"):
-                head, _, args = text[1:].partition(" ")
-                command = head.split("@", 1)[0].lower()
+                command, args = _command(text)
                 return Incoming(kind="command", command=command, args=args, text=text, **base)
             return Incoming(kind="text", text=text, **base)
         venue = msg.get("venue")
@@ -237,14 +242,14 @@ class TelegramChannel:
         text = msg.get("text") or ""
         if not text.startswith("/"):
             return None
-        head, _, args = text[1:].partition(" ")
+        command, args = _command(text)
         sender = msg.get("from") or {}
         return Incoming(
             channel=CHANNEL,
             chat_id=str(msg["chat"]["id"]),
             update_id=uid,
             kind="command",
-            command=head.split("@", 1)[0].lower(),
+            command=command,
             args=args.strip(),
             text=text,
             group=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,31 @@ def suggest_urgency(category_code: str, nature: str) -> str:
     if category_code in URGENT_CATEGORIES or nature == "one_off":
         return "urgent"
     return "normal"
+
+
+def photo_rows(
+    ticket_id: int, photos: Sequence[dict[str, Any]], kind: str, now: datetime
+) -> list[Photo]:
+    """Photo rows for stored images (StoredImage.as_dict()), with their sealed EXIF."""
+    rows = []
+    for p in photos:
+        lat, lon = p.get("gps") or (None, None)
+        rows.append(
+            Photo(
+                ticket_id=ticket_id,
+                sha256=p["sha256"],
+                content_type=p["content_type"],
+                width=p["width"],
+                height=p["height"],
+                size_bytes=p["size_bytes"],
+                exif_lat=lat,
+                exif_lon=lon,
+                exif_taken_at=p.get("taken_at"),
+                kind=kind,
+                created_at=now,
+            )
+        )
+    return rows
 
 
 async def next_code(session: AsyncSession, province_code: str, now: datetime) -> str:
@@ -109,21 +135,7 @@ async def submit_report(
     )
     session.add(ticket)
     await session.flush()
-    for p in draft.photos:
-        session.add(
-            Photo(
-                ticket_id=ticket.id,
-                sha256=p["sha256"],
-                content_type=p["content_type"],
-                width=p["width"],
-                height=p["height"],
-                size_bytes=p["size_bytes"],
-                exif_lat=(p.get("gps") or [None, None])[0],
-                exif_lon=(p.get("gps") or [None, None])[1],
-                exif_taken_at=p.get("taken_at"),
-                created_at=now,
-            )
-        )
+    session.add_all(photo_rows(ticket.id, draft.photos, "evidence", now))
     session.add(
         AuditEvent(
             ticket_id=ticket.id,

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import AuditEvent, Photo, Ticket, Unit, User, Ward, utcnow
+from backend.models import AuditEvent, Ticket, Unit, User, Ward, utcnow
 from backend.services.cards import post_cards
 from backend.services.deadlines import DeadlinePolicy, Policies
+from backend.services.intake import photo_rows
 from backend.services.notify import tell_reporters
 from backend.services.routing import COMPETENCES, unit_for
 from backend.timeutil import format_local
@@ -259,7 +260,7 @@ async def apply(
     before = ticket.state
     note = request.note or request.reason
     effect = _EFFECTS[request.action]
-    extra = await effect(session, ticket, request, actor, policy, now)
+    extra = await effect(_Step(session, ticket, request, actor, policy, now))
     if rule.target is not None:
         ticket.state = rule.target
     ticket.updated_at = now
@@ -322,14 +323,19 @@ def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: 
 # --- effects: what each action does besides the state (returns an audit note or None) ----
 
 
-async def _classify(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+class _Step(NamedTuple):
+    """What an effect works with: the action in its context."""
+
+    session: AsyncSession
+    ticket: Ticket
+    request: Action
+    actor: Actor
+    policy: DeadlinePolicy
+    now: datetime
+
+
+async def _classify(step: _Step) -> str | None:
+    session, ticket, request, _, policy, now = step
     if request.urgency is not None:
         ticket.urgency = request.urgency
     if request.competence is not None:
@@ -340,14 +346,8 @@ async def _classify(
     return f"urgency={ticket.urgency}; competence={ticket.competence or 'default'}"
 
 
-async def _assign(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _assign(step: _Step) -> str | None:
+    session, ticket, _, _, policy, now = step
     ticket.assigned_at = now
     ticket.due_at = policy.claim_due(now)
     unit = await session.get(Unit, ticket.unit_id)
@@ -362,59 +362,25 @@ async def _assign(
     return unit.code if unit else None
 
 
-async def _claim(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _claim(step: _Step) -> str | None:
+    _, ticket, _, actor, policy, now = step
     ticket.claimed_by = actor.user_id
     ticket.claimed_at = now
     ticket.due_at = policy.answer_due(now, ticket.urgency, ticket.complex)
     return None
 
 
-async def _keep_due(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _keep_due(step: _Step) -> str | None:
     return None
 
 
-async def _answer(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _answer(step: _Step) -> str | None:
+    session, ticket, request, _, policy, now = step
     ticket.result_text = (request.result or "").strip()
     ticket.answered_at = now
     ticket.due_at = None
     ticket.reopen_until = policy.reopen_until(now)
-    for p in request.photos:
-        session.add(
-            Photo(
-                ticket_id=ticket.id,
-                sha256=p["sha256"],
-                content_type=p["content_type"],
-                width=p["width"],
-                height=p["height"],
-                size_bytes=p["size_bytes"],
-                exif_lat=(p.get("gps") or [None, None])[0],
-                exif_lon=(p.get("gps") or [None, None])[1],
-                exif_taken_at=p.get("taken_at"),
-                kind="result",
-                created_at=now,
-            )
-        )
+    session.add_all(photo_rows(ticket.id, request.photos, "result", now))
     rating = [
         [{"label": f"{n}⭐", "data": f"t|{{code}}|rate|{n}"} for n in range(1, 6)],
         [{"key": "feedback.not_fixed", "data": "t|{code}|reopen"}],
@@ -435,14 +401,8 @@ async def _answer(
     return None
 
 
-async def _close(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _close(step: _Step) -> str | None:
+    session, ticket, _, _, _, now = step
     ticket.closed_at = now
     ticket.due_at = None
     ticket.reopen_until = None
@@ -454,14 +414,8 @@ async def _close(
     return None
 
 
-async def _reopen(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _reopen(step: _Step) -> str | None:
+    session, ticket, _, _, policy, now = step
     if ticket.reopen_until is not None and now > ticket.reopen_until:
         raise WorkflowError("reopen_window_over")
     ticket.reopen_count += 1
@@ -475,14 +429,8 @@ async def _reopen(
     return None
 
 
-async def _reject(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _reject(step: _Step) -> str | None:
+    session, ticket, request, *_ = step
     ticket.rejection_reason = request.reason
     ticket.due_at = None
     await tell_reporters(
@@ -491,14 +439,8 @@ async def _reject(
     return f"{request.reason}: {request.note}" if request.note else request.reason
 
 
-async def _transfer(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _transfer(step: _Step) -> str | None:
+    session, ticket, request, _, policy, now = step
     if request.unit_code:
         unit = await session.scalar(select(Unit).where(Unit.code == request.unit_code))
         if unit is None:
@@ -524,14 +466,8 @@ async def _transfer(
     return f"{old.code if old else '?'} → {unit.code}: {request.reason}"
 
 
-async def _extend(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _extend(step: _Step) -> str | None:
+    session, ticket, request, *_ = step
     if request.due is None:
         raise WorkflowError("due_required")
     previous = ticket.due_at
@@ -546,28 +482,16 @@ async def _extend(
     return f"{was} → {format_local(request.due)}: {request.reason}"
 
 
-async def _mark_complex(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _mark_complex(step: _Step) -> str | None:
+    _, ticket, _, _, policy, *_ = step
     ticket.complex = True
     if ticket.claimed_at is not None:
         ticket.due_at = policy.answer_due(ticket.claimed_at, ticket.urgency, True)
     return None
 
 
-async def _merge(
-    session: AsyncSession,
-    ticket: Ticket,
-    request: Action,
-    actor: Actor,
-    policy: DeadlinePolicy,
-    now: datetime,
-) -> str | None:
+async def _merge(step: _Step) -> str | None:
+    session, ticket, request, *_ = step
     case = await session.scalar(select(Ticket).where(Ticket.code == request.case_code))
     if case is None or case.id == ticket.id:
         raise WorkflowError("case_required", f"no other ticket {request.case_code}")

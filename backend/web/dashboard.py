@@ -299,7 +299,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
         templates=ANSWER_TEMPLATES,
         tiles=request.app[SETTINGS].map_tile_url,
         error=request.query.get("error"),
-        known_keys=set(TEXT.catalogue("vi")),
+        known_keys=TEXT.catalogue("vi"),
         done=request.query.get("done"),
     )
 

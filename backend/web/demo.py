@@ -14,11 +14,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from backend.i18n import Catalogues
 from backend.web.app import SETTINGS
+from backend.web.dashboard import TEXT
 
 HERE = Path(__file__).resolve().parent
-TEXT = Catalogues(HERE / "locales", "web")
 DEMO_COOKIE = "hotline_demo_chat"
 _CHAT = re.compile(r"^[1-9][0-9]{5,11}$")
 

@@ -6,6 +6,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,7 +14,7 @@ from pydantic import SecretStr
 
 from backend.cli import build_app
 from backend.config import Settings
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import FakeTelegram, FakeUser
 
 
 def free_port() -> int:
@@ -46,6 +47,36 @@ def chat_settings(database_url: str, tmp_path: Path, api: FakeTelegram, mode: st
         outbox_poll_interval=0.2,
         map_tile_url="",  # no tiles: the tests have no internet
     )
+
+
+async def report_in_bim_son(
+    user: FakeUser, category: str, description: str, nature: str
+) -> dict[str, Any]:
+    """A whole anonymous report without photos at 20.0740, 105.9120, as a resident makes
+    it on Telegram; returns the confirming button press (an update)."""
+    await user.text("/start")
+    await user.replies(2)
+    await user.press("✅ Tôi đồng ý")
+    await user.reply()
+    await user.text("/skip")
+    await user.reply()
+    await user.text("20.0740, 105.9120")
+    await user.replies(2)
+    await user.press("Phường Bỉm Sơn, Thanh Hóa")
+    await user.reply()
+    await user.press(category)
+    await user.reply()
+    await user.text(description)
+    await user.reply()
+    await user.press("Không rõ")
+    await user.reply()
+    await user.press(nature)
+    await user.reply()
+    await user.tap("Ẩn danh")
+    await user.replies(2)
+    confirm = await user.press("✅ Gửi")
+    await user.reply()
+    return confirm
 
 
 @asynccontextmanager

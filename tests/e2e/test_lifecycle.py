@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import OutboxMessage, Ticket
 from backend.web.api import TEST_USER_HEADER
-from tests.e2e.conftest import running
+from tests.e2e.conftest import report_in_bim_son, running
 from tests.factories import make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
@@ -45,31 +45,6 @@ class Staff:
             return sha
 
 
-async def report(user: FakeUser) -> None:
-    await user.text("/start")
-    await user.replies(2)
-    await user.press("✅ Tôi đồng ý")
-    await user.reply()
-    await user.text("/skip")
-    await user.reply()
-    await user.text("20.0740, 105.9120")
-    await user.replies(2)
-    await user.press("Phường Bỉm Sơn, Thanh Hóa")
-    await user.reply()
-    await user.press("Đổ rác, xả rác trái phép")
-    await user.reply()
-    await user.text("Rác chất đống cạnh chợ.")
-    await user.reply()
-    await user.press("Không rõ")
-    await user.reply()
-    await user.press("Thường xuyên, lặp lại")
-    await user.reply()
-    await user.tap("Ẩn danh")
-    await user.replies(2)
-    await user.press("✅ Gửi")
-    await user.reply()
-
-
 @pytest.mark.parametrize("mode", ["polling"])
 async def test_report_to_closure_as_the_reporter_sees_it(
     api: FakeTelegram,
@@ -86,7 +61,9 @@ async def test_report_to_closure_as_the_reporter_sees_it(
         triage = Staff(http, base, operator.username)
         staff = Staff(http, base, staff_user.username)
         leader = Staff(http, base, leader_user.username)
-        await report(user)
+        await report_in_bim_son(
+            user, "Đổ rác, xả rác trái phép", "Rác chất đống cạnh chợ.", "Thường xuyên, lặp lại"
+        )
         seen = len(api.sent_to(6001))
         async with sessions() as s:
             code = (await s.scalars(select(Ticket.code))).one()

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import Consent, Photo, Ticket, Unit
-from tests.e2e.conftest import running
+from tests.e2e.conftest import report_in_bim_son, running
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 
@@ -86,28 +86,9 @@ async def test_same_update_twice_gives_one_reply_and_one_ticket(
 ) -> None:
     async with running(chat_settings):
         user = FakeUser(api, chat_id=5002)
-        await user.text("/start")
-        await user.replies(2)
-        await user.press("✅ Tôi đồng ý")
-        await user.reply()
-        await user.text("/skip")
-        await user.reply()
-        await user.text("20.0740, 105.9120")
-        await user.replies(2)
-        await user.press("Phường Bỉm Sơn, Thanh Hóa")
-        await user.reply()
-        await user.press("Tiếng ồn")
-        await user.reply()
-        await user.text("Xưởng cưa chạy máy cả đêm.")
-        await user.reply()
-        await user.press("Không rõ")
-        await user.reply()
-        await user.press("Đột xuất, một lần")
-        await user.reply()
-        await user.tap("Ẩn danh")
-        await user.replies(2)
-        confirm = await user.press("✅ Gửi")
-        await user.reply()
+        confirm = await report_in_bim_son(
+            user, "Tiếng ồn", "Xưởng cưa chạy máy cả đêm.", "Đột xuất, một lần"
+        )
         # Telegram redelivers the very same update (same update_id).
         await api.push(confirm)
         await api.push(confirm)
