@@ -32,7 +32,24 @@ class Settings(BaseSettings):
     telegram_rate_per_chat: float = 1.0
     telegram_poll_timeout: int = 30
 
+    # The geocoder (Nominatim's API). Empty: typed addresses are matched against the
+    # ward and province names only. Public Nominatim asks for an identifying user agent
+    # and at most one request a second.
     nominatim_url: str = "https://nominatim.openstreetmap.org"
+    geocoder_user_agent: str = "pollution-hotline/0.1 (Vietnam pollution reports)"
+    geocoder_timeout: float = 5.0
+    geocoder_interval: float = 1.0
+
+    # The provinces (2-digit codes, JSON list) this deployment serves; empty: all of them.
+    # A report from elsewhere gets an out-of-area message with these hotline numbers.
+    served_provinces: list[str] = []
+    out_of_area_hotlines: str = ""
+
+    # Duplicate suggestions: open cases of the same category within this many metres
+    # (per category in duplicate_radii, a JSON object), reported in the last N days.
+    duplicate_radius_m: float = 150.0
+    duplicate_radii: dict[str, float] = {}
+    duplicate_days: int = 30
     # Map tiles for the dashboard ({z}/{x}/{y}); OpenStreetMap unless configured.
     map_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 

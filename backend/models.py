@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -167,6 +168,31 @@ class Consent(Base):
 # --- tickets ------------------------------------------------------------------------------
 
 
+class WardBoundary(Base):
+    """A ward's polygon (WKB, WGS84), imported from GeoJSON by the operator."""
+
+    __tablename__ = "ward_boundaries"
+
+    ward_code: Mapped[str] = mapped_column(ForeignKey("wards.code"), primary_key=True)
+    geometry: Mapped[bytes] = mapped_column(LargeBinary)
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GeocodeCache(Base):
+    """Answers from the geocoder, kept so an address is looked up once."""
+
+    __tablename__ = "geocode_cache"
+
+    # search (address → point) · reverse (point → address)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    query_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    # None when the geocoder found nothing.
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    address: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Ticket(Base):
     """One report (thông tin) and where it stands in the QĐ 174 procedure."""
 
@@ -189,6 +215,8 @@ class Ticket(Base):
     lat: Mapped[float] = mapped_column(Float)
     lon: Mapped[float] = mapped_column(Float)
     location_source: Mapped[str] = mapped_column(String(16))
+    # The address the reporter typed, as the geocoder understood it.
+    address: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the current step is due; None once nothing is pending. Overdue is due_at < now.
@@ -212,7 +240,11 @@ class Ticket(Base):
     escalated_at: Mapped[datetime | None] = mapped_column(default=None)
     escalation_count: Mapped[int] = mapped_column(Integer, default=0)
 
-    __table_args__ = (Index("ix_tickets_open_due", "state", "due_at"),)
+    __table_args__ = (
+        Index("ix_tickets_open_due", "state", "due_at"),
+        # Duplicate suggestions: one category, a bounding box of latitude and longitude.
+        Index("ix_tickets_category_place", "category_code", "lat", "lon"),
+    )
 
 
 class TicketCounter(Base):

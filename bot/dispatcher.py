@@ -30,7 +30,7 @@ from backend.services.upsert import dialect_insert, upsert_statement
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
-from handlers.turn import Services, Turn
+from handlers.turn import FollowUp, Services, Turn
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,7 @@ class Dispatcher:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._follow_ups: set[asyncio.Task[None]] = set()
         self.batches = 0
 
     def submit(self, event: Incoming) -> asyncio.Future[None]:
@@ -308,6 +309,9 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
     async def stop(self) -> None:
+        for task in list(self._follow_ups):
+            task.cancel()
+        await asyncio.gather(*self._follow_ups, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -346,8 +350,9 @@ class Dispatcher:
                         p.done.set_exception(exc)
 
     async def _process(self, batch: Sequence[_Pending]) -> None:
+        follow_ups: list[FollowUp] = []
         try:
-            await self._commit([p.event for p in batch])
+            follow_ups = await self._commit([p.event for p in batch])
         except Exception:
             if len(batch) == 1:
                 await self._commit_failure(batch[0].event)
@@ -356,7 +361,7 @@ class Dispatcher:
                 log.warning("batch of %d failed; retrying updates one by one", len(batch))
                 for p in batch:
                     try:
-                        await self._commit([p.event])
+                        follow_ups.extend(await self._commit([p.event]))
                     except Exception:
                         await self._commit_failure(p.event)
         self.batches += 1
@@ -364,8 +369,20 @@ class Dispatcher:
             if not p.done.done():
                 p.done.set_result(None)
         self._on_commit()
+        for follow_up in follow_ups:
+            task = asyncio.create_task(self._follow(follow_up))
+            self._follow_ups.add(task)
+            task.add_done_callback(self._follow_ups.discard)
 
-    async def _commit(self, events: Sequence[Incoming]) -> None:
+    async def _follow(self, follow_up: FollowUp) -> None:
+        """Run work left for after the commit; its event is handled like an update."""
+        try:
+            event = await follow_up()
+            await self.submit(event)
+        except Exception:
+            log.exception("follow-up failed")
+
+    async def _commit(self, events: Sequence[Incoming]) -> list[FollowUp]:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BUSY_PATIENCE
         delay = 0.001
@@ -375,10 +392,10 @@ class Dispatcher:
                     # The dialogue's services get a session on the same transaction.
                     session = AsyncSession(bind=conn, expire_on_commit=False)
                     try:
-                        await self._apply(conn, session, events)
+                        follow_ups = await self._apply(conn, session, events)
                     finally:
                         await session.close()
-                return
+                return follow_ups
             except DBAPIError as exc:
                 # Another connection holds SQLite's write lock: wait without blocking
                 # the loop, then run the batch again from the committed state.
@@ -389,7 +406,7 @@ class Dispatcher:
 
     async def _apply(
         self, conn: AsyncConnection, session: AsyncSession, events: Sequence[Incoming]
-    ) -> None:
+    ) -> list[FollowUp]:
         # A handful of statements per batch, whatever its size: each round trip to the
         # database costs more than the dialogue logic of one update.
         sql = _statements(conn.dialect.name, conn.dialect.driver)
@@ -398,6 +415,7 @@ class Dispatcher:
         states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
         outbox: list[dict[str, Any]] = []
+        follow_ups: list[FollowUp] = []
         for event in events:
             key = (event.channel, event.update_id)
             if key not in loaded.fresh:
@@ -414,8 +432,10 @@ class Dispatcher:
                 services=self._services,
                 channel=event.channel,
                 chat_id=event.chat_id,
+                update_id=event.update_id,
             )
             await self._step(turn, event)
+            follow_ups.extend(turn.follow_ups)
             states[chat] = touched[chat] = state
             outbox.extend(
                 {
@@ -445,6 +465,7 @@ class Dispatcher:
         # The dialogue's ORM work goes first: outbox rows may refer to what it created.
         await session.flush()
         await conn.run_sync(sql.save, conversations, outbox)
+        return follow_ups
 
     async def _commit_failure(self, event: Incoming) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
-from backend.web.app import ENGINE, POLICIES, SESSIONS, SETTINGS, WARDS
+from backend.services.duplicates import DuplicateRule
+from backend.web.app import ENGINE, GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxWorker
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
@@ -42,7 +43,17 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     writer = create_writer_engine(settings.database_url)
     dispatcher = Dispatcher(
         writer if writer is not None else app[ENGINE],
-        Services(wards=wards, policies=app[POLICIES]),
+        Services(
+            wards=wards,
+            policies=app[POLICIES],
+            geocoder=app[GEOCODER],
+            duplicates=DuplicateRule(
+                radius_m=settings.duplicate_radius_m,
+                days=settings.duplicate_days,
+                per_category=settings.duplicate_radii,
+            ),
+            out_of_area_hotlines=settings.out_of_area_hotlines,
+        ),
         capabilities,
         on_commit=outbox.wake,
     )

@@ -333,7 +333,9 @@ class TelegramChannel:
                     await self.bot.edit_message_text(message.text, chat_id, int(message.message_id))
                 return message.message_id
             if message.photo_sha256 is not None:
-                path = find_media(self._settings.media_dir, message.photo_sha256)
+                path = find_media(
+                    self._settings.media_dir, message.photo_sha256, thumbnail=message.thumbnail
+                )
                 if path is None:
                     raise PermanentError("photo no longer stored")
                 with path.open("rb") as photo:

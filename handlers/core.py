@@ -88,5 +88,7 @@ async def step(turn: Turn, event: Incoming) -> None:
         handled = await current.location(turn, *event.location, source="gps")
     elif event.kind == "contact" and event.phone is not None:
         handled = await current.contact(turn, event.phone)
+    elif event.kind == "geocoded":
+        handled = await current.geocoded(turn, event)
     if not handled:
         remind(turn, f"unexpected.{turn.state}" if turn.state != "idle" else None)

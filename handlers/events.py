@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-EventKind = Literal["text", "command", "photo", "location", "button", "contact", "other"]
+EventKind = Literal[
+    "text", "command", "photo", "location", "button", "contact", "geocoded", "other"
+]
+# What became of a typed address: found by the geocoder, found from a ward's name alone,
+# matched nothing, or the geocoder could not answer.
+GeocodeOutcome = Literal["nominatim", "ward_name", "not_found", "unavailable"]
 MediaError = Literal["not_image", "too_large", "download_failed"]
 
 
@@ -59,6 +64,10 @@ class Incoming:
     # A staff group rather than a resident's private chat; who in it did this.
     group: bool = False
     sender_id: str | None = None
+    # A typed address looked up after its update (kind "geocoded"): the text is the
+    # address as typed, location and address what was found.
+    address: str | None = None
+    geocoded: GeocodeOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,8 @@ class Reply:
     request_label: str | None = None
     remove_keyboard: bool = False
     photo_sha256: str | None = None
+    # Send the photo's 320 px thumbnail rather than the photo.
+    thumbnail: bool = False
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -87,6 +98,7 @@ class Reply:
             "request_label": self.request_label,
             "remove_keyboard": self.remove_keyboard,
             "photo_sha256": self.photo_sha256,
+            "thumbnail": self.thumbnail,
         }
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from backend.services.categories import CATEGORIES
+from backend.services.duplicates import join_case, nearby_cases
+from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.reporters import (
     find_or_create_reporter,
@@ -10,14 +14,16 @@ from backend.services.reporters import (
     normalise_phone,
     record_consent,
 )
-from backend.text import parse_point
-from backend.timeutil import format_local
-from handlers.events import Button, Incoming
-from handlers.turn import Turn
+from backend.services.workflow import WorkflowError
+from backend.text import parse_point, search_key
+from backend.timeutil import format_local, local
+from handlers.events import Button, GeocodeOutcome, Incoming
+from handlers.turn import FollowUp, Turn
 
 MAX_PHOTOS = 5
 MAX_DESCRIPTION = 2000
 MAX_POLLUTER = 200
+MAX_ADDRESS = 300
 NATURES = ("one_off", "recurring")
 EDITABLE = ("photos", "location", "category", "description", "polluter", "nature", "contact")
 
@@ -49,8 +55,14 @@ class Step:
     async def photo(self, turn: Turn, event: Incoming) -> bool:
         return False
 
-    async def location(self, turn: Turn, lat: float, lon: float, source: str) -> bool:
+    async def location(
+        self, turn: Turn, lat: float, lon: float, source: str, address: str | None = None
+    ) -> bool:
         return False
+
+    async def geocoded(self, turn: Turn, event: Incoming) -> bool:
+        # A look-up that finished after the chat moved on: nothing to say.
+        return True
 
     async def contact(self, turn: Turn, phone: str) -> bool:
         return False
@@ -194,31 +206,111 @@ class Location(Step):
 
     async def text(self, turn: Turn, text: str) -> bool:
         point = parse_point(text)
-        if point is None:
+        if point is not None:
+            return await self.location(turn, point[0], point[1], "typed")
+        query = " ".join(text.split())
+        if len(search_key(query)) < 3 or len(query) > MAX_ADDRESS:
             turn.say("location.not_understood")
             self.prompt(turn)
             return True
-        return await self.location(turn, point[0], point[1], "typed")
+        # An address: looked up after this update is committed (the geocoder may take
+        # seconds), or at once when only the ward names can answer.
+        turn.data["geocoding"] = query
+        geocoder = turn.services.geocoder
+        if geocoder is not None and geocoder.online:
+            turn.say("location.searching", address=query)
+            turn.follow_ups.append(_look_up(turn, query))
+            return True
+        return await self.geocoded(turn, await _look_up(turn, query)())
 
-    async def location(self, turn: Turn, lat: float, lon: float, source: str) -> bool:
-        wards = turn.services.wards
-        if not wards.covers(lat, lon):
+    async def geocoded(self, turn: Turn, event: Incoming) -> bool:
+        if event.text is None or turn.data.get("geocoding") != event.text:
+            return True  # an answer to an address typed before this one
+        turn.data.pop("geocoding")
+        if event.geocoded == "unavailable":
+            turn.say("location.geocoder_down")
+        elif event.location is None:
+            turn.say("location.address_not_found", address=event.text[:100])
+        else:
+            source = "address" if event.geocoded == "nominatim" else "ward_name"
+            return await self.location(turn, *event.location, source, event.address)
+        self.prompt(turn)
+        return True
+
+    async def location(
+        self, turn: Turn, lat: float, lon: float, source: str, address: str | None = None
+    ) -> bool:
+        place = turn.services.wards.place(lat, lon)
+        if not place.in_vietnam:
             turn.say("location.outside_vietnam")
             self.prompt(turn)
             return True
-        nearest = wards.nearest(lat, lon, k=3)
+        if not place.served:
+            hotlines = turn.services.out_of_area_hotlines or turn.t("location.hotline_default")
+            nearest = place.nearest
+            turn.say(
+                "location.out_of_area",
+                province=nearest.province_name if nearest else "",
+                hotlines=hotlines,
+            )
+            self.prompt(turn)
+            return True
         turn.goto(
             "location",
             lat=lat,
             lon=lon,
             location_source=source,
-            ward_candidates=[n.ward.code for n in nearest],
+            address=address,
+            ward_candidates=[n.ward.code for n in place.nearby],
         )
-        turn.say("location.received", lat=f"{lat:.5f}", lon=f"{lon:.5f}", remove_keyboard=True)
+        lat_text, lon_text = f"{lat:.5f}", f"{lon:.5f}"
+        if address:
+            turn.say(
+                "location.found_address",
+                address=address,
+                lat=lat_text,
+                lon=lon_text,
+                remove_keyboard=True,
+            )
+        else:
+            turn.say("location.received", lat=lat_text, lon=lon_text, remove_keyboard=True)
+        if place.ward is not None:
+            # The ward's boundary holds the point: no need to ask.
+            turn.data["ward_code"] = place.ward.code
+            turn.say("ward.located", ward=place.ward.label)
+            await advance(turn, "category")
+            return True
         # Choosing the ward is part of giving the place, even when editing it.
         turn.goto("ward")
         STEPS["ward"].prompt(turn)
         return True
+
+
+def _look_up(turn: Turn, query: str) -> FollowUp:
+    """The geocoder's answer for an address, as an event for the chat that typed it."""
+    services, channel, chat_id = turn.services, turn.channel, turn.chat_id
+    update_id = f"{turn.update_id}:geocoded"
+
+    async def run() -> Incoming:
+        outcome: GeocodeOutcome
+        try:
+            found = await find_place(services.geocoder, services.wards, query)
+        except GeocoderDown:
+            found, outcome = None, "unavailable"
+        else:
+            outcome = found.source if found is not None else "not_found"
+        return Incoming(
+            channel=channel,
+            chat_id=chat_id,
+            update_id=update_id,
+            kind="geocoded",
+            text=query,
+            location=(found.lat, found.lon) if found else None,
+            address=found.address if found else None,
+            geocoded=outcome,
+        )
+
+    return run
 
 
 class WardChoice(Step):
@@ -270,6 +362,71 @@ class CategoryChoice(Step):
 
     async def choose(self, turn: Turn, value: str) -> bool:
         turn.data["category"] = value
+        turn.data.pop("joins", None)
+        if not turn.data.get("editing") and await self._suggest_cases(turn, value):
+            return True
+        await advance(turn, "description")
+        return True
+
+    async def _suggest_cases(self, turn: Turn, category: str) -> bool:
+        """Show open cases of the category nearby, if any, and ask whether this is one."""
+        d = turn.data
+        near = await nearby_cases(
+            turn.session,
+            category,
+            d["lat"],
+            d["lon"],
+            turn.services.now(),
+            turn.services.duplicates,
+        )
+        if not near:
+            return False
+        d["cases"] = []
+        for n, case in enumerate(near, 1):
+            entry: dict[str, Any] = {
+                "code": case.code,
+                "n": n,
+                "distance": round(case.distance_m),
+                "state": case.state,
+                "nature": case.nature,
+                "date": local(case.created_at).strftime("%d/%m/%Y"),
+            }
+            d["cases"].append(entry)
+            if case.photo_sha256 is not None:
+                turn.say(
+                    "duplicate.case",
+                    photo_sha256=case.photo_sha256,
+                    thumbnail=True,
+                    status=turn.t(f"ticket_state.{case.state}"),
+                    **entry,
+                )
+        turn.goto("duplicate")
+        STEPS["duplicate"].prompt(turn)
+        return True
+
+
+class Duplicate(Step):
+    name = "duplicate"
+
+    def options(self, turn: Turn) -> list[Button]:
+        same = [
+            self.button(turn, c["code"], "duplicate.same", n=c["n"])
+            for c in turn.data.get("cases", [])
+        ]
+        return [*same, self.button(turn, "new", "duplicate.different")]
+
+    def prompt(self, turn: Turn) -> None:
+        lines = "\n".join(
+            turn.t("duplicate.line", status=turn.t(f"ticket_state.{c['state']}"), **c)
+            for c in turn.data.get("cases", [])
+        )
+        turn.say("duplicate.ask", buttons=self.options(turn), cases=lines)
+
+    async def choose(self, turn: Turn, value: str) -> bool:
+        case = next((c for c in turn.data.get("cases", []) if c["code"] == value), None)
+        if case is not None:
+            turn.data.update(joins=value, nature=case["nature"], polluter=None)
+            turn.say("duplicate.joining", code=value)
         await advance(turn, "description")
         return True
 
@@ -288,7 +445,8 @@ class Description(Step):
             turn.say("description.too_long", max=MAX_DESCRIPTION, length=len(text))
         else:
             turn.data["description"] = text
-            await advance(turn, "polluter")
+            # A report joining a case takes its polluter and nature from the case.
+            await advance(turn, "contact" if turn.data.get("joins") else "polluter")
         return True
 
 
@@ -382,6 +540,10 @@ class Summary(Step):
     def prompt(self, turn: Turn) -> None:
         d = turn.data
         ward = turn.services.wards.get(d["ward_code"])
+        if d.get("joins"):
+            turn.say("summary.joins", code=d["joins"])
+        if d.get("address"):
+            turn.say("summary.address", address=d["address"])
         turn.say(
             "summary.text",
             buttons=self.options(turn),
@@ -409,6 +571,7 @@ class Summary(Step):
 
     async def _submit(self, turn: Turn) -> None:
         d = turn.data
+        now = turn.services.now()
         result = await submit_report(
             turn.session,
             ReportDraft(
@@ -422,13 +585,24 @@ class Summary(Step):
                 polluter=d.get("polluter"),
                 phone=d.get("phone"),
                 photos=list(d.get("photos", [])),
+                address=d.get("address"),
             ),
             reporter_id=turn.conv.reporter_id,
             channel=turn.channel,
-            now=turn.services.now(),
+            now=now,
             policies=turn.services.policies,
         )
+        joins = d.get("joins")
         turn.reset()
+        if joins:
+            try:
+                await join_case(turn.session, result.ticket_id, joins, turn.services.policies, now)
+            except WorkflowError:
+                # The case was closed or merged meanwhile: this stays a report of its own.
+                turn.say("submitted.case_gone", case=joins)
+            else:
+                turn.say("submitted.joined", code=result.code, case=joins)
+                return
         turn.say(
             f"submitted.{result.urgency}",
             code=result.code,
@@ -477,6 +651,7 @@ STEPS: dict[str, Step] = {
         Polluter(),
         Nature(),
         Contact(),
+        Duplicate(),
         Summary(),
         Edit(),
     )

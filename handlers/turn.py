@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -11,9 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import utcnow
 from backend.services.deadlines import Policies
+from backend.services.duplicates import DuplicateRule
+from backend.services.geocoding import Geocoder
 from backend.services.units import WardIndex
-from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
+from handlers.events import Ack, Button, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import translate
+
+# Work that must not hold the batch's transaction (a geocoder call): it runs after the
+# commit, and the event it returns goes through the dispatcher like any update.
+FollowUp = Callable[[], Awaitable[Incoming]]
 
 
 @dataclass(slots=True)
@@ -23,6 +29,10 @@ class Services:
     wards: WardIndex
     now: Callable[[], datetime] = utcnow
     policies: Policies = field(default_factory=Policies.load)
+    geocoder: Geocoder | None = None
+    duplicates: DuplicateRule = field(default_factory=DuplicateRule)
+    # Said to a reporter whose place is outside the provinces served.
+    out_of_area_hotlines: str = ""
 
 
 @dataclass(slots=True)
@@ -35,7 +45,9 @@ class Turn:
     services: Services
     channel: str
     chat_id: str
+    update_id: str = ""
     out: list[Reply | Ack] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -57,6 +69,8 @@ class Turn:
         request: Literal["location", "contact"] | None = None,
         request_label: str | None = None,
         remove_keyboard: bool = False,
+        photo_sha256: str | None = None,
+        thumbnail: bool = False,
         **params: Any,
     ) -> None:
         """Send the catalogue message key, with buttons laid out in rows of `columns`."""
@@ -65,7 +79,7 @@ class Turn:
         )
         text = self.t(key, **params)
         last = self.out[-1] if self.out else None
-        if isinstance(last, Reply) and last == Reply(text=last.text):
+        if isinstance(last, Reply) and last == Reply(text=last.text) and photo_sha256 is None:
             # Plain text followed by more ("that was not a photo" + the step's prompt)
             # goes as one message: the resident reads it at once, and a chat gets one
             # message a second.
@@ -78,6 +92,8 @@ class Turn:
                 request=request,
                 request_label=request_label,
                 remove_keyboard=remove_keyboard,
+                photo_sha256=photo_sha256,
+                thumbnail=thumbnail,
             )
         )
 

@@ -100,6 +100,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
         environment="test",
         database_url=database_url,
+        # No geocoder unless a test starts the Nominatim stand-in.
+        nominatim_url="",
         media_dir=tmp_path / "media",
         outbox_poll_interval=0.2,
     )

@@ -29,6 +29,7 @@ class ReportDraft:
     polluter: str | None = None
     phone: str | None = None
     photos: list[dict[str, Any]] = field(default_factory=list)
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ async def submit_report(
         lat=draft.lat,
         lon=draft.lon,
         location_source=draft.location_source,
+        address=draft.address,
         created_at=now,
         updated_at=now,
         due_at=due_at,

@@ -28,8 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
-ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# iPhones save HEIC: pillow-heif teaches Pillow to read it (in every pool process too,
+# since each imports this module).
+register_heif_opener()
+ACCEPTED_FORMATS = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "HEIF": "image/heic",
+}
 STORED_TYPE = "image/jpeg"
 MAX_SIDE = 2048
 THUMB_SIDE = 320

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.geo import haversine_km
 from backend.models import Province, Unit, Ward
+from backend.services.boundaries import BoundaryIndex
 from backend.services.upsert import upsert
 from backend.text import search_key
 
@@ -164,23 +165,48 @@ class NearbyWard:
     distance_km: float
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a point falls: the ward whose boundary holds it, else the nearest wards for
+    the reporter to confirm; whether it is in Vietnam and in the area served."""
+
+    ward: WardInfo | None
+    nearby: list[NearbyWard]
+    in_vietnam: bool
+    served: bool
+
+    @property
+    def nearest(self) -> WardInfo | None:
+        """The ward that holds the point, or else the nearest one."""
+        return self.ward or (self.nearby[0].ward if self.nearby else None)
+
+
 class WardIndex:
-    """The ward centroids in memory: nearest wards and name look-ups without a query."""
+    """The wards in memory: boundaries (when imported), centroids for the nearest wards,
+    and name look-ups, all without a query."""
 
     # A point farther than this from every centroid (and than twice the ward's radius)
     # is taken to be outside Vietnam.
     MIN_REACH_KM = 15.0
 
-    def __init__(self, wards: Iterable[WardInfo]) -> None:
+    def __init__(
+        self,
+        wards: Iterable[WardInfo],
+        boundaries: BoundaryIndex | None = None,
+        served_provinces: Iterable[str] = (),
+    ) -> None:
         self._wards = list(wards)
         self._by_code = {w.code: w for w in self._wards}
+        self.boundaries = boundaries
+        # Empty: every province.
+        self.served_provinces = frozenset(served_provinces)
 
     @classmethod
-    async def load(cls, session: AsyncSession) -> WardIndex:
+    async def load(cls, session: AsyncSession, served_provinces: Iterable[str] = ()) -> WardIndex:
         rows = await session.execute(
             select(Ward, Province.short_name).join(Province, Ward.province_code == Province.code)
         )
-        return cls(
+        wards = [
             WardInfo(
                 code=w.code,
                 name=w.name,
@@ -192,7 +218,8 @@ class WardIndex:
                 key=w.search_key,
             )
             for w, pname in rows
-        )
+        ]
+        return cls(wards, await BoundaryIndex.load(session), served_provinces)
 
     def __len__(self) -> int:
         return len(self._wards)
@@ -220,6 +247,19 @@ class WardIndex:
             return False
         near = nearest[0]
         return near.distance_km <= max(self.MIN_REACH_KM, 2 * near.ward.radius_km)
+
+    def serves(self, province_code: str) -> bool:
+        return not self.served_provinces or province_code in self.served_provinces
+
+    def place(self, lat: float, lon: float) -> Placement:
+        """The ward for a point: by boundary when one holds it, else the nearest three."""
+        code = self.boundaries.locate(lat, lon) if self.boundaries is not None else None
+        ward = self._by_code.get(code) if code is not None else None
+        nearby = self.nearest(lat, lon, k=3) if -90 <= lat <= 90 and -180 <= lon <= 180 else []
+        in_vietnam = ward is not None or self.covers(lat, lon)
+        found = ward or (nearby[0].ward if nearby else None)
+        served = in_vietnam and found is not None and self.serves(found.province_code)
+        return Placement(ward, nearby, in_vietnam, served)
 
     def search(
         self, text: str, near: tuple[float, float] | None = None, limit: int = 5

@@ -127,7 +127,14 @@ TRANSITIONS: tuple[Transition, ...] = (
         ["reason", "due"],
     ),
     _t("mark_complex", ["claimed", "verifying", "handling"], None, _HANDLERS, ["reason"]),
-    _t("merge", ["received", "classified", "assigned", "transferred"], "merged", _TRIAGE, ["case"]),
+    # The system merges when the reporter says a suggested case is the same problem.
+    _t(
+        "merge",
+        ["received", "classified", "assigned", "transferred"],
+        "merged",
+        _TRIAGE | {"system"},
+        ["case"],
+    ),
 )
 TABLE: dict[str, Transition] = {t.action: t for t in TRANSITIONS}
 

@@ -12,6 +12,7 @@ from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
+from backend.services.geocoding import Geocoder
 from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
 
@@ -20,15 +21,25 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 POLICIES = web.AppKey("policies", Policies)
 WARDS = web.AppKey("wards", WardIndex)
+GEOCODER = web.AppKey("geocoder", Geocoder)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS].database_url)
     app[ENGINE] = engine
     app[SESSIONS] = session_factory(engine)
+    settings = app[SETTINGS]
     async with app[SESSIONS]() as session:
-        app[WARDS] = await WardIndex.load(session)
+        app[WARDS] = await WardIndex.load(session, settings.served_provinces)
+    app[GEOCODER] = Geocoder(
+        app[SESSIONS],
+        settings.nominatim_url,
+        user_agent=settings.geocoder_user_agent,
+        timeout=settings.geocoder_timeout,
+        interval=settings.geocoder_interval,
+    )
     yield
+    await app[GEOCODER].close()
     await engine.dispose()
     shutdown_pool()
 

@@ -36,6 +36,8 @@ def chat_settings(database_url: str, tmp_path: Path, api: FakeTelegram, mode: st
     return Settings(
         environment="test",
         database_url=database_url,
+        # No geocoder unless a test starts the Nominatim stand-in.
+        nominatim_url="",
         media_dir=tmp_path / "media",
         telegram_token=SecretStr(api.token),
         telegram_api_url=api.url,

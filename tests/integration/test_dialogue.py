@@ -119,6 +119,10 @@ async def to_description(chat: Chat) -> None:
     await chat.press("ward|14812")
     await chat.press("category|dumping")
     await chat.replies()
+    if await chat.state() == "duplicate":
+        # An earlier report of this test at the same spot is offered: this one is new.
+        await chat.press("duplicate|new")
+        await chat.replies()
     assert await chat.state() == "description"
 
 
@@ -181,8 +185,12 @@ async def test_bad_files_get_a_clear_message_and_change_nothing(
 async def test_location_errors_ask_again(chat: Chat) -> None:
     await to_photos(chat)
     await chat.say("/skip")
-    replies = await chat.say("ngay cạnh chợ")
+    replies = await chat.say("?!")
     assert "Chưa đọc được vị trí" in texts(replies)
+    assert replies[-1]["request"] == "location"
+    # No geocoder here: an address that names no ward matches nothing.
+    replies = await chat.say("ngay cạnh chợ")
+    assert "Không tìm thấy địa chỉ «ngay cạnh chợ»" in texts(replies)
     assert replies[-1]["request"] == "location"
     replies = await chat.say("48.8566, 2.3522")
     assert "ngoài lãnh thổ Việt Nam" in texts(replies)

@@ -56,7 +56,7 @@ BIM_SON = {
 }
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "HEIF"])
 def test_accepted_formats_come_out_as_clean_jpeg(fmt: str) -> None:
     clean = sanitise(image_bytes(fmt), LIMIT)
     with Image.open(io.BytesIO(clean.jpeg)) as img:
@@ -73,6 +73,20 @@ def test_gps_and_time_are_read_then_every_trace_is_stripped() -> None:
         assert not img.getexif()
         assert "comment" not in img.info and "exif" not in img.info
     assert b"PhoneMaker" not in clean.jpeg and b"IMG_0042" not in clean.jpeg
+
+
+def test_an_iphone_heic_keeps_its_gps_as_evidence_and_loses_it_in_the_stored_jpeg() -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif.get_ifd(0x8825).update(BIM_SON)
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), "orange").save(buf, "HEIF", exif=exif.tobytes())
+    clean = sanitise(buf.getvalue(), LIMIT)
+    assert clean.gps == pytest.approx((20.074, 105.912), abs=1e-5)
+    with Image.open(io.BytesIO(clean.jpeg)) as img:
+        assert (img.format, img.size) == ("JPEG", (96, 64))
+        assert not img.getexif()
+    assert b"PhoneMaker" not in clean.jpeg
 
 
 def test_the_photo_is_turned_upright() -> None:

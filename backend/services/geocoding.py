@@ -1,0 +1,202 @@
+"""Addresses to points and back, through Nominatim (geopy), cached in the database.
+
+Requests are spaced at least `interval` seconds apart across the process (public
+Nominatim allows one a second), carry an identifying user agent and a real timeout.
+Without a geocoder URL, or when it is down, typed "Phường X, Tỉnh Y" is still understood
+from the imported ward and province names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from geopy.adapters import AioHTTPAdapter
+from geopy.exc import GeopyError
+from geopy.geocoders import Nominatim
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.models import GeocodeCache, utcnow
+from backend.services.units import WardIndex, WardInfo
+from backend.services.upsert import upsert
+from backend.text import search_key
+
+log = logging.getLogger(__name__)
+# geopy logs every URL at debug level, and a URL holds what the resident typed.
+logging.getLogger("geopy").setLevel(logging.INFO)
+
+Kind = Literal["search", "reverse"]
+
+
+class GeocoderDown(Exception):
+    """The geocoder timed out or failed; the caller should ask for a pin instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    lat: float
+    lon: float
+    address: str
+    # nominatim · ward_name (the ward's centroid, from its name alone)
+    source: Literal["nominatim", "ward_name"] = "nominatim"
+
+
+def _normalise(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).lower().split())[:300]
+
+
+def point_key(lat: float, lon: float) -> str:
+    return f"{lat:.5f},{lon:.5f}"
+
+
+class Geocoder:
+    """Nominatim behind a process-wide rate limit and a database cache."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        url: str,
+        *,
+        user_agent: str,
+        timeout: float,
+        interval: float = 1.0,
+        country: str = "vn",
+    ) -> None:
+        self._sessions = sessions
+        self._interval = interval
+        self._country = country
+        self._lock = asyncio.Lock()
+        self._next_at = 0.0
+        self._client: Nominatim | None = None
+        if url:
+            parts = urlsplit(url)
+            self._client = Nominatim(
+                domain=parts.netloc + parts.path.rstrip("/"),
+                scheme=parts.scheme or "https",
+                user_agent=user_agent,
+                timeout=timeout,
+                adapter_factory=AioHTTPAdapter,
+            )
+
+    @property
+    def online(self) -> bool:
+        return self._client is not None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+
+    async def _cached(self, kind: Kind, key: str) -> GeocodeCache | None:
+        async with self._sessions() as session:
+            return await session.get(GeocodeCache, (kind, key))
+
+    async def _remember(self, kind: Kind, key: str, found: Found | None) -> None:
+        row = {
+            "kind": kind,
+            "query_key": key,
+            "lat": found.lat if found else None,
+            "lon": found.lon if found else None,
+            "address": found.address if found else None,
+            "created_at": utcnow(),
+        }
+        async with self._sessions() as session, session.begin():
+            await upsert(session, GeocodeCache, [row], ["kind", "query_key"])
+
+    async def _call(self, method: str, query: Any, **options: Any) -> Any:
+        if self._client is None:
+            raise GeocoderDown("no geocoder configured")
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            wait = self._next_at - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                return await getattr(self._client, method)(query, **options)
+            except (GeopyError, TimeoutError, OSError) as exc:
+                log.warning("geocoder %s failed: %s", method, type(exc).__name__)
+                raise GeocoderDown(type(exc).__name__) from exc
+            finally:
+                self._next_at = loop.time() + self._interval
+
+    async def search(self, text: str) -> Found | None:
+        """The point for a typed address in Vietnam, or None when nothing matches.
+
+        Raises GeocoderDown when the geocoder cannot answer (and there is no cached one).
+        """
+        key = _normalise(text)
+        hit = await self._cached("search", key)
+        if hit is not None:
+            if hit.lat is None or hit.lon is None:
+                return None
+            return Found(hit.lat, hit.lon, hit.address or text)
+        if self._client is None:
+            raise GeocoderDown("no geocoder configured")
+        location = await self._call(
+            "geocode", text, exactly_one=True, country_codes=self._country, language="vi"
+        )
+        found = Found(location.latitude, location.longitude, location.address) if location else None
+        await self._remember("search", key, found)
+        return found
+
+    async def reverse(self, lat: float, lon: float) -> str | None:
+        """The address of a point, or None. Raises GeocoderDown."""
+        key = point_key(lat, lon)
+        hit = await self._cached("reverse", key)
+        if hit is not None:
+            return hit.address
+        if self._client is None:
+            raise GeocoderDown("no geocoder configured")
+        location = await self._call("reverse", (lat, lon), exactly_one=True, language="vi")
+        found = Found(lat, lon, location.address) if location else None
+        await self._remember("reverse", key, found)
+        return found.address if found else None
+
+
+_WARD_WORDS = ("phuong", "xa", "dackhu", "thitran")
+_PROVINCE_WORDS = ("thanhpho", "tinh", "tp")
+
+
+def match_ward_name(wards: WardIndex, text: str) -> WardInfo | None:
+    """The ward named in "Phường X, Tỉnh Y" style text: tone marks, case, spacing and
+    apostrophes ignored. None unless exactly one ward fits."""
+    parts = [search_key(p) for p in text.replace(";", ",").split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    ward_key = parts[0]
+    province_key = parts[-1] if len(parts) > 1 else ""
+    for word in _PROVINCE_WORDS:
+        province_key = province_key.removeprefix(word)
+    candidates = [
+        w
+        for w in wards.search(ward_key, limit=50)
+        if w.key == ward_key or any(w.key == word + ward_key for word in _WARD_WORDS)
+    ]
+    if province_key:
+        candidates = [w for w in candidates if search_key(w.province_name) == province_key]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+async def find_place(geocoder: Geocoder | None, wards: WardIndex, text: str) -> Found | None:
+    """A typed address as a point: Nominatim first, then the ward names offline.
+
+    Raises GeocoderDown only when the geocoder failed and the names did not help.
+    """
+    down: GeocoderDown | None = None
+    if geocoder is not None and geocoder.online:
+        try:
+            found = await geocoder.search(text)
+        except GeocoderDown as exc:
+            found, down = None, exc
+        if found is not None:
+            return found
+    ward = match_ward_name(wards, text)
+    if ward is not None:
+        return Found(ward.lat, ward.lon, ward.label, source="ward_name")
+    if down is not None:
+        raise down
+    return None
