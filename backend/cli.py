@@ -23,6 +23,12 @@ from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
 from backend.models import User
 from backend.services.accounts import ROLES, create_user, set_password
+from backend.services.boundaries import (
+    BoundaryFileError,
+    BoundaryImport,
+    import_boundaries,
+    read_features,
+)
 from backend.services.categories import seed_categories
 from backend.services.staff_groups import create_link_code
 from backend.services.units import import_units
@@ -207,6 +213,27 @@ async def new_link_code(settings: Settings, unit_code: str) -> None:
     print(f"in the unit's Telegram group, type: /link {code}   (valid for 24 hours)")
 
 
+async def load_boundaries(settings: Settings, path: Path, code_property: str) -> BoundaryImport:
+    """Read a GeoJSON file of ward polygons and store them (the server loads them at start)."""
+    features = read_features(path, code_property)
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            result = await import_boundaries(session, features)
+    finally:
+        await engine.dispose()
+    print(f"{result.imported} ward boundaries imported from {path.name}")
+    if result.repaired:
+        print(f"{result.repaired} invalid polygons repaired (make_valid)")
+    if result.unknown_codes:
+        shown = ", ".join(result.unknown_codes[:10])
+        print(f"{len(result.unknown_codes)} features skipped, not a ward code: {shown}")
+    if result.not_polygons:
+        shown = ", ".join(result.not_polygons[:10])
+        print(f"{len(result.not_polygons)} features skipped, no polygon: {shown}")
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8080)
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")
+    bounds = sub.add_parser("import-boundaries", help="load ward polygons from a GeoJSON file")
+    bounds.add_argument("file", type=Path, help="a GeoJSON FeatureCollection of ward polygons")
+    bounds.add_argument(
+        "--code-property", default="code", help="the feature property with the 5-digit ward code"
+    )
     new_user = sub.add_parser("create-user", help="a staff account; prints a one-time password")
     new_user.add_argument("username")
     new_user.add_argument("--role", required=True, choices=ROLES)
@@ -237,6 +269,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("database is at the latest schema")
     elif args.command == "import-units":
         asyncio.run(load_units(settings))
+    elif args.command == "import-boundaries":
+        try:
+            asyncio.run(load_boundaries(settings, args.file, args.code_property))
+        except BoundaryFileError as exc:
+            parser.error(str(exc))
     elif args.command == "link-code":
         try:
             asyncio.run(new_link_code(settings, args.unit))

@@ -35,6 +35,8 @@ async def make_ticket(
     language: str = "vi",
     now: datetime | None = None,
     photo: dict[str, Any] | None = None,
+    lat: float = 20.074,
+    lon: float = 105.912,
 ) -> Ticket:
     """A ticket reported by chat at a ward, in state received."""
     chat = chat_id or str(900_000 + next(_n))  # Telegram chat ids are numbers
@@ -54,8 +56,8 @@ async def make_ticket(
         ReportDraft(
             category_code=category,
             ward_code=ward,
-            lat=20.074,
-            lon=105.912,
+            lat=lat,
+            lon=lon,
             location_source="gps",
             description="Bãi rác tự phát",
             nature=nature,

@@ -41,7 +41,7 @@ def read_features(path: Path, code_property: str) -> list[tuple[str, BaseGeometr
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BoundaryFileError(f"{path}: not readable as JSON ({exc})") from exc
     features = doc.get("features") if isinstance(doc, dict) else None
-    if doc.get("type") != "FeatureCollection" or not isinstance(features, list):
+    if not isinstance(features, list) or doc.get("type") != "FeatureCollection":
         raise BoundaryFileError(f"{path}: not a GeoJSON FeatureCollection")
     rows: list[tuple[str, BaseGeometry | None]] = []
     for n, feature in enumerate(features, 1):
@@ -149,9 +149,11 @@ class BoundaryIndex:
             ys = np.arange(math.floor(y0 / c), math.floor(y1 / c) + 1)
             blocks.append(np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2))
         cells = np.unique(np.concatenate(blocks), axis=0)
-        boxes = shapely.box(
-            cells[:, 0] * c, cells[:, 1] * c, (cells[:, 0] + 1) * c, (cells[:, 1] + 1) * c
-        )
+        # A hair wider than the cell: floor(x / c) and cell * c round differently, so a
+        # point placed in a cell by division may lie a rounding error outside it.
+        e = c * 1e-6
+        x0, y0 = cells[:, 0] * c - e, cells[:, 1] * c - e
+        boxes = shapely.box(x0, y0, x0 + c + 2 * e, y0 + c + 2 * e)
         box_idx, geom_idx = self.tree.query(boxes, predicate="intersects")
         whole = shapely.contains_properly(self._geoms[geom_idx], boxes[box_idx])
         # The answer for a point is the lowest polygon index holding it. A cell's answer

@@ -3,6 +3,7 @@ with Jinja2 (autoescaped), scoped to the signed-in user's units, CSRF on every f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from backend.models import (
     utcnow,
 )
 from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
+from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from backend.services.reporters import create_phone_reporter, normalise_phone
@@ -47,7 +49,7 @@ from backend.services.workflow import (
 )
 from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
-from backend.web.app import POLICIES, SESSIONS, SETTINGS, WARDS
+from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -279,10 +281,18 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
             )
         )
     now = utcnow()
+    address = ticket.address
+    if address is None:
+        # Where the pin is, in words: the geocoder's answer is cached, so once per place.
+        try:
+            address = await request.app[GEOCODER].reverse(ticket.lat, ticket.lon)
+        except GeocoderDown:
+            address = None
     return render(
         request,
         "ticket.html",
         ticket=ticket,
+        address=address,
         ward=ward,
         unit=unit,
         category=category,
@@ -417,23 +427,43 @@ async def phone_form(request: web.Request) -> web.Response:
     )
 
 
-def _place(wards: WardIndex, form: dict[str, Any]) -> tuple[str, float, float, str] | None:
-    """(ward code, lat, lon, how) from a ward pick, a point, or a typed address."""
+@dataclass(frozen=True, slots=True)
+class _Place:
+    ward_code: str
+    lat: float
+    lon: float
+    source: str
+    address: str | None = None
+
+
+async def _place(wards: WardIndex, geocoder: Geocoder, form: dict[str, Any]) -> _Place | None:
+    """Where a phone report is: a ward pick, a point on the map, or a typed address."""
     picked = str(form.get("ward") or "").strip()
     point = parse_point(str(form.get("point") or ""))
     if picked:
         ward = wards.get(picked) or next(iter(wards.search(picked, near=point)), None)
         if ward is not None:
             lat, lon = point if point and wards.covers(*point) else (ward.lat, ward.lon)
-            return ward.code, lat, lon, "ward_pick" if not point else "map"
-    if point is not None and wards.covers(*point):
-        nearest = wards.nearest(*point, k=1)
-        return nearest[0].ward.code, point[0], point[1], "map"
-    typed = str(form.get("place") or "").strip()
+            return _Place(ward.code, lat, lon, "ward_pick" if not point else "map")
+    if point is not None:
+        found = wards.place(*point).nearest
+        if found is not None and wards.covers(*point):
+            return _Place(found.code, point[0], point[1], "map")
+    typed = " ".join(str(form.get("place") or "").split())[:300]
+    if not typed:
+        return None
+    try:
+        spot = await find_place(geocoder, wards, typed)
+    except GeocoderDown:
+        spot = None
+    if spot is not None:
+        found = wards.place(spot.lat, spot.lon).nearest
+        if found is not None:
+            return _Place(found.code, spot.lat, spot.lon, "address", spot.address)
     for part in typed.split(","):
-        found = wards.search(part.strip())
-        if found:
-            return found[0].code, found[0].lat, found[0].lon, "address"
+        named = wards.search(part.strip())
+        if named:
+            return _Place(named[0].code, named[0].lat, named[0].lon, "address", typed)
     return None
 
 
@@ -446,7 +476,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     phone_text = fields.get("phone", "").strip()
     phone = normalise_phone(phone_text) if phone_text else None
     description = fields.get("description", "").strip()
-    place = _place(request.app[WARDS], fields)
+    place = await _place(request.app[WARDS], request.app[GEOCODER], fields)
     if phone_text and phone is None:
         problem = "phone.bad_phone"
     elif not description:
@@ -481,7 +511,6 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
                 problem=problem,
                 tiles=settings.map_tile_url,
             )
-        ward_code, lat, lon, how = place
         reporter_id = await create_phone_reporter(
             session,
             fields.get("name", "").strip()[:100] or None,
@@ -492,10 +521,11 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
             session,
             ReportDraft(
                 category_code=fields.get("category", "other"),
-                ward_code=ward_code,
-                lat=lat,
-                lon=lon,
-                location_source=how,
+                ward_code=place.ward_code,
+                lat=place.lat,
+                lon=place.lon,
+                location_source=place.source,
+                address=place.address,
                 description=description[:2000],
                 nature="one_off" if fields.get("nature") == "one_off" else "recurring",
                 polluter=fields.get("polluter", "").strip()[:200] or None,

@@ -1,0 +1,397 @@
+"""Places in the chat: ward boundaries (import and routing), the area served, typed
+addresses through the Nominatim stand-in, and duplicate case suggestions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import shapely
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from backend.cli import main
+from backend.models import (
+    AuditEvent,
+    GeocodeCache,
+    OutboxMessage,
+    Ticket,
+    Ward,
+    WardBoundary,
+    utcnow,
+)
+from backend.services.deadlines import Policies
+from backend.services.duplicates import DuplicateRule, nearby_cases
+from backend.services.geocoding import Geocoder, match_ward_name
+from backend.services.units import WardIndex
+from backend.services.workflow import Action, Actor, apply
+from bot.dispatcher import Dispatcher
+from handlers.turn import Services
+from tests.chat import TELEGRAM_LIKE, Chat, texts
+from tests.factories import PHOTO, actor, make_ticket
+from tests.fakes.nominatim import BIM_SON_MARKET, FakeNominatim
+
+BIM_SON = (20.0740, 105.9120)
+HA_NOI = (21.0285, 105.8542)
+
+MakeChat = Callable[..., Awaitable[Chat]]
+
+
+@pytest.fixture
+async def make_chat(
+    sessions: async_sessionmaker[AsyncSession], writer: AsyncEngine
+) -> AsyncIterator[MakeChat]:
+    """A chat on a dispatcher with the given services (wards loaded from the database)."""
+    dispatchers: list[Dispatcher] = []
+    numbers = iter(range(9100, 9200))
+
+    async def make(served: tuple[str, ...] = (), **services: Any) -> Chat:
+        async with sessions() as session:
+            wards = await WardIndex.load(session, served)
+        d = Dispatcher(writer, Services(wards=wards, **services), {"telegram": TELEGRAM_LIKE})
+        d.start()
+        dispatchers.append(d)
+        return Chat(d, sessions, chat_id=str(next(numbers)))
+
+    yield make
+    for d in dispatchers:
+        await d.stop()
+
+
+async def to_location(chat: Chat) -> None:
+    await chat.say("/start")
+    await chat.press("consent|yes")
+    await chat.say("/skip")
+
+
+async def thanh_hoa_geojson(sessions: async_sessionmaker[AsyncSession], path: Path) -> int:
+    """Voronoi cells of Thanh Hóa's ward centroids as GeoJSON (code in "ma_xa"), with a
+    feature for an unknown code and one that is not an area."""
+    async with sessions() as session:
+        wards = list(await session.scalars(select(Ward).where(Ward.province_code == "38")))
+    sites = shapely.MultiPoint([(w.lon, w.lat) for w in wards])
+    cells = shapely.get_parts(shapely.voronoi_polygons(sites, ordered=True))
+    hull = sites.convex_hull.buffer(0.02)
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"ma_xa": w.code, "ten": w.name},
+            "geometry": shapely.geometry.mapping(shapely.intersection(cell, hull)),
+        }
+        for w, cell in zip(wards, cells, strict=True)
+    ]
+    features.append(
+        {
+            "type": "Feature",
+            "properties": {"ma_xa": "99999"},
+            "geometry": {"type": "Point", "coordinates": [105.0, 20.0]},
+        }
+    )
+    features.append(
+        {
+            "type": "Feature",
+            "properties": {"ma_xa": wards[0].code},
+            "geometry": {"type": "LineString", "coordinates": [[105.0, 20.0], [105.1, 20.1]]},
+        }
+    )
+    doc = json.dumps({"type": "FeatureCollection", "features": features})
+    await asyncio.to_thread(path.write_text, doc, "utf-8")
+    return len(wards)
+
+
+async def test_boundaries_are_imported_once_and_route_without_asking(
+    database_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    make_chat: MakeChat,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "wards.geojson"
+    wards = await thanh_hoa_geojson(sessions, path)
+    monkeypatch.setenv("HOTLINE_DATABASE_URL", database_url)
+
+    with pytest.raises(SystemExit):
+        await asyncio.to_thread(main, ["import-boundaries", str(path)])
+    err = capsys.readouterr().err
+    assert "no property 'code'" in err and "ma_xa" in err and "--code-property" in err
+
+    for _ in range(2):  # idempotent
+        await asyncio.to_thread(main, ["import-boundaries", str(path), "--code-property", "ma_xa"])
+        out = capsys.readouterr().out
+        assert f"{wards} ward boundaries imported" in out
+        assert "1 features skipped, not a ward code: 99999" in out
+        assert "1 features skipped, no polygon" in out
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(WardBoundary)) == wards
+
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=BIM_SON)
+    said = texts(await chat.replies())
+    assert "Phường Bỉm Sơn, Thanh Hóa (theo ranh giới hành chính)" in said
+    assert await chat.state() == "category"
+
+    # Outside every imported polygon (Hà Nội): the nearest wards, for the reporter to pick.
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=HA_NOI)
+    replies = await chat.replies()
+    assert await chat.state() == "ward"
+    assert len(replies[-1]["buttons"]) == 3
+
+
+async def test_a_place_outside_the_provinces_served_gets_the_hotline_numbers(
+    make_chat: MakeChat,
+) -> None:
+    chat = await make_chat(served=("38",), out_of_area_hotlines="0237 3852 555")
+    await to_location(chat)
+    await chat.send("location", location=HA_NOI)
+    said = texts(await chat.replies())
+    assert "Hà Nội, ngoài địa bàn" in said and "0237 3852 555" in said
+    assert await chat.state() == "location"
+    await chat.send("location", location=BIM_SON)
+    await chat.replies()
+    assert await chat.state() == "ward"
+
+
+# --- geocoding --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def nominatim() -> AsyncIterator[FakeNominatim]:
+    fake = FakeNominatim()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+MakeGeocoder = Callable[..., Geocoder]
+
+
+@pytest.fixture
+async def geocoder(
+    sessions: async_sessionmaker[AsyncSession], nominatim: FakeNominatim
+) -> AsyncIterator[MakeGeocoder]:
+    """Geocoders on the stand-in, closed after the test."""
+    made: list[Geocoder] = []
+
+    def make(timeout: float = 5.0) -> Geocoder:
+        coder = Geocoder(
+            sessions,
+            nominatim.url,
+            user_agent="hotline-tests/1 (ops@example.vn)",
+            timeout=timeout,
+            interval=1.0,
+        )
+        made.append(coder)
+        return coder
+
+    yield make
+    for coder in made:
+        await coder.close()
+
+
+async def test_a_typed_address_is_found_cached_and_requests_are_spaced(
+    sessions: async_sessionmaker[AsyncSession],
+    make_chat: MakeChat,
+    nominatim: FakeNominatim,
+    geocoder: MakeGeocoder,
+) -> None:
+    coder = geocoder()
+    first, second = await make_chat(geocoder=coder), await make_chat(geocoder=coder)
+    for chat in (first, second):
+        await to_location(chat)
+
+    said = texts(await first.say("Chợ Bỉm Sơn, Thanh Hóa"))
+    assert "Đang tìm địa chỉ «Chợ Bỉm Sơn, Thanh Hóa»" in said
+    replies = await first.wait_replies()
+    assert f"Đã tìm thấy: {BIM_SON_MARKET.display_name}" in texts(replies)
+    assert replies[-1]["buttons"][0][0]["data"] == "ward|14812"
+    assert await first.state() == "ward"
+    (request,) = nominatim.requests
+    assert request.user_agent == "hotline-tests/1 (ops@example.vn)"
+    assert request.query["format"] == "json" and request.query["countrycodes"] == "vn"
+
+    # The same address again (typed differently): from the cache, no request.
+    await second.say("chợ  bỉm sơn, THANH HÓA")
+    assert "Đã tìm thấy" in texts(await second.wait_replies())
+    assert len(nominatim.requests) == 1
+
+    # Two new look-ups at once still go out a second apart.
+    await coder.search("Trần Phú Bỉm Sơn")
+    await coder.search("Nowhere at all")
+    gaps = [b.at - a.at for a, b in zip(nominatim.requests, nominatim.requests[1:], strict=False)]
+    assert len(gaps) == 2 and all(g >= 0.95 for g in gaps)
+
+
+async def test_an_address_that_matches_nothing_asks_again(
+    sessions: async_sessionmaker[AsyncSession],
+    make_chat: MakeChat,
+    nominatim: FakeNominatim,
+    geocoder: MakeGeocoder,
+) -> None:
+    chat = await make_chat(geocoder=geocoder())
+    await to_location(chat)
+    await chat.say("số 9 ngõ không tên")
+    replies = await chat.wait_replies()
+    assert "Không tìm thấy địa chỉ «số 9 ngõ không tên»" in texts(replies)
+    assert replies[-1]["request"] == "location"
+    assert await chat.state() == "location"
+
+
+async def test_a_geocoder_that_times_out_asks_for_a_pin_or_falls_back_on_ward_names(
+    sessions: async_sessionmaker[AsyncSession],
+    make_chat: MakeChat,
+    nominatim: FakeNominatim,
+    geocoder: MakeGeocoder,
+) -> None:
+    nominatim.delay = 2.0
+    coder = geocoder(timeout=0.3)
+    chat = await make_chat(geocoder=coder)
+    await to_location(chat)
+    await chat.say("Chợ Bỉm Sơn")
+    said = texts(await chat.wait_replies())
+    assert "Hiện không tra được địa chỉ" in said and "ghim" in said
+    assert await chat.state() == "location"
+
+    # "Phường X, Tỉnh Y" still works offline: tones, case and spacing ignored.
+    await chat.say("phuong bim son, tinh thanh hoa")
+    replies = await chat.wait_replies(timeout=10)
+    assert "Phường Bỉm Sơn, Thanh Hóa" in texts(replies)
+    assert replies[-1]["buttons"][0][0]["data"] == "ward|14812"
+    async with sessions() as session:
+        # Failures are not cached: the geocoder is asked again next time.
+        assert await session.scalar(select(func.count()).select_from(GeocodeCache)) == 0
+
+
+async def test_ward_names_are_matched_without_tones_or_apostrophes(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    found = match_ward_name(wards, "Phường Bỉm Sơn, Tỉnh Thanh Hóa")
+    assert found is not None and found.code == "14812"
+    assert match_ward_name(wards, "PHUONG BIM SON ,  thanh hoa") == found
+    assert match_ward_name(wards, "Bỉm Sơn") == found
+    assert match_ward_name(wards, "Phường Bỉm Sơn, Tỉnh Nghệ An") is None
+    apostrophe = next(w for w in wards.search("hleo", limit=50) if "'" in w.name)
+    assert match_ward_name(wards, apostrophe.name.replace("'", "’")) == apostrophe
+
+
+async def test_a_point_is_reverse_geocoded_for_staff_once(
+    nominatim: FakeNominatim, geocoder: MakeGeocoder
+) -> None:
+    coder = geocoder()
+    here = (BIM_SON_MARKET.lat, BIM_SON_MARKET.lon)
+    assert await coder.reverse(*here) == BIM_SON_MARKET.display_name
+    assert await coder.reverse(*here) == BIM_SON_MARKET.display_name
+    assert await coder.reverse(10.0, 106.0) is None
+    assert [r.path for r in nominatim.requests] == ["/reverse", "/reverse"]
+
+
+# --- duplicate suggestions ----------------------------------------------------------------
+
+
+def metres_north(lat: float, lon: float, metres: float) -> tuple[float, float]:
+    return lat + metres / 111_195, lon
+
+
+async def answer(session: AsyncSession, ticket: Ticket) -> None:
+    system, policies = Actor.system(), Policies.load()
+    staff = await actor(session, "ward_staff", "W14812")
+    for action in (Action("classify"), Action("assign")):
+        await apply(session, ticket, action, system, policies)
+    for action in (Action("claim"), Action("verify"), Action("confirm")):
+        await apply(session, ticket, action, staff, policies)
+    done = Action("answer", result="Đã thu gom", photos=[PHOTO])
+    await apply(session, ticket, done, staff, policies)
+
+
+async def test_a_second_report_nearby_joins_the_case_and_hears_its_answer(
+    sessions: async_sessionmaker[AsyncSession], make_chat: MakeChat
+) -> None:
+    async with sessions() as session, session.begin():
+        first = await make_ticket(session, lat=BIM_SON[0], lon=BIM_SON[1])
+        far = await make_ticket(session, lat=metres_north(*BIM_SON, 400)[0], lon=BIM_SON[1])
+        other = await make_ticket(session, category="noise")
+        first_code, far_code, other_code = first.code, far.code, other.code
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=metres_north(*BIM_SON, 60))
+    await chat.press("ward|14812")
+    replies = await chat.press("category|dumping")
+    assert await chat.state() == "duplicate"
+    (thumb, ask) = replies
+    assert thumb["photo_sha256"] == "b" * 64 and thumb["thumbnail"] is True
+    assert first_code in thumb["text"] and "cách 60 m" in thumb["text"]
+    assert "Đã tiếp nhận" in thumb["text"] or "Tiếp nhận" in thumb["text"]
+    assert far_code not in ask["text"] and other_code not in ask["text"]
+    buttons = [b["data"] for row in ask["buttons"] for b in row]
+    assert buttons == [f"duplicate|{first_code}", "duplicate|new"]
+
+    await chat.press(f"duplicate|{first_code}")
+    await chat.say("Vẫn còn, lại đổ thêm hôm nay")
+    assert await chat.state() == "contact"
+    said = texts(await chat.press("contact|anonymous"))
+    assert f"Gộp vào vụ: {first_code}" in said
+    said = texts(await chat.press("summary|confirm"))
+    assert f"gộp vào vụ {first_code}" in said
+
+    async with sessions() as session, session.begin():
+        case = await session.scalar(select(Ticket).where(Ticket.code == first_code))
+        joined = await session.scalar(select(Ticket).order_by(Ticket.id.desc()).limit(1))
+        assert case is not None and joined is not None
+        assert (joined.state, joined.case_id, joined.nature) == ("merged", case.id, case.nature)
+        merge = await session.scalar(
+            select(AuditEvent).where(
+                AuditEvent.ticket_id == joined.id, AuditEvent.action == "merge"
+            )
+        )
+        assert merge is not None and merge.actor == "system"
+        await answer(session, case)
+    async with sessions() as session:
+        told = await session.scalars(
+            select(OutboxMessage).where(OutboxMessage.chat_id == chat.chat_id)
+        )
+        assert any(m.payload.get("key") == "notify.answered" for m in told)
+
+
+async def test_what_is_not_suggested_and_a_different_problem_goes_on(
+    sessions: async_sessionmaker[AsyncSession], make_chat: MakeChat
+) -> None:
+    now = utcnow()
+    async with sessions() as session, session.begin():
+        old = await make_ticket(session, now=now - timedelta(days=31))
+        closed = await make_ticket(session)
+        await answer(session, closed)
+        await apply(session, closed, Action("close"), Actor.system(), Policies.load())
+        await make_ticket(session, lat=BIM_SON[0] + 0.002, lon=BIM_SON[1])  # ~220 m away
+        rule = DuplicateRule()
+        assert await nearby_cases(session, "dumping", *BIM_SON, now, rule) == []
+        assert old.code and closed.code
+        # A wider radius for the category takes in the ticket 220 m away, not the rest.
+        wide = DuplicateRule(per_category={"dumping": 250.0})
+        found = await nearby_cases(session, "dumping", *BIM_SON, now, wide)
+        assert [round(f.distance_m, -1) for f in found] == [220.0]
+
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=BIM_SON)
+    await chat.press("ward|14812")
+    await chat.press("category|dumping")
+    assert await chat.state() == "description"
+
+    chat = await make_chat(duplicates=DuplicateRule(per_category={"dumping": 250.0}))
+    await to_location(chat)
+    await chat.send("location", location=BIM_SON)
+    await chat.press("ward|14812")
+    await chat.press("category|dumping")
+    assert await chat.state() == "duplicate"
+    await chat.press("duplicate|new")
+    assert await chat.state() == "description"
