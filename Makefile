@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/escalation.py
 	$(BIN)/python bench/photos.py
+	$(BIN)/python bench/routing.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -56,6 +56,8 @@ def point_key(lat: float, lon: float) -> str:
 class Geocoder:
     """Nominatim behind a process-wide rate limit and a database cache."""
 
+    PAUSE_AFTER_FAILURE = 30.0
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -71,6 +73,10 @@ class Geocoder:
         self._country = country
         self._lock = asyncio.Lock()
         self._next_at = 0.0
+        # After a failure the geocoder is not asked again for a while: residents get
+        # "send a pin" at once rather than after another timeout.
+        self._down_until = 0.0
+        self._background: set[asyncio.Task[str | None]] = set()
         self._client: Nominatim | None = None
         if url:
             parts = urlsplit(url)
@@ -87,6 +93,9 @@ class Geocoder:
         return self._client is not None
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
 
@@ -110,6 +119,8 @@ class Geocoder:
         if self._client is None:
             raise GeocoderDown("no geocoder configured")
         loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            raise GeocoderDown("failed a moment ago")
         async with self._lock:
             wait = self._next_at - loop.time()
             if wait > 0:
@@ -118,6 +129,7 @@ class Geocoder:
                 return await getattr(self._client, method)(query, **options)
             except (GeopyError, TimeoutError, OSError) as exc:
                 log.warning("geocoder %s failed: %s", method, type(exc).__name__)
+                self._down_until = loop.time() + self.PAUSE_AFTER_FAILURE
                 raise GeocoderDown(type(exc).__name__) from exc
             finally:
                 self._next_at = loop.time() + self._interval
@@ -154,6 +166,22 @@ class Geocoder:
         found = Found(lat, lon, location.address) if location else None
         await self._remember("reverse", key, found)
         return found.address if found else None
+
+    async def reverse_within(self, lat: float, lon: float, seconds: float) -> str | None:
+        """reverse(), waiting at most `seconds` (a page must not hang on the geocoder); a
+        slower answer still lands in the cache for next time."""
+        task = asyncio.ensure_future(self.reverse(lat, lon))
+        self._background.add(task)
+        task.add_done_callback(self._settle)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), seconds)
+        except (TimeoutError, GeocoderDown):
+            return None
+
+    def _settle(self, task: asyncio.Task[str | None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure was logged where it happened
 
 
 _WARD_WORDS = ("phuong", "xa", "dackhu", "thitran")

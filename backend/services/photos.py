@@ -166,8 +166,18 @@ def sanitise(data: bytes, max_bytes: int) -> Sanitised:
                         scale *= 2
                     img.draft("RGB", (img.width // scale, img.height // scale))
                 img.load()  # the whole decode: truncated or corrupt data fails here
-                upright = ImageOps.exif_transpose(img)
-                clean = _rgb(upright)
+                ImageOps.exif_transpose(img, in_place=True)
+                clean = _rgb(img)
+                clean.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+                clean.info = {}
+                full = io.BytesIO()
+                clean.save(full, "JPEG", quality=QUALITY)
+                # A cheap box reduction to just above the size, then a proper resample.
+                factor = max(1, max(clean.size) // THUMB_SIDE)
+                thumb = clean.reduce(factor) if factor > 1 else clean.copy()
+                thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+                small = io.BytesIO()
+                thumb.save(small, "JPEG", quality=80)
     except (NotAnImage, TooLarge):
         raise
     except (
@@ -180,16 +190,6 @@ def sanitise(data: bytes, max_bytes: int) -> Sanitised:
         EOFError,
     ) as exc:
         raise NotAnImage(str(exc) or type(exc).__name__) from exc
-    clean.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    clean.info = {}
-    full = io.BytesIO()
-    clean.save(full, "JPEG", quality=QUALITY)
-    # A cheap box reduction first, then a proper resample of what is left.
-    factor = max(1, max(clean.size) // (2 * THUMB_SIDE))
-    thumb = clean.reduce(factor) if factor > 1 else clean.copy()
-    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-    small = io.BytesIO()
-    thumb.save(small, "JPEG", quality=80)
     return Sanitised(full.getvalue(), small.getvalue(), clean.width, clean.height, gps, taken_at)
 
 
@@ -200,7 +200,7 @@ def _rgb(img: Image.Image) -> Image.Image:
         out = Image.new("RGB", rgba.size, (255, 255, 255))
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
-    # exif_transpose gave a new image already: no need to copy an RGB one again.
+    # An RGB image is used as it is: its info and EXIF are dropped before it is saved.
     return img.convert("RGB") if img.mode != "RGB" else img
 
 

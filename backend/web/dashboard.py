@@ -281,13 +281,10 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
             )
         )
     now = utcnow()
-    address = ticket.address
-    if address is None:
-        # Where the pin is, in words: the geocoder's answer is cached, so once per place.
-        try:
-            address = await request.app[GEOCODER].reverse(ticket.lat, ticket.lon)
-        except GeocoderDown:
-            address = None
+    # Where the pin is, in words (the geocoder's answer is cached: once per place).
+    address = ticket.address or await request.app[GEOCODER].reverse_within(
+        ticket.lat, ticket.lon, REVERSE_WAIT
+    )
     return render(
         request,
         "ticket.html",
@@ -425,6 +422,10 @@ async def phone_form(request: web.Request) -> web.Response:
         problem=None,
         tiles=request.app[SETTINGS].map_tile_url,
     )
+
+
+# Seconds the ticket page waits for an address from the geocoder.
+REVERSE_WAIT = 1.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -395,3 +395,15 @@ async def test_what_is_not_suggested_and_a_different_problem_goes_on(
     assert await chat.state() == "duplicate"
     await chat.press("duplicate|new")
     assert await chat.state() == "description"
+
+
+async def test_the_ticket_page_does_not_wait_for_a_slow_geocoder_but_the_answer_is_kept(
+    nominatim: FakeNominatim, geocoder: MakeGeocoder
+) -> None:
+    nominatim.delay = 0.5
+    coder = geocoder()
+    here = (BIM_SON_MARKET.lat, BIM_SON_MARKET.lon)
+    assert await coder.reverse_within(*here, seconds=0.05) is None
+    await asyncio.sleep(0.8)
+    assert await coder.reverse_within(*here, seconds=0.05) == BIM_SON_MARKET.display_name
+    assert len(nominatim.requests) == 1
