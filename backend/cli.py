@@ -9,14 +9,15 @@ import logging
 import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
 from backend.db import create_engine, session_factory
@@ -161,21 +162,24 @@ async def migrate(settings: Settings) -> None:
     """Apply migrations and refresh the built-in reference data (categories)."""
     _ensure_sqlite_dir(settings.database_url)
     await asyncio.to_thread(upgrade, settings.database_url)
+    await in_transaction(settings, seed_categories)
+
+
+T = TypeVar("T")
+
+
+async def in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run one command's database work in a transaction on a short-lived engine."""
     engine = create_engine(settings.database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            await seed_categories(session)
+            return await work(session)
     finally:
         await engine.dispose()
 
 
 async def load_units(settings: Settings) -> None:
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            counts = await import_units(session)
-    finally:
-        await engine.dispose()
+    counts = await in_transaction(settings, import_units)
     log.info(
         "imported %d provinces, %d wards, %d handling units",
         counts.provinces,
@@ -185,43 +189,31 @@ async def load_units(settings: Settings) -> None:
 
 
 async def add_user(settings: Settings, args: argparse.Namespace) -> None:
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            created = await create_user(
-                session,
-                args.username,
-                args.role,
-                display_name=args.name,
-                unit_code=args.unit,
-                telegram_chat_id=args.telegram,
-            )
-    finally:
-        await engine.dispose()
+    created = await in_transaction(
+        settings,
+        lambda session: create_user(
+            session,
+            args.username,
+            args.role,
+            display_name=args.name,
+            unit_code=args.unit,
+            telegram_chat_id=args.telegram,
+        ),
+    )
     # The one-time password goes to the terminal of whoever created the account, once.
     print(f"user {created.user.username} ({created.user.role}) created")
     print(f"one-time password: {created.one_time_password}")
 
 
 async def new_link_code(settings: Settings, unit_code: str) -> None:
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            code = await create_link_code(session, unit_code)
-    finally:
-        await engine.dispose()
+    code = await in_transaction(settings, lambda session: create_link_code(session, unit_code))
     print(f"in the unit's Telegram group, type: /link {code}   (valid for 24 hours)")
 
 
 async def load_boundaries(settings: Settings, path: Path, code_property: str) -> BoundaryImport:
     """Read a GeoJSON file of ward polygons and store them (the server loads them at start)."""
     features = read_features(path, code_property)
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            result = await import_boundaries(session, features)
-    finally:
-        await engine.dispose()
+    result = await in_transaction(settings, lambda session: import_boundaries(session, features))
     print(f"{result.imported} ward boundaries imported from {path.name}")
     if result.repaired:
         print(f"{result.repaired} invalid polygons repaired (make_valid)")
