@@ -74,10 +74,16 @@ class Turn:
         **params: Any,
     ) -> None:
         """Send the catalogue message key, with buttons laid out in rows of `columns`."""
+        text = self.t(key, **params)
+        if buttons and not self.caps.inline_buttons:
+            # No buttons on this channel: numbered choices, answered by typing the number
+            # (handlers.text_match), or the words.
+            listed = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, 1))
+            text = f"{text}\n\n{listed}\n{self.t('choices.reply_with_number')}"
+            buttons = ()
         rows = tuple(
             tuple(buttons[i : i + columns]) for i in range(0, len(buttons), max(1, columns))
         )
-        text = self.t(key, **params)
         last = self.out[-1] if self.out else None
         if isinstance(last, Reply) and last == Reply(text=last.text) and photo_sha256 is None:
             # Plain text followed by more ("that was not a photo" + the step's prompt)

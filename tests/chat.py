@@ -15,6 +15,8 @@ from bot.dispatcher import Dispatcher
 from handlers.events import Capabilities, Incoming
 
 TELEGRAM_LIKE = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
+# A channel with neither buttons nor location/contact requests.
+TEXT_ONLY = Capabilities(inline_buttons=False)
 _ids = count(1)
 
 
@@ -22,17 +24,22 @@ class Chat:
     """One resident's chat, driven through the dispatcher."""
 
     def __init__(
-        self, dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession], chat_id: str
+        self,
+        dispatcher: Dispatcher,
+        sessions: async_sessionmaker[AsyncSession],
+        chat_id: str,
+        channel: str = "telegram",
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
         self.chat_id = chat_id
+        self.channel = channel
         self.read = 0
 
     async def send(self, kind: str, update_id: str | None = None, **fields: Any) -> str:
         uid = update_id or str(next(_ids))
         await self.dispatcher.handle(
-            Incoming(channel="telegram", chat_id=self.chat_id, update_id=uid, kind=kind, **fields)  # type: ignore[arg-type]
+            Incoming(channel=self.channel, chat_id=self.chat_id, update_id=uid, kind=kind, **fields)  # type: ignore[arg-type]
         )
         return uid
 
@@ -54,7 +61,10 @@ class Chat:
             rows = list(
                 await session.scalars(
                     select(OutboxMessage)
-                    .where(OutboxMessage.chat_id == self.chat_id)
+                    .where(
+                        OutboxMessage.channel == self.channel,
+                        OutboxMessage.chat_id == self.chat_id,
+                    )
                     .order_by(OutboxMessage.id)
                 )
             )
@@ -74,7 +84,9 @@ class Chat:
     async def state(self) -> str:
         async with self.sessions() as session:
             conv = await session.scalar(
-                select(Conversation).where(Conversation.chat_id == self.chat_id)
+                select(Conversation).where(
+                    Conversation.channel == self.channel, Conversation.chat_id == self.chat_id
+                )
             )
         return conv.state if conv else "none"
 

@@ -14,7 +14,7 @@ from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
 from handlers.events import MediaRef
 from handlers.turn import Services
-from tests.chat import TELEGRAM_LIKE, Chat, texts
+from tests.chat import TELEGRAM_LIKE, TEXT_ONLY, Chat, texts
 
 
 @pytest.fixture
@@ -23,7 +23,8 @@ async def dispatcher(
 ) -> AsyncIterator[Dispatcher]:
     async with sessions() as session:
         wards = await WardIndex.load(session)
-    d = Dispatcher(writer, Services(wards=wards), {"telegram": TELEGRAM_LIKE})
+    caps = {"telegram": TELEGRAM_LIKE, "textonly": TEXT_ONLY}
+    d = Dispatcher(writer, Services(wards=wards), caps)
     d.start()
     yield d
     await d.stop()
@@ -289,3 +290,35 @@ async def test_a_photo_with_gps_offers_its_location(chat: Chat) -> None:
     await other.replies()
     replies = await other.press("photos|done")
     assert replies[-1]["buttons"] == []
+
+
+async def test_a_channel_without_buttons_gets_numbered_choices_and_pin_help(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    chat = Chat(dispatcher, sessions, chat_id="7001", channel="textonly")
+    replies = await chat.say("/start")
+    consent = replies[-1]
+    assert consent["buttons"] == []
+    assert "1. ✅" in consent["text"] and "2. " in consent["text"]
+    assert "Trả lời bằng số thứ tự" in consent["text"]
+    await chat.say("1")
+    replies = await chat.say("/skip")
+    assert replies[-1]["request"] is None
+    assert "Để gửi ghim" in replies[-1]["text"]
+    replies = await chat.say("20.0740, 105.9120")
+    assert "1. Phường Bỉm Sơn, Thanh Hóa" in replies[-1]["text"]
+    await chat.say("1")
+    assert await chat.state() == "category"
+    replies = await chat.say("99")  # no such choice: asked again, nothing chosen
+    assert await chat.state() == "category"
+    await chat.say("1")
+    await chat.say("Rác đổ ven đường")
+    await chat.say("1")  # polluter: not known
+    await chat.say("2")  # recurring
+    replies = await chat.say("1")  # anonymous
+    assert "1. " in replies[-1]["text"] and replies[-1]["buttons"] == []
+    replies = await chat.say("1")  # send
+    assert "38-" in texts(replies)
+    async with sessions() as session:
+        ticket = await session.scalar(select(Ticket).where(Ticket.channel == "textonly"))
+        assert ticket is not None and ticket.ward_code == "14812"
