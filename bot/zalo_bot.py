@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backend.text import parse_point
+from bot.parsing import coordinates, text_or_command
 from handlers.events import Incoming
 
 CHANNEL = "zalo_bot"
@@ -48,21 +48,8 @@ def read_update(update: Mapping[str, Any]) -> BotUpdate | None:
         message_id=message_id,
         text=text or None,
         photo_url=photo if isinstance(photo, str) and photo else None,
-        location=_location(message.get("location")),
+        location=coordinates(message.get("location")),
     )
-
-
-def _location(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, str):
-        return parse_point(value)
-    if not isinstance(value, Mapping):
-        return None
-    coords = value.get("coordinates", value)
-    try:
-        lat, lon = float(coords["latitude"]), float(coords["longitude"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
 
 
 def to_incoming(update: BotUpdate) -> Incoming | None:
@@ -77,10 +64,5 @@ def to_incoming(update: BotUpdate) -> Incoming | None:
     if update.event == "message.unsupported.received":
         return Incoming(kind="photo", media_error="not_image", **base)
     if update.text is not None and update.photo_url is None:
-        if update.text.startswith("/"):
-            command, _, args = update.text[1:].strip().partition(" ")
-            return Incoming(
-                kind="command", command=command.lower(), args=args, text=update.text, **base
-            )
-        return Incoming(kind="text", text=update.text, **base)
+        return text_or_command(update.text, **base)
     return None

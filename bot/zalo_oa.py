@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bot.parsing import coordinates, text_or_command
 from handlers.events import Incoming
 
 CHANNEL = "zalo_oa"
@@ -85,7 +86,7 @@ def read_event(event: Mapping[str, Any]) -> OAEvent | None:
         if attachment.get("type") == "image" and image_url is None:
             image_url = str(payload.get("url") or "") or None
         elif attachment.get("type") == "location":
-            location = _coordinates(payload.get("coordinates") or {})
+            location = coordinates(payload)
     return OAEvent(
         name,
         user,
@@ -94,14 +95,6 @@ def read_event(event: Mapping[str, Any]) -> OAEvent | None:
         image_url=image_url,
         location=location,
     )
-
-
-def _coordinates(coords: Mapping[str, Any]) -> tuple[float, float] | None:
-    try:
-        lat, lon = float(coords["latitude"]), float(coords["longitude"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
 
 
 def to_incoming(event: OAEvent) -> Incoming | None:
@@ -114,10 +107,5 @@ def to_incoming(event: OAEvent) -> Incoming | None:
     if event.name == "user_send_file":
         return Incoming(kind="photo", media_error="not_image", **base)
     if event.text is not None and event.name == "user_send_text":
-        if event.text.startswith("/"):
-            command, _, args = event.text[1:].strip().partition(" ")
-            return Incoming(
-                kind="command", command=command.lower(), args=args, text=event.text, **base
-            )
-        return Incoming(kind="text", text=event.text, **base)
+        return text_or_command(event.text, **base)
     return None

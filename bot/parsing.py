@@ -1,0 +1,32 @@
+"""What every chat adapter reads the same way: typed text or a command, and a position."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backend.text import parse_point
+from handlers.events import Incoming
+
+
+def text_or_command(text: str, **base: Any) -> Incoming:
+    """ "/status 38-2611-00001" as a command with its arguments; other text as text."""
+    if text.startswith("/"):
+        command, _, args = text[1:].strip().partition(" ")
+        return Incoming(kind="command", command=command.lower(), args=args, text=text, **base)
+    return Incoming(kind="text", text=text, **base)
+
+
+def coordinates(value: Any) -> tuple[float, float] | None:
+    """A position given as {latitude, longitude} (perhaps under "coordinates", perhaps
+    as strings) or as "lat,lon" text; None for anything else or out of range."""
+    if isinstance(value, str):
+        return parse_point(value)
+    if not isinstance(value, Mapping):
+        return None
+    coords = value.get("coordinates", value)
+    try:
+        lat, lon = float(coords["latitude"]), float(coords["longitude"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
