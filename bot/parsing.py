@@ -9,11 +9,17 @@ from backend.text import parse_point
 from handlers.events import Incoming
 
 
+def split_command(text: str) -> tuple[str, str]:
+    """'/link@HotlineBot AB12' → ('link', 'AB12'): the command, without a bot's name."""
+    head, _, args = text[1:].strip().partition(" ")
+    return head.split("@", 1)[0].lower(), args
+
+
 def text_or_command(text: str, **base: Any) -> Incoming:
-    """ "/status 38-2611-00001" as a command with its arguments; other text as text."""
+    """'/status 38-2611-00001' as a command with its arguments; other text as text."""
     if text.startswith("/"):
-        command, _, args = text[1:].strip().partition(" ")
-        return Incoming(kind="command", command=command.lower(), args=args, text=text, **base)
+        command, args = split_command(text)
+        return Incoming(kind="command", command=command, args=args, text=text, **base)
     return Incoming(kind="text", text=text, **base)
 
 

@@ -36,6 +36,7 @@ from backend.config import Settings
 from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from bot.dispatcher import Dispatcher
 from bot.outbox import PermanentError, RetryLater, TransientError
+from bot.parsing import split_command, text_or_command
 from handlers.events import (
     Ack,
     Capabilities,
@@ -59,12 +60,6 @@ WEBHOOK_PATH = "/telegram/webhook"
 COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
 ALLOWED_UPDATES = ("message", "callback_query")
 GROUP_CHATS = ("group", "supergroup")
-
-
-def _command(text: str) -> tuple[str, str]:
-    """'/link@HotlineBot AB12' → ('link', 'AB12'): the command without the bot's name."""
-    head, _, args = text[1:].partition(" ")
-    return head.split("@", 1)[0].lower(), args
 
 
 def _seconds(value: int | float | timedelta) -> float:
@@ -211,10 +206,7 @@ class TelegramChannel:
         }
         text = msg.get("text")
         if text is not None:
-            if text.startswith("/"):
-                command, args = _command(text)
-                return Incoming(kind="command", command=command, args=args, text=text, **base)
-            return Incoming(kind="text", text=text, **base)
+            return text_or_command(text, **base)
         venue = msg.get("venue")
         point = venue["location"] if venue is not None else msg.get("location")
         if point is not None:
@@ -242,7 +234,7 @@ class TelegramChannel:
         text = msg.get("text") or ""
         if not text.startswith("/"):
             return None
-        command, args = _command(text)
+        command, args = split_command(text)
         sender = msg.get("from") or {}
         return Incoming(
             channel=CHANNEL,

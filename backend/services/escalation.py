@@ -22,7 +22,7 @@ from backend.models import Category, Ticket, Unit, User, Ward, utcnow
 from backend.services.deadlines import Policies
 from backend.services.notify import tell_staff
 from backend.services.units import province_unit_code
-from backend.services.workflow import OPEN_STATES, Action, Actor, apply, audit_note
+from backend.services.workflow import Action, Actor, apply, audit_note, overdue_filter
 from backend.timeutil import format_local
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def overdue_query(now: datetime, again_before: datetime, limit: int) -> Select[A
     return (
         select(Ticket.id)
         .where(
-            Ticket.due_at < now,
-            Ticket.state.in_(OPEN_STATES),
+            overdue_filter(now),
             or_(Ticket.escalated_at.is_(None), Ticket.escalated_at < again_before),
         )
         .order_by(Ticket.due_at)

@@ -145,8 +145,6 @@ class Geocoder:
             if hit.lat is None or hit.lon is None:
                 return None
             return Found(hit.lat, hit.lon, hit.address or text)
-        if self._client is None:
-            raise GeocoderDown("no geocoder configured")
         location = await self._call(
             "geocode", text, exactly_one=True, country_codes=self._country, language="vi"
         )
@@ -160,8 +158,6 @@ class Geocoder:
         hit = await self._cached("reverse", key)
         if hit is not None:
             return hit.address
-        if self._client is None:
-            raise GeocoderDown("no geocoder configured")
         location = await self._call("reverse", (lat, lon), exactly_one=True, language="vi")
         found = Found(lat, lon, location.address) if location else None
         await self._remember("reverse", key, found)

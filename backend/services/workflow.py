@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, Ticket, Unit, User, Ward, utcnow
@@ -64,6 +64,18 @@ OPEN_STATES = (
     "transferred",
 )
 FINAL_STATES = ("closed", "rejected", "merged")
+
+
+def is_overdue(ticket: Ticket, now: datetime) -> bool:
+    """Overdue is not a state: a step still to do, past its due time."""
+    return ticket.state in OPEN_STATES and ticket.due_at is not None and ticket.due_at < now
+
+
+def overdue_filter(now: datetime) -> ColumnElement[bool]:
+    """is_overdue() as a WHERE clause."""
+    return and_(Ticket.state.in_(OPEN_STATES), Ticket.due_at < now)
+
+
 # Refusal only with a stated reason (DOMAIN.md): these are the reasons.
 REJECT_REASONS = ("not_pollution", "no_place", "abusive", "spam")
 URGENCIES = ("urgent", "normal")

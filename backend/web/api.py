@@ -29,7 +29,6 @@ from backend.models import (
 )
 from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_photo
 from backend.services.workflow import (
-    OPEN_STATES,
     Action,
     Actor,
     WorkflowError,
@@ -37,6 +36,8 @@ from backend.services.workflow import (
     allowed_actions,
     find_ticket,
     in_scope,
+    is_overdue,
+    overdue_filter,
     scope_query,
 )
 from backend.web.app import POLICIES, SESSIONS, SETTINGS
@@ -100,9 +101,7 @@ async def _summary(session: AsyncSession, ticket: Ticket, now: datetime) -> dict
         "unit": unit.code if unit else None,
         "urgency": ticket.urgency,
         "due_at": _iso(ticket.due_at),
-        "overdue": ticket.state in OPEN_STATES
-        and ticket.due_at is not None
-        and ticket.due_at < now,
+        "overdue": is_overdue(ticket, now),
         "created_at": _iso(ticket.created_at),
         "case": None,
     }
@@ -121,7 +120,7 @@ async def list_tickets(request: web.Request) -> web.Response:
             failed = select(OutboxMessage.ticket_id).where(OutboxMessage.status == "failed")
             query = query.where(Ticket.id.in_(failed))
         if request.query.get("overdue") == "1":
-            query = query.where(Ticket.state.in_(OPEN_STATES), Ticket.due_at < now)
+            query = query.where(overdue_filter(now))
         query = query.order_by(Ticket.due_at.is_(None), Ticket.due_at, Ticket.id).limit(500)
         tickets = list(await session.scalars(query))
         items = [await _summary(session, t, now) for t in tickets]

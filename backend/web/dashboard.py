@@ -45,6 +45,8 @@ from backend.services.workflow import (
     audit_note,
     find_ticket,
     in_scope,
+    is_overdue,
+    overdue_filter,
     scope_query,
 )
 from backend.text import parse_point
@@ -162,7 +164,7 @@ def _view_filter(
     if view == "mine":
         return query.where(Ticket.claimed_by == user.id, Ticket.state.in_(OPEN_STATES))
     if view == "overdue":
-        return query.where(Ticket.state.in_(OPEN_STATES), Ticket.due_at < now)
+        return query.where(overdue_filter(now))
     return query
 
 
@@ -217,7 +219,7 @@ async def queue(request: web.Request) -> web.Response:
             "state": t.state,
             "urgency": t.urgency,
             "due": t.due_at,
-            "overdue": t.state in OPEN_STATES and t.due_at is not None and t.due_at < now,
+            "overdue": is_overdue(t, now),
         }
         for t in tickets
     ]
@@ -301,7 +303,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
         actions=allowed_actions(ticket, actor.role),
         can_unseal=actor.role in TRIAGE and ticket.reporter_id is not None,
         identity=identity,
-        overdue=ticket.state in OPEN_STATES and ticket.due_at is not None and ticket.due_at < now,
+        overdue=is_overdue(ticket, now),
         reasons=REJECT_REASONS,
         templates=ANSWER_TEMPLATES,
         tiles=request.app[SETTINGS].map_tile_url,
@@ -447,9 +449,9 @@ async def _place(wards: WardIndex, geocoder: Geocoder, form: dict[str, Any]) -> 
             lat, lon = point if point and wards.covers(*point) else (ward.lat, ward.lon)
             return _Place(ward.code, lat, lon, "ward_pick" if not point else "map")
     if point is not None:
-        found = wards.place(*point).nearest
-        if found is not None and wards.covers(*point):
-            return _Place(found.code, point[0], point[1], "map")
+        placed = wards.place(*point)
+        if placed.in_vietnam and placed.nearest is not None:
+            return _Place(placed.nearest.code, point[0], point[1], "map")
     typed = " ".join(str(form.get("place") or "").split())[:300]
     if not typed:
         return None
