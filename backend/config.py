@@ -32,6 +32,30 @@ class Settings(BaseSettings):
     telegram_rate_per_chat: float = 1.0
     telegram_poll_timeout: int = 30
 
+    # Zalo Official Account (OA API v3). Off unless the app id, the OA secret key (webhook
+    # signatures), the app secret (token refresh) and a token are all set. The tokens seed
+    # the database once; refreshed pairs are kept there.
+    zalo_oa_app_id: str | None = None
+    zalo_oa_secret_key: SecretStr | None = None
+    zalo_app_secret: SecretStr | None = None
+    zalo_oa_access_token: SecretStr | None = None
+    zalo_oa_refresh_token: SecretStr | None = None
+    zalo_oa_api_url: str = "https://openapi.zalo.me"
+    zalo_oauth_url: str = "https://oauth.zaloapp.com"
+    # A consultation message reaches a user only this long after their last message.
+    zalo_oa_window_hours: float = 48.0
+    zalo_oa_rate_global: float = 10.0
+    zalo_oa_rate_per_chat: float = 1.0
+
+    # Zalo Bot Platform (Telegram-like). Off without a token.
+    zalo_bot_token: SecretStr | None = None
+    zalo_bot_api_url: str = "https://bot-api.zaloplatforms.com"
+    zalo_bot_mode: Literal["polling", "webhook"] = "polling"
+    zalo_bot_webhook_secret: SecretStr | None = None
+    zalo_bot_poll_timeout: int = 30
+    zalo_bot_rate_global: float = 10.0
+    zalo_bot_rate_per_chat: float = 1.0
+
     # The geocoder (Nominatim's API). Empty: typed addresses are matched against the
     # ward and province names only. Public Nominatim asks for an identifying user agent
     # and at most one request a second.
@@ -73,21 +97,43 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment == "production":
-            for name in ("telegram_token", "telegram_webhook_secret"):
+            for name in (
+                "telegram_token",
+                "telegram_webhook_secret",
+                "zalo_oa_secret_key",
+                "zalo_app_secret",
+                "zalo_bot_token",
+                "zalo_bot_webhook_secret",
+            ):
                 value = getattr(self, name)
                 if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError(f"HOTLINE_{name.upper()} is a placeholder")
         return self
 
-    def webhook_secret(self) -> str:
-        """The secret_token for setWebhook.
+    @property
+    def zalo_oa_on(self) -> bool:
+        return (
+            bool(self.zalo_oa_app_id)
+            and self.zalo_oa_secret_key is not None
+            and self.zalo_app_secret is not None
+            and (self.zalo_oa_access_token is not None or self.zalo_oa_refresh_token is not None)
+        )
 
-        Without a configured one it is derived from the bot token, so every server
-        process of one deployment agrees on it without sharing state.
-        """
-        if self.telegram_webhook_secret is not None:
-            return self.telegram_webhook_secret.get_secret_value()
-        if self.telegram_token is None:
-            raise ValueError("no Telegram token: no webhook secret")
-        token = self.telegram_token.get_secret_value().encode()
-        return hmac.new(token, b"hotline-telegram-webhook", hashlib.sha256).hexdigest()
+    def webhook_secret(self) -> str:
+        """The secret_token for Telegram's setWebhook."""
+        return _webhook_secret(self.telegram_webhook_secret, self.telegram_token, "telegram")
+
+    def zalo_bot_webhook_secret_value(self) -> str:
+        """The secret_token for the Zalo Bot Platform's setWebhook."""
+        return _webhook_secret(self.zalo_bot_webhook_secret, self.zalo_bot_token, "zalo-bot")
+
+
+def _webhook_secret(configured: SecretStr | None, token: SecretStr | None, name: str) -> str:
+    """The configured secret, else one derived from the bot token, so every server
+    process of one deployment agrees on it without sharing state."""
+    if configured is not None:
+        return configured.get_secret_value()
+    if token is None:
+        raise ValueError(f"no {name} token: no webhook secret")
+    key = token.get_secret_value().encode()
+    return hmac.new(key, f"hotline-{name}-webhook".encode(), hashlib.sha256).hexdigest()

@@ -389,7 +389,8 @@ class OutboxMessage(Base):
     chat_id: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
-    # pending · sent · failed
+    # pending · sent · failed · undeliverable (outside the platform's reply window: staff
+    # phone the reporter) · called (they did)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -400,7 +401,55 @@ class OutboxMessage(Base):
     # The platform's id of the message once sent (a staff card is edited later).
     sent_message_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
-    __table_args__ = (Index("ix_outbox_pending", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "status", "next_attempt_at"),
+        # A ticket's notices that could not reach the reporter (the ticket page lists them).
+        Index("ix_outbox_ticket", "ticket_id", "status"),
+    )
+
+
+class InboundEvent(Base):
+    """A platform's event as it arrived, stored before it is answered and handled later.
+
+    Zalo wants a webhook answered within 2 seconds; handling (a photo download, the
+    dialogue) runs after. The newest row of a chat also dates its last message, which
+    bounds Zalo OA's reply window.
+    """
+
+    __tablename__ = "inbound_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    # The platform's id of the event (Zalo's msg_id): a redelivery is stored once.
+    event_key: Mapped[str] = mapped_column(String(128))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        UniqueConstraint("channel", "event_key"),
+        Index("ix_inbound_events_chat", "channel", "chat_id", "received_at"),
+        Index("ix_inbound_events_pending", "handled_at", "id"),
+    )
+
+
+class OAuthToken(Base):
+    """A channel's OAuth access/refresh pair (Zalo OA). A refresh rotates both, and a
+    refresh token works once, so every process reads and renews the pair here."""
+
+    __tablename__ = "oauth_tokens"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_token: Mapped[str] = mapped_column(Text)
+    refresh_token: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A process renewing the pair holds this lease; the others wait for its result.
+    refreshing_until: Mapped[datetime | None] = mapped_column(default=None)
+    # The platform refused the refresh token: new tokens must come from an admin.
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- staff groups --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.models import OutboxMessage, utcnow
-from handlers.events import Ack, Outgoing
+from handlers.events import Ack, Capabilities, Outgoing
 from handlers.notices import render_payload
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,16 @@ class PermanentError(DeliveryError):
     """The platform refused the message (blocked bot, bad request): do not retry."""
 
 
+class Undeliverable(PermanentError):
+    """The chat cannot be reached now (Zalo OA's reply window has closed): staff phone
+    the reporter instead. Kept as "undeliverable" and shown on the ticket page."""
+
+
 class Sender(Protocol):
     """A channel's outgoing side."""
 
     name: str
+    capabilities: Capabilities
     rate_global: float
     rate_per_chat: float
 
@@ -97,6 +103,18 @@ class _Outcome:
     row_id: int
     error: DeliveryError | None
     message_id: str | None = None
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Text in pieces of at most `limit` characters, cut at line ends where possible,
+    for platforms that refuse longer messages."""
+    parts: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        cut = cut if cut > limit // 2 else limit
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip("\n")
+    return [*parts, text]
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -210,7 +228,7 @@ class OutboxWorker:
     async def _send(self, row: OutboxMessage) -> _Outcome:
         sender = self._senders[row.channel]
         limiter = self._limiters[row.channel]
-        message = render_payload(row.payload)
+        message = render_payload(row.payload, sender.capabilities.inline_buttons)
         await limiter.acquire(row.chat_id, per_chat=not isinstance(message, Ack))
         try:
             message_id = await sender.deliver(row.chat_id, message)
@@ -248,7 +266,10 @@ class OutboxWorker:
                 else:
                     attempts = row.attempts + 1
                     values.update(attempts=attempts, last_error=str(error)[:500])
-                    if isinstance(error, PermanentError) or attempts >= self._max_attempts:
+                    if isinstance(error, Undeliverable):
+                        values.update(status="undeliverable")
+                        log.info("outbox row %d is undeliverable: %s", row.id, error)
+                    elif isinstance(error, PermanentError) or attempts >= self._max_attempts:
                         values.update(status="failed")
                         log.warning(
                             "outbox row %d failed after %d attempt(s): %s",

@@ -11,9 +11,14 @@ from aiohttp import web
 from backend.db import checkpoint_forever, create_writer_engine
 from backend.services.duplicates import DuplicateRule
 from backend.web.app import ENGINE, GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
+from bot import zalo_bot, zalo_oa
 from bot.dispatcher import Dispatcher
+from bot.inbox import Inbox
 from bot.outbox import OutboxWorker
+from bot.tasks import cancel
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
+from bot.zalo_bot import ZaloBotChannel
+from bot.zalo_oa import ZaloOAChannel
 from handlers.events import Capabilities
 from handlers.turn import Services
 
@@ -22,10 +27,25 @@ log = logging.getLogger(__name__)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 OUTBOX = web.AppKey("outbox", OutboxWorker)
 TELEGRAM = web.AppKey("telegram", TelegramChannel)
+INBOX = web.AppKey("inbox", Inbox)
+ZALO_OA = web.AppKey("zalo_oa", ZaloOAChannel)
+ZALO_BOT = web.AppKey("zalo_bot", ZaloBotChannel)
 
 
 async def _telegram_webhook(request: web.Request) -> web.Response:
     return await request.app[TELEGRAM].webhook(request)
+
+
+async def _zalo_oa_webhook(request: web.Request) -> web.Response:
+    return await request.app[ZALO_OA].webhook(request)
+
+
+async def _zalo_bot_webhook(request: web.Request) -> web.Response:
+    return await request.app[ZALO_BOT].webhook(request)
+
+
+async def _zalo_bot_media(request: web.Request) -> web.StreamResponse:
+    return await request.app[ZALO_BOT].media(request)
 
 
 async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
@@ -59,15 +79,29 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     app[OUTBOX] = outbox
-    telegram: TelegramChannel | None = None
+    inbox = Inbox(sessions, dispatcher, poll_interval=settings.outbox_poll_interval)
+    app[INBOX] = inbox
+    channels: list[TelegramChannel | ZaloOAChannel | ZaloBotChannel] = []
     if settings.telegram_token is None:
         log.warning("no HOTLINE_TELEGRAM_TOKEN: Telegram is off")
     else:
-        telegram = TelegramChannel(settings, dispatcher)
-        capabilities[telegram.name] = telegram.capabilities
-        outbox.add_sender(telegram)
-        app[TELEGRAM] = telegram
+        app[TELEGRAM] = TelegramChannel(settings, dispatcher)
+        channels.append(app[TELEGRAM])
+    if settings.zalo_oa_on:
+        app[ZALO_OA] = ZaloOAChannel(settings, sessions, inbox)
+        channels.append(app[ZALO_OA])
+    else:
+        log.info("no HOTLINE_ZALO_OA_* credentials: Zalo OA is off")
+    if settings.zalo_bot_token is not None:
+        app[ZALO_BOT] = ZaloBotChannel(settings, inbox)
+        channels.append(app[ZALO_BOT])
+    else:
+        log.info("no HOTLINE_ZALO_BOT_TOKEN: Zalo Bot is off")
+    for channel in channels:
+        capabilities[channel.name] = channel.capabilities
+        outbox.add_sender(channel)
     dispatcher.start()
+    inbox.start()
     checkpoints = (
         asyncio.create_task(checkpoint_forever(app[ENGINE]), name="wal-checkpoint")
         if writer is not None
@@ -75,25 +109,31 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     )
     if settings.outbox_enabled:
         outbox.start()
-    if telegram is not None:
-        await telegram.start()
     try:
+        for channel in channels:
+            await channel.start()
         yield
     finally:
-        if telegram is not None:
-            await telegram.stop()
+        # Each stop is safe on a channel that did not start (or only half did).
+        for channel in reversed(channels):
+            await channel.stop()
+        await inbox.stop()
         await outbox.stop()
         await dispatcher.stop()
-        if checkpoints is not None:
-            checkpoints.cancel()
-            await asyncio.gather(checkpoints, return_exceptions=True)
+        await cancel(checkpoints)
         if writer is not None:
             await writer.dispose()
 
 
 def mount_chat(app: web.Application) -> None:
-    """Add the chat runtime (and the Telegram webhook route when configured) to app."""
+    """Add the chat runtime (and the channels' webhook routes when configured) to app."""
     settings = app[SETTINGS]
     if settings.telegram_token is not None and settings.telegram_mode == "webhook":
         app.router.add_post(WEBHOOK_PATH, _telegram_webhook)
+    if settings.zalo_oa_on:
+        app.router.add_post(zalo_oa.WEBHOOK_PATH, _zalo_oa_webhook)
+    if settings.zalo_bot_token is not None:
+        app.router.add_get(zalo_bot.MEDIA_ROUTE, _zalo_bot_media)
+        if settings.zalo_bot_mode == "webhook":
+            app.router.add_post(zalo_bot.WEBHOOK_PATH, _zalo_bot_webhook)
     app.cleanup_ctx.append(_chat_runtime)

@@ -33,17 +33,17 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from backend.config import Settings
-from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
+from backend.services.photos import find_media
 from bot.dispatcher import Dispatcher
+from bot.media import Fetched, store_media
 from bot.outbox import PermanentError, RetryLater, TransientError
 from bot.parsing import split_command, text_or_command
+from bot.tasks import cancel
 from handlers.events import (
     Ack,
     Capabilities,
     Edit,
     Incoming,
-    MediaError,
-    MediaRef,
     Outgoing,
     Reply,
 )
@@ -116,10 +116,8 @@ class TelegramChannel:
             log.info("Telegram polling started")
 
     async def stop(self) -> None:
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.gather(self._polling, return_exceptions=True)
-            self._polling = None
+        await cancel(self._polling)
+        self._polling = None
         await self.bot.shutdown()
 
     # --- receiving ---------------------------------------------------------------------------
@@ -248,9 +246,7 @@ class TelegramChannel:
             sender_id=str(sender["id"]) if "id" in sender else None,
         )
 
-    async def _fetch_media(
-        self, source: Mapping[str, Any]
-    ) -> tuple[MediaRef | None, MediaError | None]:
+    async def _fetch_media(self, source: Mapping[str, Any]) -> Fetched:
         """Download an image with getFile and store it, before the dialogue sees it."""
         limit = self._settings.max_photo_bytes
         size = source.get("file_size")
@@ -264,24 +260,7 @@ class TelegramChannel:
         except TelegramError as exc:
             log.warning("photo download failed: %s", type(exc).__name__)
             return None, "download_failed"
-        try:
-            stored = await store_photo(self._settings.media_dir, data, limit)
-        except TooLarge:
-            return None, "too_large"
-        except NotAnImage:
-            return None, "not_image"
-        return (
-            MediaRef(
-                sha256=stored.sha256,
-                content_type=stored.content_type,
-                width=stored.width,
-                height=stored.height,
-                size_bytes=stored.size_bytes,
-                gps=stored.gps,
-                taken_at=stored.taken_at,
-            ),
-            None,
-        )
+        return await store_media(self._settings, data)
 
     # --- sending -----------------------------------------------------------------------------
 

@@ -9,12 +9,35 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+import aiohttp
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.models import User, utcnow
+from backend.services.notify import tell_staff
+from backend.services.photos import find_media
+from bot.inbox import Inbox
+from bot.media import photo_event
+from bot.outbox import (
+    PermanentError,
+    RetryLater,
+    TransientError,
+    Undeliverable,
+    split_text,
+)
 from bot.parsing import coordinates, text_or_command
-from handlers.events import Incoming
+from bot.zalo_tokens import TokenError, TokenRevoked, TokenStore
+from handlers.events import Capabilities, Incoming, Outgoing, Reply
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "zalo_oa"
 SIGNATURE_HEADER = "X-ZEvent-Signature"
@@ -87,6 +110,8 @@ def read_event(event: Mapping[str, Any]) -> OAEvent | None:
             image_url = str(payload.get("url") or "") or None
         elif attachment.get("type") == "location":
             location = coordinates(payload)
+    if location is None:
+        location = coordinates(message.get("location"))
     return OAEvent(
         name,
         user,
@@ -109,3 +134,212 @@ def to_incoming(event: OAEvent) -> Incoming | None:
     if event.text is not None and event.name == "user_send_text":
         return text_or_command(event.text, **base)
     return None
+
+
+# --- the channel -------------------------------------------------------------------------
+
+WEBHOOK_PATH = "/zalo/oa/webhook"
+SEND_PATH = "/v3.0/oa/message/cs"
+UPLOAD_PATH = "/v2.0/oa/upload/image"
+TOKEN_EXPIRED = -216
+# The user cannot be sent a consultation message now: not following the OA, or no
+# message from them within the reply window.
+UNREACHABLE = frozenset({-213, -230})
+RATE_LIMITED = -32
+TEXT_LIMIT = 2000
+UPLOAD_LIMIT = 1_000_000  # Zalo takes images up to 1 MB
+
+
+class ZaloOAChannel:
+    """Zalo OA: a signed webhook in, consultation messages out, tokens kept in the DB."""
+
+    name = CHANNEL
+    capabilities = Capabilities(inline_buttons=False, request_location=False)
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        inbox: Inbox,
+    ) -> None:
+        if not settings.zalo_oa_on or settings.zalo_oa_secret_key is None:
+            raise ValueError("ZaloOAChannel needs the HOTLINE_ZALO_OA_* settings")
+        self._settings = settings
+        self._sessions = sessions
+        self._inbox = inbox
+        self._app_id = str(settings.zalo_oa_app_id)
+        self._secret_key = settings.zalo_oa_secret_key.get_secret_value()
+        self._api = settings.zalo_oa_api_url.rstrip("/")
+        self._window = timedelta(hours=settings.zalo_oa_window_hours)
+        self._http: aiohttp.ClientSession | None = None
+        self.tokens = TokenStore(sessions, settings, self.http, self._alert_admins)
+        self.rate_global = settings.zalo_oa_rate_global
+        self.rate_per_chat = settings.zalo_oa_rate_per_chat
+        inbox.add_reader(CHANNEL, self.read)
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def start(self) -> None:
+        self.http()
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """POST /zalo/oa/webhook: check the signature, store the event, answer at once."""
+        body = await request.read()
+        try:
+            event = verify(request.headers, body, self._app_id, self._secret_key)
+        except BadSignature:
+            return web.Response(status=401, text="bad signature")
+        except ValueError:
+            return web.Response(status=400, text="not an event")
+        read = read_event(event)
+        if read is None:
+            log.info("Zalo OA event %s ignored", str(event.get("event_name", "?"))[:40])
+            return web.Response(text="ok")
+        await self._inbox.accept(CHANNEL, read.msg_id, read.user_id, event)
+        return web.Response(text="ok")
+
+    async def read(self, body: Mapping[str, Any]) -> Incoming | None:
+        """A stored event as the dialogue takes it, its photo fetched and stored first."""
+        event = read_event(body)
+        if event is None:
+            return None
+        incoming = to_incoming(event)
+        if incoming is not None or event.image_url is None:
+            return incoming
+        return await photo_event(
+            self.http(),
+            event.image_url,
+            self._settings,
+            channel=CHANNEL,
+            chat_id=event.user_id,
+            update_id=event.msg_id,
+        )
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def deliver(self, chat_id: str, message: Outgoing) -> str | None:
+        if not isinstance(message, Reply):
+            return None  # no button spinners to stop and no edits on Zalo
+        last = await self._inbox.last_inbound(CHANNEL, chat_id)
+        if last is None or utcnow() - last > self._window:
+            raise Undeliverable("outside Zalo's reply window")
+        try:
+            attachment = await self._attachment(message)
+            message_id: str | None = None
+            parts = split_text(message.text, TEXT_LIMIT)
+            for n, text in enumerate(parts):
+                content: dict[str, Any] = {"text": text}
+                if n == 0 and attachment is not None:
+                    content["attachment"] = attachment
+                data = await self._call(
+                    SEND_PATH, json={"recipient": {"user_id": chat_id}, "message": content}
+                )
+                message_id = str((data.get("data") or {}).get("message_id") or "") or message_id
+            return message_id
+        except TokenRevoked as exc:
+            # Nothing goes out until an admin sets new tokens; the messages wait.
+            raise RetryLater(300.0) from exc
+        except TokenError as exc:
+            raise TransientError(str(exc)) from exc
+
+    async def _attachment(self, message: Reply) -> dict[str, Any] | None:
+        """Upload the reply's photo (the thumbnail when over Zalo's 1 MB) for its id."""
+        if message.photo_sha256 is None:
+            return None
+        media_dir = self._settings.media_dir
+        path = find_media(media_dir, message.photo_sha256, thumbnail=message.thumbnail)
+        if path is not None and path.stat().st_size > UPLOAD_LIMIT:
+            path = find_media(media_dir, message.photo_sha256, thumbnail=True)
+        if path is None:
+            raise PermanentError("photo no longer stored")
+        image = path.read_bytes()
+
+        def form() -> aiohttp.FormData:
+            data = aiohttp.FormData()
+            data.add_field("file", image, filename=path.name, content_type="image/jpeg")
+            return data
+
+        uploaded = await self._call(UPLOAD_PATH, form=form)
+        attachment_id = (uploaded.get("data") or {}).get("attachment_id")
+        if not attachment_id:
+            raise TransientError("upload answered without an attachment_id")
+        return {
+            "type": "template",
+            "payload": {
+                "template_type": "media",
+                "elements": [{"media_type": "image", "attachment_id": str(attachment_id)}],
+            },
+        }
+
+    async def _call(
+        self,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+    ) -> dict[str, Any]:
+        """POST to the OA API with the access token; on -216 renew it and try once more.
+
+        Zalo answers HTTP 200 with a non-zero "error" when it refuses: that is a failure.
+        """
+        token = await self.tokens.access_token()
+        for attempt in (1, 2):
+            data = await self._post(path, token, json, form)
+            error = int(data.get("error") or 0)
+            if error == 0:
+                return data
+            words = str(data.get("message") or "")[:200]
+            if error == TOKEN_EXPIRED and attempt == 1:
+                token = await self.tokens.refresh(token)
+                continue
+            if error in UNREACHABLE:
+                raise Undeliverable(f"Zalo error {error}: {words}")
+            if error == RATE_LIMITED:
+                raise RetryLater(60.0)
+            raise TransientError(f"Zalo error {error}: {words}")
+        raise AssertionError("unreachable")
+
+    async def _post(
+        self,
+        path: str,
+        token: str,
+        json: dict[str, Any] | None,
+        form: Callable[[], aiohttp.FormData] | None,
+    ) -> dict[str, Any]:
+        try:
+            async with self.http().post(
+                self._api + path,
+                json=json,
+                data=form() if form is not None else None,
+                headers={"access_token": token},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response:
+                if response.status == 429:
+                    raise RetryLater(float(response.headers.get("Retry-After", "5")))
+                if response.status >= 500:
+                    raise TransientError(f"HTTP {response.status}")
+                if response.status != 200:
+                    raise PermanentError(f"HTTP {response.status}")
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransientError(type(exc).__name__) from exc
+        if not isinstance(data, dict):
+            raise TransientError("not a JSON object")
+        return data
+
+    async def _alert_admins(self, code: int, words: str) -> None:
+        async with self._sessions() as session, session.begin():
+            admins = list(
+                await session.scalars(select(User).where(User.role == "admin", User.active))
+            )
+            await tell_staff(session, admins, "alert.zalo_token_revoked", {"error": code})

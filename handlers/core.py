@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from handlers.events import Incoming
-from handlers.feedback import is_ticket_button, ticket_button
+from handlers.feedback import PREFIX, is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
 from handlers.report import STEPS, Step, begin
 from handlers.staff import group_event
@@ -42,10 +44,26 @@ async def _command(turn: Turn, event: Incoming) -> None:
         await show_status(turn, event.args)
     elif command == "my":
         await show_mine(turn)
+    elif command in ("rate", "reopen"):
+        await _ticket_command(turn, event, command)
     elif command == "skip" and turn.state == "photos":
         await STEPS["photos"].choose(turn, "skip")
     else:
         remind(turn, "unknown_command")
+
+
+async def _ticket_command(turn: Turn, event: Incoming, command: str) -> None:
+    """/rate CODE N and /reopen CODE: what the buttons under an answer do, for channels
+    without buttons."""
+    words = event.args.split()
+    if command == "rate" and len(words) == 2 and words[1] in {"1", "2", "3", "4", "5"}:
+        data = f"{PREFIX}{words[0].upper()}|rate|{words[1]}"
+    elif command == "reopen" and len(words) == 1:
+        data = f"{PREFIX}{words[0].upper()}|reopen"
+    else:
+        turn.say(f"feedback.{command}_usage")
+        return
+    await ticket_button(turn, replace(event, kind="button", button=data))
 
 
 async def _button(turn: Turn, step: Step, event: Incoming) -> None:

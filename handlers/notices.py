@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.events import Button, Edit, Outgoing, Reply, outgoing_from_payload
+from handlers.feedback import PREFIX as TICKET_BUTTON
 from handlers.i18n import translate
 
 
-def render_payload(payload: dict[str, Any]) -> Outgoing:
+def render_payload(payload: dict[str, Any], inline_buttons: bool = True) -> Outgoing:
     """An outbox payload as the message to send: replies and acks as stored, notices
-    worded in their reader's language."""
+    worded in their reader's language. Without inline buttons, a notice's ticket
+    buttons (rate, reopen) become the commands that do the same."""
     if payload.get("type") not in ("notice", "edit"):
         return outgoing_from_payload(payload)
     language = str(payload.get("language") or "vi")
@@ -29,6 +31,13 @@ def render_payload(payload: dict[str, Any]) -> Outgoing:
         for row in payload.get("buttons") or ()
     )
     text = translate(language, str(payload["key"]), **params)
+    if buttons and not inline_buttons:
+        codes = {
+            b.data.split("|")[1] for row in buttons for b in row if b.data.startswith(TICKET_BUTTON)
+        }
+        for code in sorted(codes):
+            text = f"{text}\n\n{translate(language, 'feedback.by_text', code=code)}"
+        buttons = ()
     if payload.get("type") == "edit":
         return Edit(str(payload["message_id"]), text, caption=bool(payload.get("caption")))
     return Reply(text=text, buttons=buttons, photo_sha256=payload.get("photo_sha256"))

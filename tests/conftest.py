@@ -19,6 +19,8 @@ from backend.cli import load_units, migrate
 from backend.config import Settings
 from backend.db import create_engine, create_writer_engine, session_factory
 from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.zalo_bot import FakeZaloBot
+from tests.fakes.zalo_oa import FakeZaloOA
 
 PG_URL = os.environ.get("HOTLINE_TEST_DATABASE_URL")
 TEMPLATE_DB = "hotline_template"
@@ -111,6 +113,24 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 async def api() -> AsyncIterator[FakeTelegram]:
     """The Bot API stand-in, listening on 127.0.0.1."""
     fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def oa() -> AsyncIterator[FakeZaloOA]:
+    """The Zalo OA openapi and oauth stand-in, listening on 127.0.0.1."""
+    fake = FakeZaloOA()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def zbot() -> AsyncIterator[FakeZaloBot]:
+    """The Zalo Bot Platform stand-in, listening on 127.0.0.1."""
+    fake = FakeZaloBot()
     await fake.start()
     yield fake
     await fake.stop()

@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Conversation, OutboxMessage, ReporterIdentity, Ticket, User, utcnow
+
+# Outbox states of a notice that did not reach the chat (refused for good, or outside the
+# platform's reply window): staff phone the reporter, and it becomes "called".
+NEEDS_CALL = ("failed", "undeliverable")
+CALLED = "called"
 
 
 def notice(
@@ -122,3 +127,26 @@ async def tell_staff(
         session.add(outbox_row("telegram", user.telegram_chat_id, notice(key, "vi", params)))
         rows += 1
     return rows
+
+
+async def undelivered(session: AsyncSession, ticket_id: int) -> list[OutboxMessage]:
+    """A ticket's notices the reporter's chat did not take (refused, or Zalo OA's reply
+    window had closed): staff phone the reporter instead."""
+    return list(
+        await session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.ticket_id == ticket_id, OutboxMessage.status.in_(NEEDS_CALL))
+            .order_by(OutboxMessage.id)
+        )
+    )
+
+
+async def mark_called(session: AsyncSession, ticket_id: int) -> int:
+    """Staff phoned the reporter about the ticket's undeliverable notices; returns how many."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.ticket_id == ticket_id, OutboxMessage.status.in_(NEEDS_CALL))
+        .values(status=CALLED)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

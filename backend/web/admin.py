@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import StaffGroup, Unit, User
+from backend.models import OAuthToken, StaffGroup, Unit, User
 from backend.services.accounts import ROLES, create_user, set_password
 from backend.services.staff_groups import create_link_code
 from backend.web.app import SESSIONS
@@ -44,10 +44,14 @@ async def _page(
             .order_by(StaffGroup.linked_at)
         )
     )
+    revoked = list(
+        await session.scalars(select(OAuthToken).where(OAuthToken.revoked_at.is_not(None)))
+    )
     return render(
         request,
         "admin.html",
         status=422 if problem else 200,
+        revoked=revoked,
         users=users,
         groups=groups,
         roles=ROLES,

@@ -27,6 +27,7 @@ from backend.models import (
     User,
     utcnow,
 )
+from backend.services.notify import NEEDS_CALL
 from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_photo
 from backend.services.workflow import (
     Action,
@@ -109,7 +110,7 @@ async def _summary(session: AsyncSession, ticket: Ticket, now: datetime) -> dict
 
 async def list_tickets(request: web.Request) -> web.Response:
     """GET /api/v1/tickets?state=…&overdue=1&undelivered=1: the caller's tickets, soonest
-    due first (undelivered: a notice to the reporter failed for good)."""
+    due first (undelivered: a notice did not reach the reporter, who needs a phone call)."""
     now = utcnow()
     async with request.app[SESSIONS]() as session:
         _, actor = await identify(request, session)
@@ -117,7 +118,7 @@ async def list_tickets(request: web.Request) -> web.Response:
         if state := request.query.get("state"):
             query = query.where(Ticket.state == state)
         if request.query.get("undelivered") == "1":
-            failed = select(OutboxMessage.ticket_id).where(OutboxMessage.status == "failed")
+            failed = select(OutboxMessage.ticket_id).where(OutboxMessage.status.in_(NEEDS_CALL))
             query = query.where(Ticket.id.in_(failed))
         if request.query.get("overdue") == "1":
             query = query.where(overdue_filter(now))

@@ -30,6 +30,7 @@ from backend.models import (
 from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
+from backend.services.notify import mark_called, undelivered
 from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from backend.services.reporters import create_phone_reporter, normalise_phone
 from backend.services.units import WardIndex
@@ -282,6 +283,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
                 .order_by(TicketNote.id)
             )
         )
+        unsent = await undelivered(session, ticket.id)
     now = utcnow()
     # Where the pin is, in words (the geocoder's answer is cached: once per place).
     address = ticket.address or await request.app[GEOCODER].reverse_within(
@@ -300,6 +302,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
         photos=photos,
         events=events,
         notes=notes,
+        unsent=unsent,
         actions=allowed_actions(ticket, actor.role),
         can_unseal=actor.role in TRIAGE and ticket.reporter_id is not None,
         identity=identity,
@@ -364,6 +367,18 @@ async def add_note(request: web.Request) -> web.StreamResponse:
         if text:
             session.add(TicketNote(ticket_id=ticket.id, user_id=user.id, text=text))
     raise web.HTTPSeeOther(f"/tickets/{request.match_info['code']}")
+
+
+async def phoned(request: web.Request) -> web.StreamResponse:
+    """POST /tickets/{code}/phoned: the reporter was phoned about the notices their chat
+    could not take; they leave the list, and the call is audited."""
+    await check_csrf(request)
+    async with request.app[SESSIONS]() as session, session.begin():
+        _, actor = await _require(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        if await mark_called(session, ticket.id):
+            session.add(audit_note(ticket, actor.label, "phoned_reporter", None, utcnow()))
+    raise web.HTTPSeeOther(f"/tickets/{request.match_info['code']}?done=1")
 
 
 async def show_identity(request: web.Request) -> web.Response:
@@ -560,6 +575,7 @@ def mount_dashboard(app: web.Application) -> None:
     app.router.add_post("/tickets/{code}/act", ticket_action)
     app.router.add_post("/tickets/{code}/notes", add_note)
     app.router.add_post("/tickets/{code}/identity", show_identity)
+    app.router.add_post("/tickets/{code}/phoned", phoned)
     app.router.add_get("/media/{sha256:[0-9a-f]{64}}", media)
     app.router.add_get("/intake/phone", phone_form)
     app.router.add_post("/intake/phone", phone_intake)

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
 from backend.cli import build_app
 from backend.config import Settings
+from backend.web.api import TEST_USER_HEADER
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 
 
@@ -94,3 +96,28 @@ async def running(settings: Settings) -> AsyncIterator[web.Application]:
         yield app
     finally:
         await runner.cleanup()
+
+
+class Staff:
+    """A staff member using the JSON API."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, username: str) -> None:
+        self.http, self.base, self.headers = http, base, {TEST_USER_HEADER: username}
+
+    async def act(self, code: str, action: str, **fields: Any) -> dict[str, Any]:
+        async with self.http.post(
+            f"{self.base}/api/v1/tickets/{code}/actions",
+            json={"action": action, **fields},
+            headers=self.headers,
+        ) as r:
+            body: dict[str, Any] = await r.json()
+            assert r.status == 200, body
+            return body
+
+    async def upload(self, data: bytes) -> str:
+        async with self.http.post(
+            f"{self.base}/api/v1/media", data=data, headers=self.headers
+        ) as r:
+            assert r.status == 200
+            sha: str = (await r.json())["sha256"]
+            return sha

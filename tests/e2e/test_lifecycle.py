@@ -4,8 +4,6 @@ message the reporter should get, in order."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import pytest
 from sqlalchemy import select
@@ -14,35 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import OutboxMessage, Ticket
 from backend.web.api import TEST_USER_HEADER
-from tests.e2e.conftest import report_in_bim_son, running
+from tests.e2e.conftest import Staff, report_in_bim_son, running
 from tests.factories import make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
-
-
-class Staff:
-    """A staff member using the JSON API."""
-
-    def __init__(self, http: aiohttp.ClientSession, base: str, username: str) -> None:
-        self.http, self.base, self.headers = http, base, {TEST_USER_HEADER: username}
-
-    async def act(self, code: str, action: str, **fields: Any) -> dict[str, Any]:
-        async with self.http.post(
-            f"{self.base}/api/v1/tickets/{code}/actions",
-            json={"action": action, **fields},
-            headers=self.headers,
-        ) as r:
-            body: dict[str, Any] = await r.json()
-            assert r.status == 200, body
-            return body
-
-    async def upload(self, data: bytes) -> str:
-        async with self.http.post(
-            f"{self.base}/api/v1/media", data=data, headers=self.headers
-        ) as r:
-            assert r.status == 200
-            sha: str = (await r.json())["sha256"]
-            return sha
 
 
 @pytest.mark.parametrize("mode", ["polling"])

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from backend.geo import haversine_km
 from backend.text import search_key
+from tests.fakes.server import StandIn
 
 LICENCE = "Data © OpenStreetMap contributors, ODbL 1.0. http://osm.org/copyright"
 
@@ -56,32 +57,18 @@ BIM_SON_MARKET = Place(
 
 
 @dataclass
-class FakeNominatim:
+class FakeNominatim(StandIn):
     places: list[Place] = field(default_factory=lambda: [BIM_SON_MARKET])
     host: str = "127.0.0.1"
     # Seconds to wait before answering: past the client's timeout, a geocoder that hangs.
     delay: float = 0.0
     requests: list[Request] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/search", self._search)
         app.router.add_get("/reverse", self._reverse)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{self.host}:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return await self._serve(app, self.host)
 
     def _record(self, request: web.Request) -> None:
         self.requests.append(

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+
+from tests.fakes.server import StandIn
 
 BOT_ID = 777000111
 
@@ -42,7 +43,7 @@ class Sent:
 
 
 @dataclass
-class FakeTelegram:
+class FakeTelegram(StandIn):
     token: str = "123456:TEST-token"
     host: str = "127.0.0.1"
     port: int = 0
@@ -63,9 +64,6 @@ class FakeTelegram:
         self._ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-        self.url = ""
 
     # --- server --------------------------------------------------------------------------
 
@@ -73,20 +71,7 @@ class FakeTelegram:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._method)
         app.router.add_get("/file/bot{token}/{path:.*}", self._download)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{self.host}:{port}"
-        self._client = aiohttp.ClientSession()
-        return self.url
-
-    async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return await self._serve(app, self.host, self.port)
 
     # --- test controls -------------------------------------------------------------------
 
@@ -115,9 +100,8 @@ class FakeTelegram:
     async def push(self, update: dict[str, Any]) -> None:
         """Deliver an update: to the webhook if one is set, else to getUpdates."""
         if self.webhook_url is not None:
-            assert self._client is not None
             headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret or ""}
-            async with self._client.post(self.webhook_url, json=update, headers=headers) as r:
+            async with self.client.post(self.webhook_url, json=update, headers=headers) as r:
                 self.webhook_statuses.append(r.status)
             return
         self._updates.append(update)
@@ -125,9 +109,9 @@ class FakeTelegram:
 
     async def post_webhook(self, update: dict[str, Any], secret: str) -> int:
         """POST an update to the webhook with any secret; returns the HTTP status."""
-        assert self._client is not None and self.webhook_url is not None
+        assert self.webhook_url is not None
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
-        async with self._client.post(self.webhook_url, json=update, headers=headers) as r:
+        async with self.client.post(self.webhook_url, json=update, headers=headers) as r:
             return r.status
 
     def sent_to(self, chat_id: int | str) -> list[Sent]:

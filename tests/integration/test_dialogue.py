@@ -322,3 +322,12 @@ async def test_a_channel_without_buttons_gets_numbered_choices_and_pin_help(
     async with sessions() as session:
         ticket = await session.scalar(select(Ticket).where(Ticket.channel == "textonly"))
         assert ticket is not None and ticket.ward_code == "14812"
+
+
+async def test_rate_and_reopen_commands_explain_themselves(chat: Chat) -> None:
+    assert "/rate <mã> <số sao 1–5>" in texts(await chat.say("/rate 38-2611-00001"))
+    assert "/rate <mã> <số sao 1–5>" in texts(await chat.say("/rate 38-2611-00001 9"))
+    assert "/reopen <mã>" in texts(await chat.say("/reopen"))
+    # A well-formed command for a ticket that is not theirs changes nothing.
+    assert "38-2611-00001" in texts(await chat.say("/rate 38-2611-00001 5"))
+    assert await chat.state() == "idle"

@@ -1,0 +1,79 @@
+"""Photos from chats: store what a platform sent (or fetch it from its URL first)."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from backend.config import Settings
+from backend.services.photos import NotAnImage, TooLarge, store_photo
+from handlers.events import Incoming, MediaError, MediaRef
+
+log = logging.getLogger(__name__)
+
+Fetched = tuple[MediaRef | None, MediaError | None]
+
+
+async def store_media(settings: Settings, data: bytes) -> Fetched:
+    """Sanitise and store an image (in the process pool): its reference, or why not."""
+    try:
+        stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
+    except TooLarge:
+        return None, "too_large"
+    except NotAnImage:
+        return None, "not_image"
+    return (
+        MediaRef(
+            sha256=stored.sha256,
+            content_type=stored.content_type,
+            width=stored.width,
+            height=stored.height,
+            size_bytes=stored.size_bytes,
+            gps=stored.gps,
+            taken_at=stored.taken_at,
+        ),
+        None,
+    )
+
+
+async def fetch_media(http: aiohttp.ClientSession, url: str, settings: Settings) -> Fetched:
+    """Download an image a platform links to (Zalo's CDN), within the size limit, and store it."""
+    limit = settings.max_photo_bytes
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            if response.status != 200:
+                log.warning("photo download answered HTTP %d", response.status)
+                return None, "download_failed"
+            if (response.content_length or 0) > limit:
+                return None, "too_large"
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    return None, "too_large"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("photo download failed: %s", type(exc).__name__)
+        return None, "download_failed"
+    return await store_media(settings, bytes(data))
+
+
+async def photo_event(
+    http: aiohttp.ClientSession,
+    url: str,
+    settings: Settings,
+    *,
+    channel: str,
+    chat_id: str,
+    update_id: str,
+) -> Incoming:
+    """The dialogue's photo event for an image a platform links to, fetched and stored."""
+    media, error = await fetch_media(http, url, settings)
+    return Incoming(
+        channel=channel,
+        chat_id=chat_id,
+        update_id=update_id,
+        kind="photo",
+        media=media,
+        media_error=error,
+    )
