@@ -64,6 +64,9 @@ class Inbox:
     async def stop(self) -> None:
         if self._late:
             await asyncio.wait(self._late, timeout=5.0)
+            for task in list(self._late):
+                log.error("an event answered before it was stored is lost at stop")
+                await cancel(task)
         await cancel(self._task)
         self._task = None
 
@@ -76,8 +79,9 @@ class Inbox:
         patience: float = STORE_PATIENCE,
     ) -> bool:
         """Store an event (a repeated key is stored once). True once it is stored; False
-        when the database took longer than `patience`: it is then stored in the
-        background, and the caller answers the platform without waiting."""
+        when the database took longer than `patience` (or failed): it is then stored in
+        the background, trying again until it works, and the caller answers the platform
+        without waiting. Only a process that stops meanwhile loses it."""
         task = asyncio.create_task(self._store(channel, key, chat_id, dict(body)))
         try:
             await asyncio.wait_for(asyncio.shield(task), patience)
@@ -89,22 +93,26 @@ class Inbox:
         return True
 
     async def _store(self, channel: str, key: str, chat_id: str, body: dict[str, Any]) -> None:
-        try:
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    insert_for(session, InboundEvent)
-                    .values(
-                        channel=channel,
-                        event_key=key,
-                        chat_id=chat_id,
-                        body=body,
-                        received_at=utcnow(),
+        delay = 0.5
+        while True:
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(
+                        insert_for(session, InboundEvent)
+                        .values(
+                            channel=channel,
+                            event_key=key,
+                            chat_id=chat_id,
+                            body=body,
+                            received_at=utcnow(),
+                        )
+                        .on_conflict_do_nothing(index_elements=["channel", "event_key"])
                     )
-                    .on_conflict_do_nothing(index_elements=["channel", "event_key"])
-                )
-        except Exception:
-            log.exception("could not store a %s event", channel)
-            raise
+                break
+            except Exception:
+                log.exception("could not store a %s event; trying again", channel)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self._wake.set()
 
     async def last_inbound(self, channel: str, chat_id: str) -> datetime | None:

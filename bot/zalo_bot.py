@@ -214,7 +214,8 @@ class ZaloBotChannel:
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
                 continue
             for update in result if isinstance(result, list) else [result]:
-                # Stored before the next poll: getUpdates hands each update out once.
+                # getUpdates hands each update out once: it is kept (in the background
+                # if the database is slow) before the next poll.
                 await self._keep(update)
 
     async def read(self, body: Mapping[str, Any]) -> Incoming | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Conversation, OutboxMessage, ReporterIdentity, Ticket, User, utcnow
@@ -127,6 +127,13 @@ async def tell_staff(
         session.add(outbox_row("telegram", user.telegram_chat_id, notice(key, "vi", params)))
         rows += 1
     return rows
+
+
+def needs_call() -> ColumnElement[bool]:
+    """Tickets with a notice that did not reach the reporter (for queries on Ticket)."""
+    return Ticket.id.in_(
+        select(OutboxMessage.ticket_id).where(OutboxMessage.status.in_(NEEDS_CALL))
+    )
 
 
 async def undelivered(session: AsyncSession, ticket_id: int) -> list[OutboxMessage]:

@@ -27,7 +27,7 @@ from backend.models import (
     User,
     utcnow,
 )
-from backend.services.notify import NEEDS_CALL
+from backend.services.notify import needs_call
 from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_photo
 from backend.services.workflow import (
     Action,
@@ -118,8 +118,7 @@ async def list_tickets(request: web.Request) -> web.Response:
         if state := request.query.get("state"):
             query = query.where(Ticket.state == state)
         if request.query.get("undelivered") == "1":
-            failed = select(OutboxMessage.ticket_id).where(OutboxMessage.status.in_(NEEDS_CALL))
-            query = query.where(Ticket.id.in_(failed))
+            query = query.where(needs_call())
         if request.query.get("overdue") == "1":
             query = query.where(overdue_filter(now))
         query = query.order_by(Ticket.due_at.is_(None), Ticket.due_at, Ticket.id).limit(500)

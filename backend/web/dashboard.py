@@ -30,7 +30,7 @@ from backend.models import (
 from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
-from backend.services.notify import mark_called, undelivered
+from backend.services.notify import mark_called, needs_call, undelivered
 from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
 from backend.services.reporters import create_phone_reporter, normalise_phone
 from backend.services.units import WardIndex
@@ -67,7 +67,7 @@ from backend.web.auth import (
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
 TRIAGE = ("operator", "supervisor", "admin")
-VIEWS = ("new", "mine", "overdue", "all")
+VIEWS = ("new", "mine", "overdue", "call", "all")
 ANSWER_TEMPLATES = ("template.cleaned", "template.fined", "template.not_found")
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -166,6 +166,8 @@ def _view_filter(
         return query.where(Ticket.claimed_by == user.id, Ticket.state.in_(OPEN_STATES))
     if view == "overdue":
         return query.where(overdue_filter(now))
+    if view == "call":
+        return query.where(needs_call())
     return query
 
 

@@ -388,6 +388,8 @@ async def test_oa_notice_outside_the_window_is_kept_for_a_phone_call(
             await asyncio.sleep(0.1)
         sent_before = len(oa.sent.to(user.user_id))
         await _login(http, base, staff_user.username)
+        async with http.get(f"{base}/queue?view=call") as r:
+            to_phone = await r.text()
         async with http.get(f"{base}/tickets/{code}") as r:
             page = await r.text()
         async with http.get(f"{base}/tickets/{code}") as r:
@@ -399,6 +401,8 @@ async def test_oa_notice_outside_the_window_is_kept_for_a_phone_call(
             assert r.status == 303
         async with http.get(f"{base}/tickets/{code}") as r:
             after = await r.text()
+        async with http.get(f"{base}/queue?view=call") as r:
+            to_phone_after = await r.text()
     # Nothing was sent, nothing dropped: each notice waits for staff to phone.
     assert {r.status for r in rows} == {"undeliverable"}
     assert {r.payload["key"] for r in rows} >= {"notify.assigned", "notify.answered"}
@@ -407,6 +411,8 @@ async def test_oa_notice_outside_the_window_is_kept_for_a_phone_call(
     assert "Chưa báo được cho người phản ánh" in page
     assert "Kết quả xử lý" in page and "Đã chuyển đến đơn vị xử lý" in page
     assert "Chưa báo được cho người phản ánh" not in after
+    assert f"/tickets/{code}" in to_phone and "Cần gọi điện" in to_phone
+    assert f"/tickets/{code}" not in to_phone_after
     assert "Gọi điện báo người phản ánh" in after
     async with sessions() as s:
         statuses = set(
