@@ -1,7 +1,9 @@
-"""What every chat adapter reads the same way: typed text or a command, and a position."""
+"""What every chat adapter reads the same way: a webhook's secret token, typed text or a
+command, and a position."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,3 +38,8 @@ def coordinates(value: Any) -> tuple[float, float] | None:
     except (KeyError, TypeError, ValueError):
         return None
     return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
+
+
+def has_secret(headers: Mapping[str, str], header: str, secret: bytes) -> bool:
+    """Whether a webhook request carries the secret token (compared in constant time)."""
+    return hmac.compare_digest(headers.get(header, "").encode(), secret)

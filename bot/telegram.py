@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from backend.services.photos import find_media
 from bot.dispatcher import Dispatcher
 from bot.media import Fetched, store_media
 from bot.outbox import PermanentError, RetryLater, TransientError
-from bot.parsing import split_command, text_or_command
+from bot.parsing import has_secret, split_command, text_or_command
 from bot.tasks import cancel
 from handlers.events import (
     Ack,
@@ -124,8 +123,7 @@ class TelegramChannel:
 
     async def webhook(self, request: web.Request) -> web.Response:
         """POST /telegram/webhook: check the secret, persist the update, then answer 200."""
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if not has_secret(request.headers, SECRET_HEADER, self._secret):
             return web.Response(status=401, text="bad secret token")
         try:
             # json.loads takes the bytes as they came (UTF-8 per the Bot API).

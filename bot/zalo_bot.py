@@ -24,7 +24,7 @@ from backend.services.photos import find_media
 from bot.inbox import Inbox
 from bot.media import photo_event
 from bot.outbox import PermanentError, RetryLater, TransientError, split_text
-from bot.parsing import coordinates, text_or_command
+from bot.parsing import coordinates, has_secret, text_or_command
 from bot.tasks import cancel
 from handlers.events import Capabilities, Incoming, Outgoing, Reply
 
@@ -176,8 +176,7 @@ class ZaloBotChannel:
 
     async def webhook(self, request: web.Request) -> web.Response:
         """POST /zalo/bot/webhook: check the secret token, store the update, answer."""
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if not has_secret(request.headers, SECRET_HEADER, self._secret):
             return web.Response(status=401, text="bad secret token")
         try:
             data = json.loads(await request.read())
