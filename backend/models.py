@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -217,7 +218,7 @@ class Ticket(Base):
     location_source: Mapped[str] = mapped_column(String(16))
     # The address the reporter typed, as the geocoder understood it.
     address: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the current step is due; None once nothing is pending. Overdue is due_at < now.
     due_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -230,6 +231,10 @@ class Ticket(Base):
     classified_at: Mapped[datetime | None] = mapped_column(default=None)
     assigned_at: Mapped[datetime | None] = mapped_column(default=None)
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The end of verification (xác minh) in the current round, and what it found: True
+    # when the pollution was confirmed and handled, False when it was not confirmed.
+    verified_at: Mapped[datetime | None] = mapped_column(default=None)
+    confirmed: Mapped[bool | None] = mapped_column(Boolean, default=None)
     answered_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     reopen_until: Mapped[datetime | None] = mapped_column(default=None, index=True)
@@ -239,6 +244,10 @@ class Ticket(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     escalated_at: Mapped[datetime | None] = mapped_column(default=None)
     escalation_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Kept by the workflow for the monthly statistics: how often the ticket went to
+    # another unit, and whether any step was finished after its due time.
+    transfer_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_tickets_open_due", "state", "due_at"),
@@ -492,3 +501,25 @@ class StaffCard(Base):
     )
     channel: Mapped[str] = mapped_column(String(16))
     chat_id: Mapped[str] = mapped_column(String(64))
+
+
+class MonthlyRun(Base):
+    """A monthly duty done once (the reminder on the 20th, the report on the 25th), with
+    the report it kept. The unique key is what makes a second process skip it."""
+
+    __tablename__ = "monthly_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # remind · report
+    duty: Mapped[str] = mapped_column(String(16))
+    # month (calendar) · cut25 (the 25th-to-25th cut)
+    period_kind: Mapped[str] = mapped_column(String(8))
+    # yyyy-mm: the month the period ends in
+    period: Mapped[str] = mapped_column(String(7))
+    # "" for the whole country
+    province_code: Mapped[str] = mapped_column(String(2))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    figures: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    xlsx: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+
+    __table_args__ = (UniqueConstraint("duty", "period_kind", "period", "province_code"),)

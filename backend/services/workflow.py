@@ -277,6 +277,8 @@ async def apply(
     ward = await session.get(Ward, ticket.ward_code)
     policy = policies.for_province(ward.province_code if ward else None)
     before = ticket.state
+    if rule.target is not None and ticket.due_at is not None and now > ticket.due_at:
+        ticket.late = True  # a step finished after its due time (for the on-time rate)
     note = request.note or request.reason
     effect = _EFFECTS[request.action]
     extra = await effect(_Step(session, ticket, request, actor, policy, now))
@@ -393,6 +395,20 @@ async def _keep_due(step: _Step) -> str | None:
     return None
 
 
+async def _verified(step: _Step) -> str | None:
+    """Verification (xác minh) ends: the pollution is confirmed, or it is not."""
+    _, ticket, request, _, _, now = step
+    ticket.verified_at = now
+    ticket.confirmed = request.action == "confirm"
+    return None
+
+
+def _new_round(ticket: Ticket) -> None:
+    """A transfer or a reopen: the next unit (or the same, again) verifies afresh."""
+    ticket.verified_at = None
+    ticket.confirmed = None
+
+
 async def _answer(step: _Step) -> str | None:
     session, ticket, request, _, policy, now = step
     ticket.result_text = (request.result or "").strip()
@@ -438,6 +454,7 @@ async def _reopen(step: _Step) -> str | None:
     if ticket.reopen_until is not None and now > ticket.reopen_until:
         raise WorkflowError("reopen_window_over")
     ticket.reopen_count += 1
+    _new_round(ticket)
     ticket.reopen_until = None
     ticket.answered_at = None
     ticket.claimed_by = None
@@ -470,6 +487,8 @@ async def _transfer(step: _Step) -> str | None:
         raise WorkflowError("unit_required", "the ticket is already there")
     old = await session.get(Unit, ticket.unit_id)
     ticket.unit_id = unit.id
+    ticket.transfer_count += 1
+    _new_round(ticket)
     ticket.competence = request.competence or ticket.competence
     ticket.claimed_by = None
     ticket.claimed_at = None
@@ -533,8 +552,8 @@ _EFFECTS = {
     "assign": _assign,
     "claim": _claim,
     "verify": _keep_due,
-    "confirm": _keep_due,
-    "not_confirmed": _keep_due,
+    "confirm": _verified,
+    "not_confirmed": _verified,
     "answer": _answer,
     "close": _close,
     "reopen": _reopen,
