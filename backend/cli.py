@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import secrets
 import socket
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
-from backend.models import User
+from backend.models import User, utcnow
 from backend.services.accounts import ROLES, create_user, set_password
 from backend.services.boundaries import (
     BoundaryFileError,
@@ -31,14 +32,29 @@ from backend.services.boundaries import (
     read_features,
 )
 from backend.services.categories import seed_categories
+from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
+from backend.services.stats import (
+    PERIOD_KINDS,
+    PeriodKind,
+    Report,
+    Scope,
+    StatsError,
+    monthly_report,
+    period_due,
+    period_of,
+    scope_for,
+)
 from backend.services.units import import_units
+from backend.services.workflow import Actor
+from backend.timeutil import local
 from backend.web.admin import mount_admin
 from backend.web.api import mount_api
 from backend.web.app import SESSIONS, create_app
 from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
+from backend.web.stats import mount_stats
 
 log = logging.getLogger("hotline")
 
@@ -52,6 +68,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_dashboard(app)
     mount_admin(app)
     mount_api(app)
+    mount_stats(app)
     mount_chat(app)
     return app
 
@@ -226,6 +243,39 @@ async def load_boundaries(settings: Settings, path: Path, code_property: str) ->
     return result
 
 
+async def make_report(settings: Settings, args: argparse.Namespace) -> Report:
+    """`hotline report`: the monthly report for the period and scope asked for."""
+    kind: PeriodKind = args.period or settings.stats_period
+    today = local(utcnow()).date()
+    period = period_of(args.month, kind) if args.month else period_due(today, kind)
+    asked = Scope(args.province, args.ward, None, args.category)
+
+    async def make(session: AsyncSession) -> Report:
+        scope = await scope_for(session, Actor.system(), asked)
+        return await monthly_report(session, period, scope)
+
+    return await in_transaction(settings, make)
+
+
+def save_report(report: Report, file_format: str, out: str | None) -> None:
+    """Write the report as XLSX, CSV or JSON to a file (or standard output for '-')."""
+    if file_format == "xlsx":
+        body = to_xlsx(report)
+    elif file_format == "csv":
+        body = to_csv(report).encode()
+    else:
+        body = json.dumps(report.as_json(), ensure_ascii=False, indent=2).encode()
+    if out == "-":
+        sys.stdout.buffer.write(body)
+        return
+    path = Path(out or file_name(report, file_format))
+    path.write_bytes(body)
+    total = report.total
+    print(f"{path}: {total.received} reports, {total.cases} cases, {report.period.label()}")
+    if report.problems:
+        print("totals check failed: " + "; ".join(report.problems), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +297,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     new_user.add_argument("--telegram", help="Telegram chat id for escalations and cards")
     link = sub.add_parser("link-code", help="a one-time code that links a group to a unit")
     link.add_argument("--unit", required=True, help="unit code, e.g. W14812")
+    monthly = sub.add_parser("report", help="the monthly statistics report (XLSX, CSV, JSON)")
+    monthly.add_argument("--month", help="yyyy-mm; default: the period whose report is due")
+    monthly.add_argument(
+        "--period", choices=PERIOD_KINDS, help="calendar month or the 25th cut (default: setting)"
+    )
+    monthly.add_argument("--province", help="2-digit province code")
+    monthly.add_argument("--ward", help="5-digit ward code")
+    monthly.add_argument("--category", help="category code, e.g. dumping")
+    monthly.add_argument("--format", choices=("xlsx", "csv", "json"), default="xlsx")
+    monthly.add_argument("--out", help="file to write ('-': standard output)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -271,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(new_link_code(settings, args.unit))
         except ValueError as exc:
             parser.error(str(exc))
+    elif args.command == "report":
+        try:
+            report = asyncio.run(make_report(settings, args))
+        except StatsError as exc:
+            parser.error(str(exc))
+        save_report(report, args.format, args.out)
     elif args.command == "create-user":
         try:
             asyncio.run(add_user(settings, args))

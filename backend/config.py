@@ -7,7 +7,7 @@ import hmac
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "placeholder"})
@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     deadlines_file: Path | None = None
     deadline_interval: float = 60.0
     deadline_worker_enabled: bool = True
+
+    # Monthly statistics: the period (calendar month, or the 25th-to-25th cut), the day
+    # supervisors are reminded and the day the report is made and kept (local days), and
+    # how often the worker looks whether that day has come (seconds).
+    stats_period: Literal["month", "cut25"] = "month"
+    stats_reminder_day: int = Field(default=20, ge=1, le=28)
+    stats_report_day: int = Field(default=25, ge=1, le=28)
+    stats_interval: float = 600.0
+    stats_duty_enabled: bool = True
 
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024

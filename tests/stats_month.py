@@ -35,6 +35,7 @@ def at(month: int, day: int, hour: int, minute: int = 0) -> datetime:
 
 
 NOW = at(11, 10, 10)
+OCT_FIRST, OCT_LAST = date(2026, 10, 1), date(2026, 10, 31)
 
 
 @dataclass

@@ -61,7 +61,7 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
 }
 
 
-def _json_error(status: int, body: dict[str, str]) -> web.HTTPException:
+def json_error(status: int, body: dict[str, str]) -> web.HTTPException:
     return _ERRORS[status](text=json.dumps(body), content_type="application/json")
 
 
@@ -73,19 +73,19 @@ async def identify(request: web.Request, session: AsyncSession) -> tuple[User, A
         web_session = request[WEB_SESSION]
         changing = request.method not in ("GET", "HEAD", "OPTIONS")
         if changing and not csrf_ok(web_session.csrf_token, request.headers.get(CSRF_HEADER)):
-            raise _json_error(403, {"error": "csrf", "detail": "send X-CSRF-Token"})
+            raise json_error(403, {"error": "csrf", "detail": "send X-CSRF-Token"})
         return user, await Actor.of_user(session, user)
     settings = request.app[SETTINGS]
     username = request.headers.get(TEST_USER_HEADER)
     if settings.environment != "test" or not username:
-        raise _json_error(401, {"error": "unauthenticated", "detail": "log in first"})
+        raise json_error(401, {"error": "unauthenticated", "detail": "log in first"})
     user = await session.scalar(select(User).where(User.username == username, User.active))
     if user is None:
-        raise _json_error(401, {"error": "unauthenticated", "detail": "unknown user"})
+        raise json_error(401, {"error": "unauthenticated", "detail": "unknown user"})
     try:
         return user, await Actor.of_user(session, user)
     except WorkflowError as exc:
-        raise _json_error(403, {"error": exc.code, "detail": str(exc)}) from exc
+        raise json_error(403, {"error": exc.code, "detail": str(exc)}) from exc
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -133,7 +133,7 @@ async def _ticket_for(
     ticket = await find_ticket(session, request.match_info["code"], lock=lock)
     if ticket is None or not await in_scope(session, actor, ticket):
         # Out of scope looks the same as missing to those who may not see it.
-        raise _json_error(404 if ticket is None else 403, {"error": "not_found"})
+        raise json_error(404 if ticket is None else 403, {"error": "not_found"})
     return ticket
 
 
@@ -207,9 +207,9 @@ def _parse_action(body: dict[str, Any], photos: list[dict[str, Any]]) -> Action:
     try:
         due_at = datetime.fromisoformat(due) if due else None
     except ValueError as exc:
-        raise _json_error(422, {"error": "due_required", "detail": "ISO 8601 date"}) from exc
+        raise json_error(422, {"error": "due_required", "detail": "ISO 8601 date"}) from exc
     if due_at is not None and due_at.tzinfo is None:
-        raise _json_error(422, {"error": "due_required", "detail": "give a time zone"})
+        raise json_error(422, {"error": "due_required", "detail": "give a time zone"})
     return Action(
         action=str(body.get("action", "")),
         note=body.get("note"),
@@ -229,15 +229,15 @@ async def act_on_ticket(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except ValueError as exc:
-        raise _json_error(400, {"error": "bad_json"}) from exc
+        raise json_error(400, {"error": "bad_json"}) from exc
     if not isinstance(body, dict):
-        raise _json_error(400, {"error": "bad_json"})
+        raise json_error(400, {"error": "bad_json"})
     media_dir = request.app[SETTINGS].media_dir
     photos = []
     for sha in body.get("photos") or []:
         path = find_media(media_dir, str(sha))
         if path is None:
-            raise _json_error(422, {"error": "photos_required", "detail": f"no photo {sha}"})
+            raise json_error(422, {"error": "photos_required", "detail": f"no photo {sha}"})
         data = await asyncio.to_thread(path.read_bytes)
         content_type, width, height = await asyncio.to_thread(inspect_image, data)
         photos.append(
@@ -256,7 +256,7 @@ async def act_on_ticket(request: web.Request) -> web.Response:
         try:
             await act(session, ticket, request_action, actor, request.app[POLICIES])
         except WorkflowError as exc:
-            raise _json_error(
+            raise json_error(
                 _STATUS.get(exc.code, 422), {"error": exc.code, "detail": str(exc)}
             ) from exc
         detail = await _detail(session, ticket, actor)
@@ -279,7 +279,7 @@ async def upload_photo(request: web.Request) -> web.Response:
             content_type="application/json",
         ) from exc
     except NotAnImage as exc:
-        raise _json_error(415, {"error": "not_image"}) from exc
+        raise json_error(415, {"error": "not_image"}) from exc
     return web.json_response({"sha256": stored.sha256, "content_type": stored.content_type})
 
 

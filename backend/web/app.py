@@ -13,6 +13,7 @@ from backend.db import create_engine, session_factory
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
 from backend.services.geocoding import Geocoder
+from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
 
@@ -53,6 +54,15 @@ async def _deadlines(app: web.Application) -> AsyncIterator[None]:
     await worker.stop()
 
 
+async def _monthly(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    duty = MonthlyDuty(app[SESSIONS], settings)
+    if settings.stats_duty_enabled:
+        duty.start()
+    yield
+    await duty.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and database reachability."""
     async with request.app[SESSIONS]() as session:
@@ -68,5 +78,6 @@ def create_app(settings: Settings) -> web.Application:
     app[POLICIES] = Policies.load(settings.deadlines_file)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_deadlines)
+    app.cleanup_ctx.append(_monthly)
     app.router.add_get("/healthz", healthz)
     return app

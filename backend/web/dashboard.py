@@ -90,7 +90,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     return web.Response(text=html, content_type="text/html", status=status)
 
 
-async def _require(request: web.Request, session: AsyncSession) -> tuple[User, Actor]:
+async def require_user(request: web.Request, session: AsyncSession) -> tuple[User, Actor]:
     user = signed_in(request)
     if user is None:
         raise web.HTTPSeeOther("/login")
@@ -187,7 +187,7 @@ async def queue(request: web.Request) -> web.Response:
     q = request.query
     view = q.get("view", "new") if q.get("view", "new") in VIEWS else "new"
     async with request.app[SESSIONS]() as session:
-        user, actor = await _require(request, session)
+        user, actor = await require_user(request, session)
         scoped = scope_query(select(Ticket), actor)
         counts = {}
         for name in VIEWS:
@@ -260,7 +260,7 @@ async def ticket_page(request: web.Request) -> web.Response:
 
 async def _ticket_response(request: web.Request, identity: dict[str, Any] | None) -> web.Response:
     async with request.app[SESSIONS]() as session:
-        _, actor = await _require(request, session)
+        _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         ward = await session.get(Ward, ticket.ward_code)
         unit = await session.get(Unit, ticket.unit_id)
@@ -349,7 +349,7 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
     )
     if problem is None:
         async with request.app[SESSIONS]() as session, session.begin():
-            _, actor = await _require(request, session)
+            _, actor = await require_user(request, session)
             ticket = await _visible_ticket(request, session, actor, lock=True)
             try:
                 await act(session, ticket, request_action, actor, request.app[POLICIES])
@@ -364,7 +364,7 @@ async def add_note(request: web.Request) -> web.StreamResponse:
     form = await check_csrf(request)
     text = str(form.get("text") or "").strip()[:4000]
     async with request.app[SESSIONS]() as session, session.begin():
-        user, actor = await _require(request, session)
+        user, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         if text:
             session.add(TicketNote(ticket_id=ticket.id, user_id=user.id, text=text))
@@ -376,7 +376,7 @@ async def phoned(request: web.Request) -> web.StreamResponse:
     could not take; they leave the list, and the call is audited."""
     await check_csrf(request)
     async with request.app[SESSIONS]() as session, session.begin():
-        _, actor = await _require(request, session)
+        _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         if await mark_called(session, ticket.id):
             session.add(audit_note(ticket, actor.label, "phoned_reporter", None, utcnow()))
@@ -387,7 +387,7 @@ async def show_identity(request: web.Request) -> web.Response:
     """POST /tickets/{code}/identity: triage roles unseal the reporter; it is audited."""
     await check_csrf(request)
     async with request.app[SESSIONS]() as session, session.begin():
-        _, actor = await _require(request, session)
+        _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         if actor.role not in TRIAGE or ticket.reporter_id is None:
             raise web.HTTPForbidden()
@@ -405,7 +405,7 @@ async def media(request: web.Request) -> web.StreamResponse:
     """GET /media/{sha256}: a photo, to those who may see a ticket it belongs to."""
     sha = request.match_info["sha256"]
     async with request.app[SESSIONS]() as session:
-        _, actor = await _require(request, session)
+        _, actor = await require_user(request, session)
         visible = await session.scalar(
             scope_query(select(Ticket.id).join(Photo, Photo.ticket_id == Ticket.id), actor)
             .where(Photo.sha256 == sha)
@@ -421,7 +421,7 @@ async def media(request: web.Request) -> web.StreamResponse:
 
 
 async def require_triage(request: web.Request, session: AsyncSession) -> Actor:
-    _, actor = await _require(request, session)
+    _, actor = await require_user(request, session)
     if actor.role not in TRIAGE:
         raise web.HTTPForbidden(
             text=render(request, "forbidden.html", status=403).text, content_type="text/html"

@@ -19,6 +19,8 @@ from backend.services.report_files import to_csv, to_xlsx
 from backend.services.stats import Report, Scope, monthly_report, period_of
 from tests.stats_month import (
     NOW,
+    OCT_FIRST,
+    OCT_LAST,
     STORIES,
     W1,
     WARD_NAMES,
@@ -28,8 +30,6 @@ from tests.stats_month import (
     expected,
     expected_steps,
 )
-
-OCT_FIRST, OCT_LAST = date(2026, 10, 1), date(2026, 10, 31)
 
 
 async def _month(

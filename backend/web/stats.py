@@ -1,0 +1,249 @@
+"""Monthly statistics on the web: the /stats page with its charts and filters, the XLSX
+and CSV downloads, the reports kept on the 25th, and the JSON API /api/v1/stats. Every
+route narrows the request to what the signed-in person may see."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import Category, MonthlyRun, Province, Ward, utcnow
+from backend.services.report_files import file_name, tables, title_lines, to_csv, to_xlsx
+from backend.services.stats import (
+    PERIOD_KINDS,
+    Period,
+    PeriodKind,
+    Report,
+    Scope,
+    StatsError,
+    monthly_report,
+    period_containing,
+    period_of,
+    scope_for,
+    trend,
+)
+from backend.services.workflow import Actor
+from backend.timeutil import local
+from backend.web.api import identify, json_error
+from backend.web.app import SESSIONS, SETTINGS
+from backend.web.charts import bar_chart, trend_chart
+from backend.web.dashboard import render, require_user
+
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+_STATUS = {"forbidden": 403, "unknown_ward": 404, "unknown_province": 404}
+
+
+def _asked(request: web.Request) -> tuple[Period, Scope]:
+    """The period and scope in the query string (month, period, province, ward,
+    category); the current period when no month is given."""
+    query = request.query
+    kind_text = query.get("period") or request.app[SETTINGS].stats_period
+    if kind_text not in PERIOD_KINDS:
+        raise StatsError("bad_period", kind_text)
+    kind: PeriodKind = "cut25" if kind_text == "cut25" else "month"
+    month = query.get("month", "").strip()
+    period = period_of(month, kind) if month else period_containing(local(utcnow()).date(), kind)
+    scope = Scope(
+        query.get("province") or None,
+        query.get("ward") or None,
+        None,
+        query.get("category") or None,
+    )
+    return period, scope
+
+
+async def _report(
+    request: web.Request, session: AsyncSession, actor: Actor
+) -> tuple[Report, Scope]:
+    period, asked = _asked(request)
+    scope = await scope_for(session, actor, asked)
+    return await monthly_report(session, period, scope), scope
+
+
+def _refused(exc: StatsError) -> web.HTTPException:
+    status = _STATUS.get(exc.code, 400)
+    error = {403: web.HTTPForbidden, 404: web.HTTPNotFound}.get(status, web.HTTPBadRequest)
+    return error(text=str(exc))
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+async def stats_page(request: web.Request) -> web.Response:
+    language = "en" if request.query.get("lang") == "en" else "vi"
+    async with request.app[SESSIONS]() as session:
+        _, actor = await require_user(request, session)
+        try:
+            report, scope = await _report(request, session, actor)
+        except StatsError as exc:
+            raise _refused(exc) from exc
+        months = await trend(session, report.period, scope)
+        categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
+        provinces = (
+            list(await session.scalars(select(Province).order_by(Province.name)))
+            if actor.role == "admin"
+            else []
+        )
+        wards = (
+            list(
+                await session.scalars(
+                    select(Ward)
+                    .where(Ward.province_code == scope.province_code)
+                    .order_by(Ward.name)
+                )
+            )
+            if scope.province_code and actor.role in (*_PROVINCE_ROLES, "admin")
+            else []
+        )
+        saved = [
+            run
+            for run in await session.scalars(
+                select(MonthlyRun)
+                .where(
+                    MonthlyRun.duty == "report",
+                    MonthlyRun.province_code == (scope.province_code or ""),
+                )
+                .order_by(MonthlyRun.period.desc())
+                .limit(12)
+            )
+            if _sees_province(actor, run.province_code)
+        ]
+    query = {k: v for k, v in request.query.items() if k != "lang" and v}
+    query.setdefault("month", report.period.month)
+    query.setdefault("period", report.period.kind)
+    total = report.total
+    return render(
+        request,
+        "stats.html",
+        report=report,
+        total=total,
+        title=title_lines(report, language),
+        tables=tables(report, language),
+        by_category=bar_chart(
+            [
+                (r.name, r.figures.received, r.figures.answered)
+                for r in report.by_category
+                if r.figures.received
+            ]
+        ),
+        by_ward=bar_chart(
+            [(r.name, r.figures.received, r.figures.answered) for r in report.by_ward], limit=15
+        ),
+        ward_count=len(report.by_ward),
+        trend=trend_chart(
+            [
+                (f"{p.month[5:]}/{p.month[2:4]}", p.received, p.answered, p.on_time_rate)
+                for p in months
+            ]
+        ),
+        query=query,
+        download=urlencode(sorted(query.items())),
+        percent=_percent,
+        cell=_cell,
+        categories=categories,
+        provinces=provinces,
+        wards=wards,
+        saved=saved,
+        kinds=PERIOD_KINDS,
+    )
+
+
+_PROVINCE_ROLES = ("operator", "supervisor")
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{share * 100:.1f} %"
+
+
+def _cell(value: Any, kind: str) -> str:
+    """A table cell as the page shows it (the XLSX formats the same kinds)."""
+    if value is None:
+        return ""
+    if kind == "pct":
+        return _percent(value)
+    if kind in ("hours", "rating"):
+        return f"{value:.2f}"
+    if kind == "int" and isinstance(value, int):
+        return f"{value:,}".replace(",", ".")
+    return str(value)
+
+
+def _sees_province(actor: Actor, province_code: str) -> bool:
+    """Whole-province reports (the kept ones) are for its operators and supervisors."""
+    if actor.role == "admin":
+        return True
+    return actor.role in _PROVINCE_ROLES and actor.province_code == province_code
+
+
+async def stats_download(request: web.Request) -> web.Response:
+    """/stats.xlsx and /stats.csv: the report on the page, as a file."""
+    extension = request.match_info["ext"]
+    async with request.app[SESSIONS]() as session:
+        _, actor = await require_user(request, session)
+        try:
+            report, _ = await _report(request, session, actor)
+        except StatsError as exc:
+            raise _refused(exc) from exc
+    if extension == "xlsx":
+        body = to_xlsx(report)
+        content_type = XLSX_TYPE
+    else:
+        body = to_csv(report, request.query.get("lang", "vi")).encode()
+        content_type = "text/csv; charset=utf-8"
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": content_type,
+            "Content-Disposition": f'attachment; filename="{file_name(report, extension)}"',
+        },
+    )
+
+
+async def saved_report(request: web.Request) -> web.Response:
+    """A report kept by the monthly duty, for those who may see its province."""
+    async with request.app[SESSIONS]() as session:
+        _, actor = await require_user(request, session)
+        run = await session.get(MonthlyRun, int(request.match_info["id"]))
+        if run is None or run.xlsx is None:
+            raise web.HTTPNotFound()
+    if not _sees_province(actor, run.province_code):
+        raise web.HTTPForbidden()
+    kind = "ky25-" if run.period_kind == "cut25" else ""
+    name = f"bao-cao-{run.period}-{kind}{run.province_code or 'toan-quoc'}.xlsx"
+    return web.Response(
+        body=run.xlsx,
+        headers={
+            "Content-Type": XLSX_TYPE,
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+async def stats_api(request: web.Request) -> web.Response:
+    """GET /api/v1/stats?month=yyyy-mm&period=month|cut25&province=&ward=&category="""
+    async with request.app[SESSIONS]() as session:
+        _, actor = await identify(request, session)
+        try:
+            report, _ = await _report(request, session, actor)
+        except StatsError as exc:
+            raise json_error(
+                _STATUS.get(exc.code, 400), {"error": exc.code, "detail": str(exc)}
+            ) from exc
+    return web.Response(
+        text=json.dumps(report.as_json(), ensure_ascii=False), content_type="application/json"
+    )
+
+
+def mount_stats(app: web.Application) -> None:
+    app.router.add_get("/stats", stats_page)
+    app.router.add_get("/stats.{ext:xlsx|csv}", stats_download)
+    app.router.add_get("/stats/saved/{id:[0-9]+}.xlsx", saved_report)
+    app.router.add_get("/api/v1/stats", stats_api)
