@@ -536,3 +536,9 @@ def expected_steps(stories: Iterable[Story]) -> list[dict[str, Any]]:
             row[f"{prefix}p90"] = round(percentile(hours, 0.9), 2) if hours else None
         out.append(row)
     return out
+
+
+def overdue_now(stories: Iterable[Story], now: datetime) -> int:
+    """The overdue count at a later time than NOW: E's answer falls due after NOW."""
+    late_e = now > POLICIES.default.answer_due(at(11, 9, 8), "normal", False)
+    return sum("overdue" in s.facts or (s.key == "E" and late_e) for s in stories)
