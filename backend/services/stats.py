@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import ColumnElement, Float, Select, and_, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, Select, and_, case, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Category, Province, Ticket, Unit, Ward, utcnow
@@ -342,10 +342,54 @@ def _percentiles(seconds: np.ndarray[Any, Any]) -> tuple[int, float | None, floa
     return int(seconds.size), round(float(median), 2), round(float(p90), 2)
 
 
+_GROUPS = (None, True, False)  # all cases, urgent ones, normal ones
+
+
+def _step_columns() -> list[ColumnElement[Any]]:
+    """Per step and group (all, urgent, normal): how many did it, and the median and 90th
+    percentile seconds, as PostgreSQL aggregates over the cases."""
+    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
+    urgent = Ticket.urgency == "urgent"
+    columns: list[ColumnElement[Any]] = []
+    for _, start, end in STEPS:
+        span = _seconds("postgresql", start, end)
+        for group in _GROUPS:
+            done = and_(is_case, span.is_not(None))
+            if group is not None:
+                done = and_(done, urgent if group else ~urgent)
+            columns.append(func.count(span).filter(done))
+            for fraction in (0.5, 0.9):
+                columns.append(func.percentile_cont(fraction).within_group(span).filter(done))
+    return columns
+
+
+def _hours(seconds: Any) -> float | None:
+    return None if seconds is None else round(float(seconds) / 3600.0, 2)
+
+
+def _steps_from_row(values: Sequence[Any]) -> list[StepTime]:
+    """StepTimes from _step_columns' values, in their order."""
+    out = []
+    for i, (name, _, _) in enumerate(STEPS):
+        v = values[i * 9 : i * 9 + 9]
+        out.append(
+            StepTime(
+                name,
+                *(int(v[0]), _hours(v[1]), _hours(v[2])),
+                *(int(v[3]), _hours(v[4]), _hours(v[5])),
+                *(int(v[6]), _hours(v[7]), _hours(v[8])),
+            )
+        )
+    return out
+
+
 async def _step_times(session: AsyncSession, period: Period, scope: Scope) -> list[StepTime]:
+    """The step times by fetching each case's spans (for SQLite, without percentile_cont)."""
     dialect = session.get_bind().dialect.name
-    spans = [_seconds(dialect, start, end) for _, start, end in STEPS]
-    columns: list[ColumnElement[Any]] = [Ticket.urgency == "urgent", *spans]
+    columns: list[ColumnElement[Any]] = [
+        case((Ticket.urgency == "urgent", 1), else_=0),
+        *(_seconds(dialect, start, end) for _, start, end in STEPS),
+    ]
     query = _scoped(
         select(*columns).where(Ticket.case_id.is_(None), Ticket.state != "rejected"),
         scope,
@@ -353,12 +397,10 @@ async def _step_times(session: AsyncSession, period: Period, scope: Scope) -> li
         period.end,
     )
     rows = (await session.execute(query)).all()
-    # Columns of floats, NaN where a step was not done.
-    table = np.array(
-        [[float("nan") if v is None else float(v) for v in row[1:]] for row in rows],
-        dtype=np.float64,
-    ).reshape(len(rows), len(STEPS))
-    urgent = np.array([bool(row[0]) for row in rows], dtype=bool)
+    # One row per case: urgent (1/0), then the seconds of each step, NaN where not done.
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), 1 + len(STEPS))
+    urgent = table[:, 0] == 1
+    table = table[:, 1:]
     out = []
     for i, (name, _, _) in enumerate(STEPS):
         column = table[:, i]
@@ -426,26 +468,41 @@ def _row_json(row: Row) -> dict[str, Any]:
 async def monthly_report(
     session: AsyncSession, period: Period, scope: Scope, *, now: datetime | None = None
 ) -> Report:
-    """Count the period's reports in the scope, by ward and category, and the step times."""
+    """Count the period's reports in the scope, by ward and category, and the step times.
+
+    On PostgreSQL it is one statement: the counts by ward and category and, in the
+    grand-total grouping set, the step percentiles (percentile_cont). SQLite has no
+    percentile_cont, so there the step times are one more pass over the same rows.
+    """
     now = now or utcnow()
-    query = _scoped(
-        select(Ticket.ward_code, Ticket.category_code, *_figure_columns(now)),
-        scope,
-        period.start,
-        period.end,
-    ).group_by(Ticket.ward_code, Ticket.category_code)
+    on_pg = session.get_bind().dialect.name == "postgresql"
+    columns = [Ticket.ward_code, Ticket.category_code, *_figure_columns(now)]
+    if on_pg:
+        columns += _step_columns()
+    query = _scoped(select(*columns), scope, period.start, period.end)
+    if on_pg:
+        query = query.group_by(
+            text("GROUPING SETS ((tickets.ward_code, tickets.category_code), ())")
+        )
+    else:
+        query = query.group_by(Ticket.ward_code, Ticket.category_code)
     by_ward: dict[str, Figures] = {}
     by_category: dict[str, Figures] = {}
-    for ward_code, category_code, *counts in await session.execute(query):
-        figures = Figures(*(int(c) for c in counts))
+    grand: Figures | None = None
+    steps: list[StepTime] = []
+    for ward_code, category_code, *values in await session.execute(query):
+        figures = Figures(*(int(c) for c in values[: len(FIGURES)]))
+        if ward_code is None:  # the grand-total grouping set
+            grand, steps = figures, _steps_from_row(values[len(FIGURES) :])
+            continue
         by_ward[ward_code] = by_ward.get(ward_code, Figures()) + figures
         by_category[category_code] = by_category.get(category_code, Figures()) + figures
     total = sum(by_ward.values(), Figures())
+    if not on_pg:
+        steps = await _step_times(session, period, scope)
     categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
-    wards = {
-        w.code: w.name
-        for w in await session.scalars(select(Ward).where(Ward.code.in_(list(by_ward))))
-    }
+    found = await session.execute(select(Ward.code, Ward.name).where(Ward.code.in_(list(by_ward))))
+    wards: dict[str, str] = {code: name for code, name in found}
     category_rows = [
         Row(c.code, c.name_vi, by_category.get(c.code, Figures()))
         for c in categories
@@ -453,6 +510,8 @@ async def monthly_report(
     ]
     ward_rows = [Row(code, wards.get(code, code), by_ward[code]) for code in sorted(by_ward)]
     problems = _checked(total, category_rows, ward_rows)
+    if grand is not None and grand != total:
+        problems.append("the rows do not add up to the database's own total")
     category_name = next((c.name_vi for c in categories if c.code == scope.category_code), None)
     return Report(
         period=period,
@@ -462,7 +521,7 @@ async def monthly_report(
         total=total,
         by_category=category_rows,
         by_ward=ward_rows,
-        steps=await _step_times(session, period, scope),
+        steps=steps,
         category_name=category_name,
         problems=problems,
     )

@@ -73,7 +73,7 @@ async def test_a_supervisor_reads_and_downloads_the_month(
     await page.click("button:has-text('Xem')")
     mine = [s for s in chosen(OCT_FIRST, OCT_LAST, ward=W1) if s.category == "dumping"]
     assert await page.text_content("#kpi-received") == str(len(mine))
-    assert "Lĩnh vực: Đổ rác, xả rác trái phép" in await page.text_content(".report-title")
+    assert "Lĩnh vực: Đổ rác, xả rác trái phép" in (await page.text_content(".report-title") or "")
 
 
 async def test_ward_staff_see_their_ward_only(
@@ -86,7 +86,9 @@ async def test_ward_staff_see_their_ward_only(
     await page.goto("/stats?month=2026-10")
     mine = expected(chosen(OCT_FIRST, OCT_LAST, ward=W1))
     assert await page.text_content("#kpi-received") == str(mine["received"])
-    assert "Đơn vị: Phường Bỉm Sơn, Tỉnh Thanh Hóa" in await page.text_content(".report-title")
+    assert "Đơn vị: Phường Bỉm Sơn, Tỉnh Thanh Hóa" in (
+        await page.text_content(".report-title") or ""
+    )
     assert await page.locator("select[name=ward]").count() == 0
     refused = await page.goto("/stats?month=2026-10&province=01")
     assert refused is not None and refused.status == 403

@@ -1,0 +1,490 @@
+"""The monthly report over 1,000,000 tickets, on SQLite and on PostgreSQL, against one
+hand-written GROUP BY query for the same counts on the bare driver, in the same run.
+
+Three years of tickets (November 2023 to October 2026, ~28,000 a month) over 600 wards
+in six provinces, each with the lifecycle it would have had: most closed or answered,
+some open and overdue, rejected with a reason, merged into an earlier case, transferred,
+reopened, rated, urgent; and its audit events (one per transition, ~7 million). All go
+in through executemany on sqlite3 and COPY on asyncpg.
+
+The report for October 2026 is timed for the whole country and for one province. Each
+measurement runs in a fresh child process, so the peak RSS printed is the report's own
+(imports included), not the loader's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from backend.db import create_engine, session_factory  # noqa: E402
+from backend.models import Unit, Ward  # noqa: E402
+
+START = datetime(2023, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2023, local midnight
+END = datetime(2026, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2026, local midnight
+NOW = datetime(2026, 11, 10, 3, 0, tzinfo=UTC)
+PROVINCES = ("38", "01", "79", "48", "31", "92")
+CATEGORIES = ("dumping", "debris", "wastewater", "burning", "noise", "livestock", "other")
+REASONS = ("not_pollution", "no_place", "abusive", "spam")
+TICKET_COLUMNS = (
+    "id",
+    "code",
+    "state",
+    "category_code",
+    "ward_code",
+    "unit_id",
+    "channel",
+    "description",
+    "nature",
+    "urgency",
+    "lat",
+    "lon",
+    "location_source",
+    "created_at",
+    "updated_at",
+    "due_at",
+    "case_id",
+    "complex",
+    "classified_at",
+    "assigned_at",
+    "claimed_at",
+    "verified_at",
+    "confirmed",
+    "answered_at",
+    "closed_at",
+    "reopen_count",
+    "rejection_reason",
+    "rating",
+    "escalation_count",
+    "transfer_count",
+    "late",
+)
+AUDIT_COLUMNS = ("ticket_id", "actor", "action", "from_state", "to_state", "created_at")
+H = timedelta(hours=1)
+
+
+def sqlite_text(value: Any) -> Any:
+    """A value as SQLAlchemy stores it in SQLite (naive UTC text for timestamps)."""
+    if isinstance(value, datetime):
+        return (
+            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        )
+    return value
+
+
+# The hand-written query: the same counts, by ward and category, for one period.
+HAND_SQL = """
+SELECT t.ward_code, t.category_code,
+  count(*),
+  count(*) FILTER (WHERE t.case_id IS NOT NULL),
+  count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'not_pollution'),
+  count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'no_place'),
+  count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'abusive'),
+  count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'spam'),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected' AND t.transfer_count > 0),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
+                   AND t.verified_at IS NOT NULL),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')
+                   AND t.confirmed),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({open})),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({open}) AND t.due_at < {now}),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')
+                   AND NOT t.late),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
+                   AND t.urgency = 'urgent'),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
+                   AND t.urgency <> 'urgent'),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected' AND t.reopen_count > 0),
+  count(t.rating),
+  coalesce(sum(t.rating), 0) {steps}
+FROM tickets t {join}
+WHERE t.created_at >= {start} AND t.created_at < {end} {province}
+GROUP BY {grouping}
+"""
+# On PostgreSQL the same statement also gives the step times: in the grand-total row,
+# count, median and 90th percentile per step, for all cases, urgent and normal ones.
+STEP_SPANS = (
+    ("created_at", "classified_at"),
+    ("assigned_at", "claimed_at"),
+    ("claimed_at", "verified_at"),
+    ("verified_at", "answered_at"),
+    ("created_at", "answered_at"),
+)
+
+
+def hand_steps() -> str:
+    parts = []
+    for start, end in STEP_SPANS:
+        span = f"extract(epoch from t.{end} - t.{start})::float8"
+        for group in ("", " AND t.urgency = 'urgent'", " AND t.urgency <> 'urgent'"):
+            where = f"t.case_id IS NULL AND t.state <> 'rejected' AND t.{end} IS NOT NULL{group}"
+            where += f" AND t.{start} IS NOT NULL"
+            parts.append(f"count({span}) FILTER (WHERE {where})")
+            for p in (0.5, 0.9):
+                parts.append(
+                    f"percentile_cont({p}) WITHIN GROUP (ORDER BY {span}) FILTER (WHERE {where})"
+                )
+    return ",\n  " + ",\n  ".join(parts)
+
+
+OPEN = (
+    "received",
+    "classified",
+    "assigned",
+    "claimed",
+    "verifying",
+    "not_confirmed",
+    "handling",
+    "reopened",
+    "transferred",
+)
+
+
+def generate(
+    n: int, wards: list[tuple[str, int]], seed: int = 11
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Tickets in the order received, and their audit events."""
+    rnd = random.Random(seed)
+    span = (END - START).total_seconds()
+    times = sorted(START + timedelta(seconds=rnd.uniform(0, span)) for _ in range(n))
+    tickets: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    for i, created in enumerate(times, 1):
+        ward, unit = wards[rnd.randrange(len(wards))]
+        urgent = rnd.random() < 0.15
+        roll = rnd.random()
+        age = (NOW - created).total_seconds() / 3600
+        state = "closed"
+        case_id = reason = rating = None
+        classified: datetime | None = None
+        assigned = claimed = verified = answered = closed = due = classified
+        confirmed = None
+        chain: list[tuple[str, str | None, str]] = [("submit", None, "received")]
+        if roll < 0.07 and i > 100:
+            state, case_id = "merged", rnd.randrange(max(1, i - 500), i)
+            chain.append(("merge", "received", "merged"))
+        elif roll < 0.15:
+            state, reason = "rejected", REASONS[rnd.randrange(4)]
+            chain.append(("reject", "received", "rejected"))
+        else:
+            classified = created + H * rnd.uniform(0.1, 8)
+            assigned = classified
+            chain += [("classify", "received", "classified"), ("assign", "classified", "assigned")]
+            finished = age > 24 * 30 or rnd.random() < 0.85
+            if finished or rnd.random() < 0.6:
+                claimed = assigned + H * rnd.uniform(0.2, 30)
+                verified = claimed + H * rnd.uniform(0.5, 24)
+                confirmed = rnd.random() < 0.8
+                chain += [
+                    ("claim", "assigned", "claimed"),
+                    ("verify", "claimed", "verifying"),
+                    (
+                        "confirm" if confirmed else "not_confirmed",
+                        "verifying",
+                        "handling" if confirmed else "not_confirmed",
+                    ),
+                ]
+            if finished and claimed is not None and verified is not None:
+                answered = verified + H * rnd.uniform(1, 90)
+                chain.append(("answer", chain[-1][2], "answered"))
+                if answered + 7 * 24 * H < NOW:
+                    state, closed = "closed", answered + 7 * 24 * H
+                    chain.append(("close", "answered", "closed"))
+                else:
+                    state = "answered"
+                rating = rnd.randint(1, 5) if rnd.random() < 0.4 else None
+            else:
+                state = chain[-1][2]
+                due = (claimed or classified) + H * rnd.uniform(8, 80)
+                verified = verified if state in ("handling", "not_confirmed") else None
+        late = answered is not None and rnd.random() < 0.12
+        transfers = 1 if rnd.random() < 0.04 and classified is not None else 0
+        reopens = 1 if rnd.random() < 0.03 and answered is not None else 0
+        tickets.append(
+            (
+                i,
+                f"{ward[:2]}-{created:%y%m}-{i:07d}",
+                state,
+                CATEGORIES[rnd.randrange(len(CATEGORIES))],
+                ward,
+                unit,
+                "telegram",
+                "Bãi rác tự phát",
+                "one_off" if urgent else "recurring",
+                "urgent" if urgent else "normal",
+                19.8,
+                105.8,
+                "gps",
+                created,
+                created,
+                due,
+                case_id,
+                False,
+                classified,
+                assigned,
+                claimed,
+                verified,
+                confirmed,
+                answered,
+                closed,
+                reopens,
+                reason,
+                rating,
+                0,
+                transfers,
+                late,
+            )
+        )
+        at = created
+        for action, before, after in chain:
+            events.append((i, "system", action, before, after, at))
+            at = at + H * 0.5
+    return tickets, events
+
+
+async def wards_of(url: str) -> list[tuple[str, int]]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as s:
+            found = await s.execute(
+                select(Ward.code, Unit.id)
+                .join(Unit, Unit.ward_code == Ward.code)
+                .where(Ward.province_code.in_(PROVINCES))
+                .order_by(Ward.province_code, Ward.code)
+            )
+            rows = [(code, unit_id) for code, unit_id in found]
+            return rows[:: max(1, len(rows) // 600)][:600]
+    finally:
+        await engine.dispose()
+
+
+async def load(url: str, n: int) -> tuple[float, int]:
+    # Only the loader needs the command line's imports; the measuring child stays lean.
+    from backend.cli import load_units, migrate
+    from backend.config import Settings
+
+    settings = Settings(database_url=url)
+    await migrate(settings)
+    await load_units(settings)
+    wards = await wards_of(url)
+    tickets, events = generate(n, wards)
+    start = time.perf_counter()
+    if url.startswith("postgresql"):
+        conn = await asyncpg.connect(_dsn(url))
+        try:
+            await conn.copy_records_to_table("tickets", records=tickets, columns=TICKET_COLUMNS)
+            await conn.copy_records_to_table("audit_events", records=events, columns=AUDIT_COLUMNS)
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+    else:
+        db = sqlite3.connect(str(make_url(url).database))
+        with db:
+            for table, columns, rows in (
+                ("tickets", TICKET_COLUMNS, tickets),
+                ("audit_events", AUDIT_COLUMNS, events),
+            ):
+                marks = ", ".join("?" * len(columns))
+                db.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                    (tuple(map(sqlite_text, r)) for r in rows),
+                )
+        db.execute("ANALYZE")
+        db.close()
+    return time.perf_counter() - start, len(events)
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# --- the measurement, in a child process ---------------------------------------------------
+
+
+async def measure(url: str, province: str | None, runs: int) -> dict[str, Any]:
+    from backend.services.report_files import to_xlsx
+    from backend.services.stats import Scope, monthly_report, period_of
+
+    period = period_of("2026-10")
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    scope = Scope(province_code=province)
+
+    async def ours() -> Any:
+        async with sessions() as s:
+            return await monthly_report(s, period, scope, now=NOW)
+
+    is_pg = url.startswith("postgresql")
+    states = ", ".join(f"'{s}'" for s in OPEN)
+    join = "JOIN wards w ON w.code = t.ward_code" if province else ""
+    if is_pg:
+        raw_pg = await asyncpg.connect(_dsn(url))
+        sql = HAND_SQL.format(
+            open=states,
+            now="$1",
+            start="$2",
+            end="$3",
+            join=join,
+            province="AND w.province_code = $4" if province else "",
+            steps=hand_steps(),
+            grouping="GROUPING SETS ((t.ward_code, t.category_code), ())",
+        )
+        params: tuple[Any, ...] = (NOW, period.start, period.end, *([province] if province else []))
+
+        async def hand() -> list[Any]:
+            return list(await raw_pg.fetch(sql, *params))
+    else:
+        raw = sqlite3.connect(str(make_url(url).database))
+        sql = HAND_SQL.format(
+            open=states,
+            now="?",
+            start="?",
+            end="?",
+            join=join,
+            province="AND w.province_code = ?" if province else "",
+            steps="",
+            grouping="t.ward_code, t.category_code",
+        )
+        params = tuple(map(sqlite_text, (NOW, period.start, period.end))) + (
+            (province,) if province else ()
+        )
+
+        async def hand() -> list[Any]:
+            return raw.execute(sql, params).fetchall()
+
+    async def timed(fn: Any) -> tuple[float, Any]:
+        result = await fn()  # warm-up
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            result = await fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), result
+
+    ours_s, report = await timed(ours)
+    hand_s, rows = await timed(hand)
+    t0 = time.perf_counter()
+    xlsx = to_xlsx(report)
+    xlsx_s = time.perf_counter() - t0
+    hand_received = sum(r[2] for r in rows if r[0] is not None)
+    if is_pg:
+        await raw_pg.close()
+    else:
+        raw.close()
+    await engine.dispose()
+    if report.total.received != hand_received or report.problems:
+        raise SystemExit(f"figures differ: {report.total.received} vs {hand_received}")
+    return {
+        "ours": ours_s,
+        "hand": hand_s,
+        "xlsx": xlsx_s,
+        "xlsx_bytes": len(xlsx),
+        "received": report.total.received,
+        "cases": report.total.cases,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). getrusage's ru_maxrss would report the
+    parent's peak, which Linux carries across fork and exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(url: str, province: str | None, runs: int) -> dict[str, Any]:
+    args = [sys.executable, __file__, "--measure", url, "--runs", str(runs)]
+    if province:
+        args += ["--province", province]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def show(name: str, loaded: float, n: int, events: int, url: str, runs: int) -> list[float]:
+    print(f"{name}: {n:,} tickets and {events:,} audit events loaded in {loaded:.1f} s")
+    worst = []
+    # SQLite has no percentile_cont: its hand query gives the counts only.
+    hand_label = "hand query" if url.startswith("postgresql") else "hand counts"
+    for province in (None, "38"):
+        f = child(url, province, runs)
+        label = f"province {province}" if province else "whole country"
+        print(
+            f"  October 2026, {label:13}: report {f['ours'] * 1000:7.1f} ms"
+            f" | {hand_label} {f['hand'] * 1000:7.1f} ms | ratio {f['ours'] / f['hand']:.2f}"
+            f" | peak RSS {f['rss_mb']:.0f} MB | {f['received']:,} reports"
+            f" | XLSX {f['xlsx'] * 1000:.0f} ms"
+        )
+        worst.append(f["ours"])
+        worst.append(f["ours"] / f["hand"])
+        worst.append(f["rss_mb"])
+    return worst
+
+
+async def _prepare(url: str, n: int) -> tuple[float, int]:
+    return await load(url, n)
+
+
+def run(n: int, runs: int, pg_port: int) -> None:
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite_url = f"sqlite+aiosqlite:///{tmp}/stats.db"
+        loaded, events = asyncio.run(_prepare(sqlite_url, n))
+        show("SQLite", loaded, n, events, sqlite_url, runs)
+    pgdir = tempfile.mkdtemp(prefix="hotline-bench-pg.")
+    script = str(ROOT / "scripts" / "pg.sh")
+    subprocess.run(["bash", script, "start", pgdir, str(pg_port)], check=True)
+    try:
+        pg_url = f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/postgres"
+        loaded, events = asyncio.run(_prepare(pg_url, n))
+        figures = show("PostgreSQL", loaded, n, events, pg_url, runs)
+        seconds, ratio, rss = max(figures[0::3]), max(figures[1::3]), max(figures[2::3])
+        print(
+            f"  goals on PostgreSQL: <= 1 s: {'met' if seconds <= 1 else 'NOT MET'};"
+            f" <= 1.5x hand: {'met' if ratio <= 1.5 else 'NOT MET'};"
+            f" RSS <= 150 MB: {'met' if rss <= 150 else 'NOT MET'}"
+        )
+    finally:
+        subprocess.run(["bash", script, "stop", pgdir], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=1_000_000, help="tickets")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("BENCH_PG_PORT", 54349)))
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--province", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(asyncio.run(measure(args.measure, args.province, args.runs))))
+        return
+    run(args.n, args.runs, args.pg_port)
+
+
+if __name__ == "__main__":
+    main()
