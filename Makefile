@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/escalation.py
 	$(BIN)/python bench/photos.py
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/stats.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from backend.db import create_engine, session_factory  # noqa: E402
 from backend.models import Unit, Ward  # noqa: E402
+from backend.services.workflow import OPEN_STATES  # noqa: E402
 
 START = datetime(2023, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2023, local midnight
 END = datetime(2026, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2026, local midnight
@@ -146,19 +147,6 @@ def hand_steps() -> str:
                     f"percentile_cont({p}) WITHIN GROUP (ORDER BY {span}) FILTER (WHERE {where})"
                 )
     return ",\n  " + ",\n  ".join(parts)
-
-
-OPEN = (
-    "received",
-    "classified",
-    "assigned",
-    "claimed",
-    "verifying",
-    "not_confirmed",
-    "handling",
-    "reopened",
-    "transferred",
-)
 
 
 def generate(
@@ -336,39 +324,30 @@ async def measure(url: str, province: str | None, runs: int) -> dict[str, Any]:
             return await monthly_report(s, period, scope, now=NOW)
 
     is_pg = url.startswith("postgresql")
-    states = ", ".join(f"'{s}'" for s in OPEN)
+    states = ", ".join(f"'{s}'" for s in OPEN_STATES)
     join = "JOIN wards w ON w.code = t.ward_code" if province else ""
+    marks = ("$1", "$2", "$3", "$4") if is_pg else ("?",) * 4
+    sql = HAND_SQL.format(
+        open=states,
+        now=marks[0],
+        start=marks[1],
+        end=marks[2],
+        join=join,
+        province=f"AND w.province_code = {marks[3]}" if province else "",
+        steps=hand_steps() if is_pg else "",
+        grouping="GROUPING SETS ((t.ward_code, t.category_code), ())"
+        if is_pg
+        else "t.ward_code, t.category_code",
+    )
+    values = (NOW, period.start, period.end, *([province] if province else []))
     if is_pg:
         raw_pg = await asyncpg.connect(_dsn(url))
-        sql = HAND_SQL.format(
-            open=states,
-            now="$1",
-            start="$2",
-            end="$3",
-            join=join,
-            province="AND w.province_code = $4" if province else "",
-            steps=hand_steps(),
-            grouping="GROUPING SETS ((t.ward_code, t.category_code), ())",
-        )
-        params: tuple[Any, ...] = (NOW, period.start, period.end, *([province] if province else []))
 
         async def hand() -> list[Any]:
-            return list(await raw_pg.fetch(sql, *params))
+            return list(await raw_pg.fetch(sql, *values))
     else:
         raw = sqlite3.connect(str(make_url(url).database))
-        sql = HAND_SQL.format(
-            open=states,
-            now="?",
-            start="?",
-            end="?",
-            join=join,
-            province="AND w.province_code = ?" if province else "",
-            steps="",
-            grouping="t.ward_code, t.category_code",
-        )
-        params = tuple(map(sqlite_text, (NOW, period.start, period.end))) + (
-            (province,) if province else ()
-        )
+        params = tuple(map(sqlite_text, values))
 
         async def hand() -> list[Any]:
             return raw.execute(sql, params).fetchall()
@@ -447,14 +426,17 @@ async def _prepare(url: str, n: int) -> tuple[float, int]:
     return await load(url, n)
 
 
-def run(n: int, runs: int, pg_port: int) -> None:
+def run(n: int, runs: int, pg_port: int, databases: list[str]) -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        sqlite_url = f"sqlite+aiosqlite:///{tmp}/stats.db"
-        loaded, events = asyncio.run(_prepare(sqlite_url, n))
-        show("SQLite", loaded, n, events, sqlite_url, runs)
+    if "sqlite" in databases:
+        with tempfile.TemporaryDirectory() as tmp:
+            sqlite_url = f"sqlite+aiosqlite:///{tmp}/stats.db"
+            loaded, events = asyncio.run(_prepare(sqlite_url, n))
+            show("SQLite", loaded, n, events, sqlite_url, runs)
+    if "postgresql" not in databases:
+        return
     pgdir = tempfile.mkdtemp(prefix="hotline-bench-pg.")
     script = str(ROOT / "scripts" / "pg.sh")
     subprocess.run(["bash", script, "start", pgdir, str(pg_port)], check=True)
@@ -477,13 +459,16 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1_000_000, help="tickets")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("BENCH_PG_PORT", 54349)))
+    parser.add_argument(
+        "--databases", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"]
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--province", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(asyncio.run(measure(args.measure, args.province, args.runs))))
         return
-    run(args.n, args.runs, args.pg_port)
+    run(args.n, args.runs, args.pg_port, args.databases)
 
 
 if __name__ == "__main__":

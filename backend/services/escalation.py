@@ -9,7 +9,6 @@ processes, and it is escalated again only after the policy's interval.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from backend.models import Category, Ticket, Unit, User, Ward, utcnow
 from backend.services.deadlines import Policies
 from backend.services.notify import tell_staff
+from backend.services.periodic import Periodic
 from backend.services.units import province_unit_code
 from backend.services.workflow import Action, Actor, apply, audit_note, overdue_filter
 from backend.timeutil import format_local
@@ -184,16 +184,15 @@ async def close_expired(
     return closed
 
 
-class DeadlineWorker:
+class DeadlineWorker(Periodic):
     """Runs the escalation and auto-close passes every `interval` seconds."""
 
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], policies: Policies, interval: float
     ) -> None:
+        super().__init__("deadlines", interval, self._pass)
         self._sessions = sessions
         self._policies = policies
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self, now: datetime | None = None) -> tuple[int, int]:
         async with self._sessions() as session, session.begin():
@@ -202,23 +201,8 @@ class DeadlineWorker:
             closed = await close_expired(session, self._policies, now=now)
         return len(escalated), len(closed)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                escalated, closed = await self.run_once()
-                if escalated or closed:
-                    log.info("escalated %d overdue tickets, closed %d", escalated, closed)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("deadline pass failed; trying again later")
-            await asyncio.sleep(self._interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="deadlines")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def _pass(self) -> str | None:
+        escalated, closed = await self.run_once()
+        if escalated or closed:
+            return f"escalated {escalated} overdue tickets, closed {closed}"
+        return None

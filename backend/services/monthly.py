@@ -7,7 +7,6 @@ look, and runs again later if that transaction failed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import date, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import MonthlyRun, Ticket, Unit, User, Ward, utcnow
 from backend.services.notify import tell_staff
+from backend.services.periodic import Periodic
 from backend.services.report_files import to_xlsx
 from backend.services.stats import (
     Period,
@@ -68,14 +68,14 @@ async def _supervisors(session: AsyncSession, province_code: str) -> list[User]:
     )
 
 
-class MonthlyDuty:
+class MonthlyDuty(Periodic):
     """The reminder (from the reminder day until the report day) and the report (from
     the report day), for each province served, or each with reports in the period."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        super().__init__("monthly duty", settings.stats_interval, self._pass)
         self._sessions = sessions
         self._settings = settings
-        self._task: asyncio.Task[None] | None = None
 
     def _link(self, path: str) -> str:
         return (self._settings.public_url or "").rstrip("/") + path
@@ -149,26 +149,8 @@ class MonthlyDuty:
             log.error("monthly report %s %s: totals check failed", period.month, province)
         return True
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                done = await self.run_once()
-                if done:
-                    log.info("monthly duty: %s", ", ".join(done))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("monthly duty failed; trying again later")
-            await asyncio.sleep(self._settings.stats_interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="monthly-duty")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def _pass(self) -> str | None:
+        return ", ".join(await self.run_once()) or None
 
 
 def _words(report: Report) -> dict[str, Any]:

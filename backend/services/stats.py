@@ -354,7 +354,9 @@ def _step_columns() -> list[ColumnElement[Any]]:
     for _, start, end in STEPS:
         span = _seconds("postgresql", start, end)
         for group in _GROUPS:
-            done = and_(is_case, span.is_not(None))
+            # Null checks on the columns, not on the span: PostgreSQL would work the span
+            # out again for every aggregate's filter.
+            done = and_(is_case, start.is_not(None), end.is_not(None))
             if group is not None:
                 done = and_(done, urgent if group else ~urgent)
             columns.append(func.count(span).filter(done))
@@ -386,21 +388,23 @@ def _steps_from_row(values: Sequence[Any]) -> list[StepTime]:
 async def _step_times(session: AsyncSession, period: Period, scope: Scope) -> list[StepTime]:
     """The step times by fetching each case's spans (for SQLite, without percentile_cont)."""
     dialect = session.get_bind().dialect.name
+    # Which reports are cases is a column, not a WHERE: a condition on case_id would lead
+    # SQLite to walk the case_id index over every ticket instead of the month's range.
+    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
     columns: list[ColumnElement[Any]] = [
+        case((is_case, 1), else_=0),
         case((Ticket.urgency == "urgent", 1), else_=0),
         *(_seconds(dialect, start, end) for _, start, end in STEPS),
     ]
-    query = _scoped(
-        select(*columns).where(Ticket.case_id.is_(None), Ticket.state != "rejected"),
-        scope,
-        period.start,
-        period.end,
-    )
-    rows = (await session.execute(query)).all()
-    # One row per case: urgent (1/0), then the seconds of each step, NaN where not done.
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), 1 + len(STEPS))
-    urgent = table[:, 0] == 1
-    table = table[:, 1:]
+    query = _scoped(select(*columns), scope, period.start, period.end)
+    # Plain tuples: numpy probes a Row for array protocols, once per value.
+    rows = [tuple(row) for row in await session.execute(query)]
+    # One row per report: case (1/0), urgent (1/0), then the seconds of each step, NaN
+    # where not done.
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), 2 + len(STEPS))
+    table = table[table[:, 0] == 1]
+    urgent = table[:, 1] == 1
+    table = table[:, 2:]
     out = []
     for i, (name, _, _) in enumerate(STEPS):
         column = table[:, i]

@@ -190,16 +190,18 @@ async def stats_download(request: web.Request) -> web.Response:
         except StatsError as exc:
             raise _refused(exc) from exc
     if extension == "xlsx":
-        body = to_xlsx(report)
-        content_type = XLSX_TYPE
-    else:
-        body = to_csv(report, request.query.get("lang", "vi")).encode()
-        content_type = "text/csv; charset=utf-8"
+        return _attachment(to_xlsx(report), XLSX_TYPE, file_name(report, extension))
+    language = "en" if request.query.get("lang") == "en" else "vi"
+    body = to_csv(report, language).encode()
+    return _attachment(body, "text/csv; charset=utf-8", file_name(report, extension))
+
+
+def _attachment(body: bytes, content_type: str, name: str) -> web.Response:
     return web.Response(
         body=body,
         headers={
             "Content-Type": content_type,
-            "Content-Disposition": f'attachment; filename="{file_name(report, extension)}"',
+            "Content-Disposition": f'attachment; filename="{name}"',
         },
     )
 
@@ -215,13 +217,7 @@ async def saved_report(request: web.Request) -> web.Response:
         raise web.HTTPForbidden()
     kind = "ky25-" if run.period_kind == "cut25" else ""
     name = f"bao-cao-{run.period}-{kind}{run.province_code or 'toan-quoc'}.xlsx"
-    return web.Response(
-        body=run.xlsx,
-        headers={
-            "Content-Type": XLSX_TYPE,
-            "Content-Disposition": f'attachment; filename="{name}"',
-        },
-    )
+    return _attachment(run.xlsx, XLSX_TYPE, name)
 
 
 # --- the API --------------------------------------------------------------------------------
