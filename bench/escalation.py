@@ -17,7 +17,6 @@ import os
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,19 +25,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
-
-from backend.cli import load_units, migrate
-from backend.config import Settings
-from backend.db import create_engine, session_factory
-from backend.models import Unit, Ward
-from backend.services.deadlines import Policies
-from backend.services.escalation import _locked, escalate_overdue, overdue_query
-from backend.services.workflow import OPEN_STATES
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for bench.common, when run as a script
+
+import asyncpg  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from backend.cli import load_units, migrate  # noqa: E402
+from backend.config import Settings  # noqa: E402
+from backend.db import create_engine, session_factory  # noqa: E402
+from backend.models import Unit, Ward  # noqa: E402
+from backend.services.deadlines import Policies  # noqa: E402
+from backend.services.escalation import _locked, escalate_overdue, overdue_query  # noqa: E402
+from backend.services.workflow import OPEN_STATES  # noqa: E402
+from bench.common import pg_dsn, quiet_migrations, sqlite_text, throwaway_postgres  # noqa: E402
+
 NOW = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
 BATCH = 200
 AGAIN = timedelta(hours=4)
@@ -105,15 +107,6 @@ def rows(n: int, wards: list[tuple[str, int]], seed: int = 7) -> Iterator[tuple[
         )
 
 
-def sqlite_text(value: Any) -> Any:
-    """A value as SQLAlchemy stores it in SQLite (naive UTC text for timestamps)."""
-    if isinstance(value, datetime):
-        return (
-            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        )
-    return value
-
-
 async def wards_of(url: str) -> list[tuple[str, int]]:
     engine = create_engine(url)
     try:
@@ -143,8 +136,7 @@ async def load_sqlite(url: str, n: int) -> None:
 
 async def load_pg(url: str, n: int) -> None:
     wards = await wards_of(url)
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(pg_dsn(url))
     try:
         await conn.copy_records_to_table("tickets", records=rows(n, wards), columns=COLUMNS)
         await conn.execute("ANALYZE tickets")
@@ -183,8 +175,7 @@ async def measure(url: str, runs: int) -> dict[str, tuple[float, int]]:
 
     states = ", ".join(f"'{s}'" for s in OPEN_STATES)
     if is_pg:
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        raw_pg = await asyncpg.connect(dsn)
+        raw_pg = await asyncpg.connect(pg_dsn(url))
         hand_sql = HAND_SQL.format(now="$1", again="$2", states=states, limit=BATCH)
 
         async def hand() -> int:
@@ -234,30 +225,17 @@ def report(name: str, loaded: float, n: int, figures: dict[str, tuple[float, int
 
 
 async def run(n: int, runs: int, pg_port: int) -> None:
-    logging_off()
+    quiet_migrations()
     with tempfile.TemporaryDirectory() as tmp:
         sqlite_url = f"sqlite+aiosqlite:///{tmp}/escalation.db"
         loaded = await prepare(sqlite_url, n)
         report("SQLite", loaded, n, await measure(sqlite_url, runs))
-        # Not under tmp: the postgres user must reach it (pg.sh removes it on stop).
-        pgdir = tempfile.mkdtemp(prefix="hotline-bench-pg.")
-        script = str(ROOT / "scripts" / "pg.sh")
-        subprocess.run(["bash", script, "start", pgdir, str(pg_port)], check=True)
-        try:
-            pg_url = f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/postgres"
-            loaded = await prepare(pg_url, n)
-            figures = await measure(pg_url, runs)
-            report("PostgreSQL", loaded, n, figures)
-            verdict = "met" if figures["ours"][0] <= 1 else "NOT MET"
-            print(f"  goal: scan <= 1 s on PostgreSQL: {verdict}")
-        finally:
-            subprocess.run(["bash", script, "stop", pgdir], check=False)
-
-
-def logging_off() -> None:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with throwaway_postgres(pg_port) as pg_url:
+        loaded = await prepare(pg_url, n)
+        figures = await measure(pg_url, runs)
+        report("PostgreSQL", loaded, n, figures)
+        verdict = "met" if figures["ours"][0] <= 1 else "NOT MET"
+        print(f"  goal: scan <= 1 s on PostgreSQL: {verdict}")
 
 
 def main() -> None:
@@ -266,7 +244,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("BENCH_PG_PORT", 54339)))
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     asyncio.run(run(args.n, args.runs, args.pg_port))
 
 

@@ -39,6 +39,12 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from backend.db import create_engine, session_factory  # noqa: E402
 from backend.models import Unit, Ward  # noqa: E402
 from backend.services.workflow import OPEN_STATES  # noqa: E402
+from bench.common import (  # noqa: E402
+    pg_dsn,
+    quiet_migrations,
+    sqlite_text,
+    throwaway_postgres,
+)
 
 START = datetime(2023, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2023, local midnight
 END = datetime(2026, 10, 31, 17, 0, tzinfo=UTC)  # 1 Nov 2026, local midnight
@@ -81,15 +87,6 @@ TICKET_COLUMNS = (
 )
 AUDIT_COLUMNS = ("ticket_id", "actor", "action", "from_state", "to_state", "created_at")
 H = timedelta(hours=1)
-
-
-def sqlite_text(value: Any) -> Any:
-    """A value as SQLAlchemy stores it in SQLite (naive UTC text for timestamps)."""
-    if isinstance(value, datetime):
-        return (
-            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        )
-    return value
 
 
 # The hand-written query: the same counts, by ward and category, for one period.
@@ -279,7 +276,7 @@ async def load(url: str, n: int) -> tuple[float, int]:
     tickets, events = generate(n, wards)
     start = time.perf_counter()
     if url.startswith("postgresql"):
-        conn = await asyncpg.connect(_dsn(url))
+        conn = await asyncpg.connect(pg_dsn(url))
         try:
             await conn.copy_records_to_table("tickets", records=tickets, columns=TICKET_COLUMNS)
             await conn.copy_records_to_table("audit_events", records=events, columns=AUDIT_COLUMNS)
@@ -301,10 +298,6 @@ async def load(url: str, n: int) -> tuple[float, int]:
         db.execute("ANALYZE")
         db.close()
     return time.perf_counter() - start, len(events)
-
-
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # --- the measurement, in a child process ---------------------------------------------------
@@ -341,7 +334,7 @@ async def measure(url: str, province: str | None, runs: int) -> dict[str, Any]:
     )
     values = (NOW, period.start, period.end, *([province] if province else []))
     if is_pg:
-        raw_pg = await asyncpg.connect(_dsn(url))
+        raw_pg = await asyncpg.connect(pg_dsn(url))
 
         async def hand() -> list[Any]:
             return list(await raw_pg.fetch(sql, *values))
@@ -402,9 +395,12 @@ def child(url: str, province: str | None, runs: int) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def show(name: str, loaded: float, n: int, events: int, url: str, runs: int) -> list[float]:
+def show(
+    name: str, loaded: float, n: int, events: int, url: str, runs: int
+) -> list[dict[str, Any]]:
+    """Measure the whole country and one province, print them, return the figures."""
     print(f"{name}: {n:,} tickets and {events:,} audit events loaded in {loaded:.1f} s")
-    worst = []
+    measured = []
     # SQLite has no percentile_cont: its hand query gives the counts only.
     hand_label = "hand query" if url.startswith("postgresql") else "hand counts"
     for province in (None, "38"):
@@ -416,42 +412,30 @@ def show(name: str, loaded: float, n: int, events: int, url: str, runs: int) -> 
             f" | peak RSS {f['rss_mb']:.0f} MB | {f['received']:,} reports"
             f" | XLSX {f['xlsx'] * 1000:.0f} ms"
         )
-        worst.append(f["ours"])
-        worst.append(f["ours"] / f["hand"])
-        worst.append(f["rss_mb"])
-    return worst
-
-
-async def _prepare(url: str, n: int) -> tuple[float, int]:
-    return await load(url, n)
+        measured.append(f)
+    return measured
 
 
 def run(n: int, runs: int, pg_port: int, databases: list[str]) -> None:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    quiet_migrations()
     if "sqlite" in databases:
         with tempfile.TemporaryDirectory() as tmp:
             sqlite_url = f"sqlite+aiosqlite:///{tmp}/stats.db"
-            loaded, events = asyncio.run(_prepare(sqlite_url, n))
+            loaded, events = asyncio.run(load(sqlite_url, n))
             show("SQLite", loaded, n, events, sqlite_url, runs)
     if "postgresql" not in databases:
         return
-    pgdir = tempfile.mkdtemp(prefix="hotline-bench-pg.")
-    script = str(ROOT / "scripts" / "pg.sh")
-    subprocess.run(["bash", script, "start", pgdir, str(pg_port)], check=True)
-    try:
-        pg_url = f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/postgres"
-        loaded, events = asyncio.run(_prepare(pg_url, n))
+    with throwaway_postgres(pg_port) as pg_url:
+        loaded, events = asyncio.run(load(pg_url, n))
         figures = show("PostgreSQL", loaded, n, events, pg_url, runs)
-        seconds, ratio, rss = max(figures[0::3]), max(figures[1::3]), max(figures[2::3])
+        seconds = max(f["ours"] for f in figures)
+        ratio = max(f["ours"] / f["hand"] for f in figures)
+        rss = max(f["rss_mb"] for f in figures)
         print(
             f"  goals on PostgreSQL: <= 1 s: {'met' if seconds <= 1 else 'NOT MET'};"
             f" <= 1.5x hand: {'met' if ratio <= 1.5 else 'NOT MET'};"
             f" RSS <= 150 MB: {'met' if rss <= 150 else 'NOT MET'}"
         )
-    finally:
-        subprocess.run(["bash", script, "stop", pgdir], check=False)
 
 
 def main() -> None:

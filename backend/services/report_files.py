@@ -19,7 +19,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from backend.i18n import Catalogues
-from backend.services.stats import Figures, Report, Row
+from backend.services.stats import Figures, Report, Row, rounded
 from backend.timeutil import format_local
 
 TEXT = Catalogues(Path(__file__).resolve().parent.parent / "locales", "report")
@@ -143,7 +143,7 @@ def tables(report: Report, language: str = "vi") -> list[Table]:
                 number,
                 t(f"fig.{name}"),
                 total[name],
-                _rounded(report.total.share(total[name], total[of])) if of else None,
+                rounded(report.total.share(total[name], total[of]), 4) if of else None,
             ]
             for number, name, of in SUMMARY
         ],
@@ -194,10 +194,6 @@ def tables(report: Report, language: str = "vi") -> list[Table]:
         ],
     )
     return [summary, by_category, by_ward, steps]
-
-
-def _rounded(share: float | None) -> float | None:
-    return None if share is None else round(share, 4)
 
 
 def _values(figures: Figures) -> list[Any]:

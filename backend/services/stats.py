@@ -251,17 +251,25 @@ class Figures:
         out: dict[str, Any] = asdict(self)
         out["rejected"] = self.rejected
         for name in ("verified", "handled", "answered"):
-            out[f"{name}_pct"] = _rounded(self.share(getattr(self, name)), 4)
-        out["on_time_rate"] = _rounded(self.on_time_rate, 4)
-        out["mean_rating"] = _rounded(self.mean_rating, 2)
+            out[f"{name}_pct"] = rounded(self.share(getattr(self, name)), 4)
+        out["on_time_rate"] = rounded(self.on_time_rate, 4)
+        out["mean_rating"] = rounded(self.mean_rating, 2)
         return out
 
 
 FIGURES = tuple(f.name for f in fields(Figures))
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
+def rounded(value: float | None, digits: int) -> float | None:
+    """value to `digits` places, as the report shows it; None stays None."""
     return None if value is None else round(value, digits)
+
+
+# What the figures count, once: a case is a report neither merged nor rejected.
+IS_CASE = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
+ANSWERED = and_(IS_CASE, Ticket.state.in_(("answered", "closed")))
+ON_TIME = and_(ANSWERED, Ticket.late.is_(False))
+URGENT = Ticket.urgency == "urgent"
 
 
 def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -270,8 +278,6 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 def _figure_columns(now: datetime) -> list[ColumnElement[Any]]:
     """One aggregate per Figures field, in its order."""
-    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
-    answered = and_(is_case, Ticket.state.in_(("answered", "closed")))
     columns: list[ColumnElement[Any]] = [
         func.count(Ticket.id),
         _count(Ticket.case_id.is_not(None)),
@@ -279,17 +285,17 @@ def _figure_columns(now: datetime) -> list[ColumnElement[Any]]:
             _count(and_(Ticket.state == "rejected", Ticket.rejection_reason == reason))
             for reason in REJECT_REASONS
         ),
-        _count(is_case),
-        _count(and_(is_case, Ticket.transfer_count > 0)),
-        _count(and_(is_case, Ticket.verified_at.is_not(None))),
-        _count(and_(answered, Ticket.confirmed.is_(True))),
-        _count(answered),
-        _count(and_(is_case, Ticket.state.in_(OPEN_STATES))),
-        _count(and_(is_case, overdue_filter(now))),
-        _count(and_(answered, Ticket.late.is_(False))),
-        _count(and_(is_case, Ticket.urgency == "urgent")),
-        _count(and_(is_case, Ticket.urgency != "urgent")),
-        _count(and_(is_case, Ticket.reopen_count > 0)),
+        _count(IS_CASE),
+        _count(and_(IS_CASE, Ticket.transfer_count > 0)),
+        _count(and_(IS_CASE, Ticket.verified_at.is_not(None))),
+        _count(and_(ANSWERED, Ticket.confirmed.is_(True))),
+        _count(ANSWERED),
+        _count(and_(IS_CASE, Ticket.state.in_(OPEN_STATES))),
+        _count(and_(IS_CASE, overdue_filter(now))),
+        _count(ON_TIME),
+        _count(and_(IS_CASE, URGENT)),
+        _count(and_(IS_CASE, ~URGENT)),
+        _count(and_(IS_CASE, Ticket.reopen_count > 0)),
         _count(Ticket.rating.is_not(None)),
         func.coalesce(func.sum(Ticket.rating), 0),
     ]
@@ -348,17 +354,15 @@ _GROUPS = (None, True, False)  # all cases, urgent ones, normal ones
 def _step_columns() -> list[ColumnElement[Any]]:
     """Per step and group (all, urgent, normal): how many did it, and the median and 90th
     percentile seconds, as PostgreSQL aggregates over the cases."""
-    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
-    urgent = Ticket.urgency == "urgent"
     columns: list[ColumnElement[Any]] = []
     for _, start, end in STEPS:
         span = _seconds("postgresql", start, end)
         for group in _GROUPS:
             # Null checks on the columns, not on the span: PostgreSQL would work the span
             # out again for every aggregate's filter.
-            done = and_(is_case, start.is_not(None), end.is_not(None))
+            done = and_(IS_CASE, start.is_not(None), end.is_not(None))
             if group is not None:
-                done = and_(done, urgent if group else ~urgent)
+                done = and_(done, URGENT if group else ~URGENT)
             columns.append(func.count(span).filter(done))
             for fraction in (0.5, 0.9):
                 columns.append(func.percentile_cont(fraction).within_group(span).filter(done))
@@ -390,10 +394,9 @@ async def _step_times(session: AsyncSession, period: Period, scope: Scope) -> li
     dialect = session.get_bind().dialect.name
     # Which reports are cases is a column, not a WHERE: a condition on case_id would lead
     # SQLite to walk the case_id index over every ticket instead of the month's range.
-    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
     columns: list[ColumnElement[Any]] = [
-        case((is_case, 1), else_=0),
-        case((Ticket.urgency == "urgent", 1), else_=0),
+        case((IS_CASE, 1), else_=0),
+        case((URGENT, 1), else_=0),
         *(_seconds(dialect, start, end) for _, start, end in STEPS),
     ]
     query = _scoped(select(*columns), scope, period.start, period.end)
@@ -583,16 +586,8 @@ async def trend(
     bucket = case(
         *((Ticket.created_at < p.end, i) for i, p in enumerate(periods)), else_=months
     ).label("bucket")
-    is_case = and_(Ticket.case_id.is_(None), Ticket.state != "rejected")
-    answered = and_(is_case, Ticket.state.in_(("answered", "closed")))
     query = _scoped(
-        select(
-            bucket,
-            func.count(Ticket.id),
-            _count(is_case),
-            _count(answered),
-            _count(and_(answered, Ticket.late.is_(False))),
-        ),
+        select(bucket, func.count(Ticket.id), _count(IS_CASE), _count(ANSWERED), _count(ON_TIME)),
         scope,
         periods[0].start,
         last.end,

@@ -36,6 +36,7 @@ from backend.web.dashboard import render, require_user
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _STATUS = {"forbidden": 403, "unknown_ward": 404, "unknown_province": 404}
+_PROVINCE_ROLES = ("operator", "supervisor")
 
 
 def _asked(request: web.Request) -> tuple[Period, Scope]:
@@ -65,10 +66,17 @@ async def _report(
     return await monthly_report(session, period, scope), scope
 
 
-def _refused(exc: StatsError) -> web.HTTPException:
-    status = _STATUS.get(exc.code, 400)
-    error = {403: web.HTTPForbidden, 404: web.HTTPNotFound}.get(status, web.HTTPBadRequest)
-    return error(text=str(exc))
+async def _page_report(request: web.Request, session: AsyncSession) -> tuple[Actor, Report, Scope]:
+    """The signed-in person's report for the query string, or the HTTP error saying why
+    it cannot be shown (for the page and its downloads)."""
+    _, actor = await require_user(request, session)
+    try:
+        report, scope = await _report(request, session, actor)
+    except StatsError as exc:
+        status = _STATUS.get(exc.code, 400)
+        error = {403: web.HTTPForbidden, 404: web.HTTPNotFound}.get(status, web.HTTPBadRequest)
+        raise error(text=str(exc)) from exc
+    return actor, report, scope
 
 
 # --- the page -------------------------------------------------------------------------------
@@ -77,11 +85,7 @@ def _refused(exc: StatsError) -> web.HTTPException:
 async def stats_page(request: web.Request) -> web.Response:
     language = "en" if request.query.get("lang") == "en" else "vi"
     async with request.app[SESSIONS]() as session:
-        _, actor = await require_user(request, session)
-        try:
-            report, scope = await _report(request, session, actor)
-        except StatsError as exc:
-            raise _refused(exc) from exc
+        actor, report, scope = await _page_report(request, session)
         months = await trend(session, report.period, scope)
         categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
         provinces = (
@@ -153,9 +157,6 @@ async def stats_page(request: web.Request) -> web.Response:
     )
 
 
-_PROVINCE_ROLES = ("operator", "supervisor")
-
-
 def _percent(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.1f} %"
 
@@ -184,11 +185,7 @@ async def stats_download(request: web.Request) -> web.Response:
     """/stats.xlsx and /stats.csv: the report on the page, as a file."""
     extension = request.match_info["ext"]
     async with request.app[SESSIONS]() as session:
-        _, actor = await require_user(request, session)
-        try:
-            report, _ = await _report(request, session, actor)
-        except StatsError as exc:
-            raise _refused(exc) from exc
+        _, report, _ = await _page_report(request, session)
     if extension == "xlsx":
         return _attachment(to_xlsx(report), XLSX_TYPE, file_name(report, extension))
     language = "en" if request.query.get("lang") == "en" else "vi"
