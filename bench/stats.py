@@ -1,5 +1,7 @@
-"""The monthly report over 1,000,000 tickets, on SQLite and on PostgreSQL, against one
-hand-written GROUP BY query for the same counts on the bare driver, in the same run.
+"""The monthly report over 1,000,000 tickets, on SQLite and on PostgreSQL, against
+hand-written SQL for the same figures on the bare driver, in the same run: one GROUP BY
+query, and the report's own plan (a GROUP BY for the counts, one pass gathering the step
+spans, percentiles in numpy) written by hand.
 
 Three years of tickets (November 2023 to October 2026, ~28,000 a month) over 600 wards
 in six provinces, each with the lifecycle it would have had: most closed or answered,
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+import numpy as np  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -89,8 +92,12 @@ AUDIT_COLUMNS = ("ticket_id", "actor", "action", "from_state", "to_state", "crea
 H = timedelta(hours=1)
 
 
-# The hand-written query: the same counts, by ward and category, for one period.
-HAND_SQL = """
+# The hand-written SQL. HAND_SQL is one GROUP BY for the same figures: the counts by ward
+# and category and, on PostgreSQL, the step times in the grand-total grouping set (count,
+# median and 90th percentile per step, for all cases, urgent and normal ones).
+CASE = "t.case_id IS NULL AND t.state <> 'rejected'"
+ANSWERED = "t.case_id IS NULL AND t.state IN ('answered', 'closed')"
+HAND_SQL = f"""
 SELECT t.ward_code, t.category_code,
   count(*),
   count(*) FILTER (WHERE t.case_id IS NOT NULL),
@@ -98,30 +105,23 @@ SELECT t.ward_code, t.category_code,
   count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'no_place'),
   count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'abusive'),
   count(*) FILTER (WHERE t.state = 'rejected' AND t.rejection_reason = 'spam'),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected' AND t.transfer_count > 0),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
-                   AND t.verified_at IS NOT NULL),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')
-                   AND t.confirmed),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({open})),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({open}) AND t.due_at < {now}),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ('answered', 'closed')
-                   AND NOT t.late),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
-                   AND t.urgency = 'urgent'),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected'
-                   AND t.urgency <> 'urgent'),
-  count(*) FILTER (WHERE t.case_id IS NULL AND t.state <> 'rejected' AND t.reopen_count > 0),
+  count(*) FILTER (WHERE {CASE}),
+  count(*) FILTER (WHERE {CASE} AND t.transfer_count > 0),
+  count(*) FILTER (WHERE {CASE} AND t.verified_at IS NOT NULL),
+  count(*) FILTER (WHERE {ANSWERED} AND t.confirmed),
+  count(*) FILTER (WHERE {ANSWERED}),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({{open}})),
+  count(*) FILTER (WHERE t.case_id IS NULL AND t.state IN ({{open}}) AND t.due_at < {{now}}),
+  count(*) FILTER (WHERE {ANSWERED} AND NOT t.late),
+  count(*) FILTER (WHERE {CASE} AND t.urgency = 'urgent'),
+  count(*) FILTER (WHERE {CASE} AND t.urgency <> 'urgent'),
+  count(*) FILTER (WHERE {CASE} AND t.reopen_count > 0),
   count(t.rating),
-  coalesce(sum(t.rating), 0) {steps}
-FROM tickets t {join}
-WHERE t.created_at >= {start} AND t.created_at < {end} {province}
-GROUP BY {grouping}
+  coalesce(sum(t.rating), 0) {{steps}}
+FROM tickets t {{join}}
+WHERE {{where}}
+GROUP BY {{grouping}}
 """
-# On PostgreSQL the same statement also gives the step times: in the grand-total row,
-# count, median and 90th percentile per step, for all cases, urgent and normal ones.
 STEP_SPANS = (
     ("created_at", "classified_at"),
     ("assigned_at", "claimed_at"),
@@ -129,21 +129,69 @@ STEP_SPANS = (
     ("verified_at", "answered_at"),
     ("created_at", "answered_at"),
 )
+URGENCY = (" AND t.urgency = 'urgent'", " AND t.urgency <> 'urgent'")
+
+
+def span(is_pg: bool, start: str, end: str) -> str:
+    if is_pg:
+        return f"date_part('epoch', t.{end} - t.{start})"
+    return f"round((julianday(t.{end}) - julianday(t.{start})) * 86400.0)"
+
+
+def done(start: str, end: str) -> str:
+    return f"{CASE} AND t.{start} IS NOT NULL AND t.{end} IS NOT NULL"
 
 
 def hand_steps() -> str:
+    """HAND_SQL's step columns (PostgreSQL's percentile_cont)."""
     parts = []
     for start, end in STEP_SPANS:
-        span = f"extract(epoch from t.{end} - t.{start})::float8"
-        for group in ("", " AND t.urgency = 'urgent'", " AND t.urgency <> 'urgent'"):
-            where = f"t.case_id IS NULL AND t.state <> 'rejected' AND t.{end} IS NOT NULL{group}"
-            where += f" AND t.{start} IS NOT NULL"
-            parts.append(f"count({span}) FILTER (WHERE {where})")
+        for group in ("", *URGENCY):
+            where = f"FILTER (WHERE {done(start, end)}{group})"
+            parts.append(f"count({span(True, start, end)}) {where}")
             for p in (0.5, 0.9):
-                parts.append(
-                    f"percentile_cont({p}) WITHIN GROUP (ORDER BY {span}) FILTER (WHERE {where})"
-                )
+                order = f"WITHIN GROUP (ORDER BY {span(True, start, end)})"
+                parts.append(f"percentile_cont({p}) {order} {where}")
     return ",\n  " + ",\n  ".join(parts)
+
+
+def hand_queries(is_pg: bool, province: str | None) -> dict[str, str]:
+    """The hand-written SQL for one scope. 'single': HAND_SQL with every figure (on SQLite,
+    which has no percentile_cont, the counts only). The report's own plan by hand:
+    'counts', HAND_SQL by ward and category, and 'spans', each step's spans of urgent and
+    of normal cases gathered into arrays."""
+
+    def mark(i: int) -> str:
+        return f"${i}" if is_pg else "?"
+
+    def where(first: int) -> str:
+        out = f"t.created_at >= {mark(first)} AND t.created_at < {mark(first + 1)}"
+        return out + (f" AND w.province_code = {mark(first + 2)}" if province else "")
+
+    join = "JOIN wards w ON w.code = t.ward_code" if province else ""
+    common = {"open": ", ".join(f"'{s}'" for s in OPEN_STATES), "now": mark(1), "join": join}
+    counts = HAND_SQL.format(
+        **common, where=where(2), steps="", grouping="t.ward_code, t.category_code"
+    )
+    single = HAND_SQL.format(
+        **common,
+        where=where(2),
+        steps=hand_steps() if is_pg else "",
+        grouping="GROUPING SETS ((t.ward_code, t.category_code), ())"
+        if is_pg
+        else "t.ward_code, t.category_code",
+    )
+    gather = "array_agg" if is_pg else "json_group_array"
+    spans = ", ".join(
+        f"{gather}({span(is_pg, start, end)}) FILTER (WHERE {done(start, end)}{group})"
+        for start, end in STEP_SPANS
+        for group in URGENCY
+    )
+    return {
+        "single": single,
+        "counts": counts,
+        "spans": f"SELECT {spans} FROM tickets t {join} WHERE {where(1)}",
+    }
 
 
 def generate(
@@ -317,59 +365,60 @@ async def measure(url: str, province: str | None, runs: int) -> dict[str, Any]:
             return await monthly_report(s, period, scope, now=NOW)
 
     is_pg = url.startswith("postgresql")
-    states = ", ".join(f"'{s}'" for s in OPEN_STATES)
-    join = "JOIN wards w ON w.code = t.ward_code" if province else ""
-    marks = ("$1", "$2", "$3", "$4") if is_pg else ("?",) * 4
-    sql = HAND_SQL.format(
-        open=states,
-        now=marks[0],
-        start=marks[1],
-        end=marks[2],
-        join=join,
-        province=f"AND w.province_code = {marks[3]}" if province else "",
-        steps=hand_steps() if is_pg else "",
-        grouping="GROUPING SETS ((t.ward_code, t.category_code), ())"
-        if is_pg
-        else "t.ward_code, t.category_code",
-    )
-    values = (NOW, period.start, period.end, *([province] if province else []))
+    sql = hand_queries(is_pg, province)
+    spans_values = (period.start, period.end, *([province] if province else []))
+    values = (NOW, *spans_values)
     if is_pg:
         raw_pg = await asyncpg.connect(pg_dsn(url))
 
-        async def hand() -> list[Any]:
-            return list(await raw_pg.fetch(sql, *values))
+        async def fetch(query: str, args: tuple[Any, ...]) -> list[Any]:
+            return list(await raw_pg.fetch(query, *args))
     else:
         raw = sqlite3.connect(str(make_url(url).database))
-        params = tuple(map(sqlite_text, values))
 
-        async def hand() -> list[Any]:
-            return raw.execute(sql, params).fetchall()
+        async def fetch(query: str, args: tuple[Any, ...]) -> list[Any]:
+            return raw.execute(query, tuple(map(sqlite_text, args))).fetchall()
 
-    async def timed(fn: Any) -> tuple[float, Any]:
-        result = await fn()  # warm-up
-        times = []
-        for _ in range(runs):
+    async def single() -> list[Any]:
+        return await fetch(sql["single"], values)
+
+    async def plan() -> list[Any]:
+        rows = await fetch(sql["counts"], values)
+        (gathered,) = await fetch(sql["spans"], spans_values)
+        for urgent, normal in zip(gathered[::2], gathered[1::2], strict=True):
+            arrays = [
+                np.asarray(json.loads(v) if isinstance(v, str) else v or [], dtype=np.float64)
+                for v in (urgent, normal)
+            ]
+            for seconds in (np.concatenate(arrays), *arrays):
+                if seconds.size:
+                    np.percentile(seconds, [50, 90])
+        return rows
+
+    # Round robin, so that drift in the machine's speed falls on all three alike.
+    ways = {"ours": ours, "single": single, "plan": plan}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    results = {name: await fn() for name, fn in ways.items()}  # warm-up
+    for _ in range(runs):
+        for name, fn in ways.items():
             t0 = time.perf_counter()
-            result = await fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), result
-
-    ours_s, report = await timed(ours)
-    hand_s, rows = await timed(hand)
+            results[name] = await fn()
+            times[name].append(time.perf_counter() - t0)
+    report, rows, plan_rows = results["ours"], results["single"], results["plan"]
     t0 = time.perf_counter()
     xlsx = to_xlsx(report)
     xlsx_s = time.perf_counter() - t0
-    hand_received = sum(r[2] for r in rows if r[0] is not None)
     if is_pg:
         await raw_pg.close()
     else:
         raw.close()
     await engine.dispose()
-    if report.total.received != hand_received or report.problems:
-        raise SystemExit(f"figures differ: {report.total.received} vs {hand_received}")
+    for found in (rows, plan_rows):
+        received = sum(r[2] for r in found if r[0] is not None)
+        if report.total.received != received or report.problems:
+            raise SystemExit(f"figures differ: {report.total.received} vs {received}")
     return {
-        "ours": ours_s,
-        "hand": hand_s,
+        **{name: statistics.median(taken) for name, taken in times.items()},
         "xlsx": xlsx_s,
         "xlsx_bytes": len(xlsx),
         "received": report.total.received,
@@ -400,17 +449,20 @@ def show(
 ) -> list[dict[str, Any]]:
     """Measure the whole country and one province, print them, return the figures."""
     print(f"{name}: {n:,} tickets and {events:,} audit events loaded in {loaded:.1f} s")
+    # SQLite has no percentile_cont: its single hand query gives the counts only.
+    single = "one GROUP BY" if url.startswith("postgresql") else "one GROUP BY (counts only)"
     measured = []
-    # SQLite has no percentile_cont: its hand query gives the counts only.
-    hand_label = "hand query" if url.startswith("postgresql") else "hand counts"
     for province in (None, "38"):
         f = child(url, province, runs)
         label = f"province {province}" if province else "whole country"
         print(
-            f"  October 2026, {label:13}: report {f['ours'] * 1000:7.1f} ms"
-            f" | {hand_label} {f['hand'] * 1000:7.1f} ms | ratio {f['ours'] / f['hand']:.2f}"
-            f" | peak RSS {f['rss_mb']:.0f} MB | {f['received']:,} reports"
-            f" | XLSX {f['xlsx'] * 1000:.0f} ms"
+            f"  October 2026, {label}: {f['received']:,} reports"
+            f" | report {f['ours'] * 1000:.1f} ms | peak RSS {f['rss_mb']:.0f} MB"
+            f" | XLSX {f['xlsx'] * 1000:.0f} ms\n"
+            f"    hand-written, {single}: {f['single'] * 1000:.1f} ms,"
+            f" ratio {f['ours'] / f['single']:.2f}\n"
+            f"    hand-written, the report's plan (counts + spans, numpy percentiles):"
+            f" {f['plan'] * 1000:.1f} ms, ratio {f['ours'] / f['plan']:.2f}"
         )
         measured.append(f)
     return measured
@@ -429,11 +481,11 @@ def run(n: int, runs: int, pg_port: int, databases: list[str]) -> None:
         loaded, events = asyncio.run(load(pg_url, n))
         figures = show("PostgreSQL", loaded, n, events, pg_url, runs)
         seconds = max(f["ours"] for f in figures)
-        ratio = max(f["ours"] / f["hand"] for f in figures)
+        ratio = max(f["ours"] / f["single"] for f in figures)
         rss = max(f["rss_mb"] for f in figures)
         print(
             f"  goals on PostgreSQL: <= 1 s: {'met' if seconds <= 1 else 'NOT MET'};"
-            f" <= 1.5x hand: {'met' if ratio <= 1.5 else 'NOT MET'};"
+            f" <= 1.5x the one GROUP BY: {'met' if ratio <= 1.5 else 'NOT MET'};"
             f" RSS <= 150 MB: {'met' if rss <= 150 else 'NOT MET'}"
         )
 

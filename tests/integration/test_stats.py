@@ -87,6 +87,22 @@ async def test_every_cell_of_the_month(
     )
 
 
+async def test_a_month_without_reports(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as s, s.begin():
+        await build_month(s)
+    async with sessions() as s:
+        report = await monthly_report(s, period_of("2026-07"), Scope(province_code="38"), now=NOW)
+    assert report.problems == []
+    assert report.total.as_dict() == expected([])
+    assert report.total.received == 0 and report.by_ward == []
+    assert len(report.by_category) == 13
+    assert all(row.figures.received == 0 for row in report.by_category)
+    steps = [asdict(step) for step in report.steps]
+    assert steps == expected_steps([])
+    assert [s["step"] for s in steps] == ["receive", "claim", "verify", "answer", "total"]
+    assert all(s["count"] == 0 and s["median"] is None for s in steps)
+
+
 async def test_month_boundaries_are_local_days(sessions: async_sessionmaker[AsyncSession]) -> None:
     report, _ = await _month(sessions, Scope())
     keys = {s.key for s in chosen(OCT_FIRST, OCT_LAST)}
