@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time
+from operator import add, attrgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -217,11 +218,11 @@ class Figures:
     rating_sum: int = 0
 
     def __add__(self, other: Figures) -> Figures:
-        return Figures(*(getattr(self, f) + getattr(other, f) for f in FIGURES))
+        return Figures(*map(add, _counts_of(self), _counts_of(other)))
 
     @property
     def rejected(self) -> int:
-        return sum(getattr(self, f"rejected_{r}") for r in REJECT_REASONS)
+        return sum(_rejected_of(self))
 
     def share(self, count: int, of: int | None = None) -> float | None:
         """count as a fraction of the cases (or of `of`); None when there are none."""
@@ -260,6 +261,9 @@ class Figures:
 
 
 FIGURES = tuple(f.name for f in fields(Figures))
+# A Figures' counts as a tuple, in field order; its rejections per reason.
+_counts_of = attrgetter(*FIGURES)
+_rejected_of = attrgetter(*(f"rejected_{r}" for r in REJECT_REASONS))
 
 
 def rounded(value: float | None, digits: int) -> float | None:
@@ -503,11 +507,16 @@ def _summed(keys: list[str], counts: np.ndarray[Any, Any]) -> dict[str, Figures]
     return {key: Figures(*sums[i].tolist()) for key, i in index.items()}
 
 
+def _column_sums(figures: Iterable[Figures]) -> tuple[int, ...]:
+    """The counts of `figures` added up field by field (all zero for none)."""
+    return tuple(map(sum, zip((0,) * len(FIGURES), *map(_counts_of, figures), strict=True)))
+
+
 def _checked(total: Figures, *tables: Sequence[Row]) -> list[str]:
     """The totals check: every table adds up to the total, and the identities hold."""
     problems = total.problems()
     for rows in tables:
-        if sum((r.figures for r in rows), Figures()) != total:
+        if _column_sums(r.figures for r in rows) != _counts_of(total):
             problems.append("a table does not add up to the total")
         problems += [f"{r.code}: {p}" for r in rows for p in r.figures.problems()]
     return problems
