@@ -173,14 +173,15 @@ def hand_queries(is_pg: bool, province: str | None) -> dict[str, str]:
     counts = HAND_SQL.format(
         **common, where=where(2), steps="", grouping="t.ward_code, t.category_code"
     )
-    single = HAND_SQL.format(
-        **common,
-        where=where(2),
-        steps=hand_steps() if is_pg else "",
-        grouping="GROUPING SETS ((t.ward_code, t.category_code), ())"
-        if is_pg
-        else "t.ward_code, t.category_code",
-    )
+    # SQLite has no percentile_cont: there the single query is the counts alone.
+    single = counts
+    if is_pg:
+        single = HAND_SQL.format(
+            **common,
+            where=where(2),
+            steps=hand_steps(),
+            grouping="GROUPING SETS ((t.ward_code, t.category_code), ())",
+        )
     gather = "array_agg" if is_pg else "json_group_array"
     spans = ", ".join(
         f"{gather}({span(is_pg, start, end)}) FILTER (WHERE {done(start, end)}{group})"

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time
-from operator import add, attrgetter
+from operator import attrgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -216,9 +216,6 @@ class Figures:
     reopened: int = 0
     rated: int = 0
     rating_sum: int = 0
-
-    def __add__(self, other: Figures) -> Figures:
-        return Figures(*map(add, _counts_of(self), _counts_of(other)))
 
     @property
     def rejected(self) -> int:
