@@ -7,24 +7,22 @@ import asyncio
 import gc
 import json
 import logging
-import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
-from pydantic import SecretStr
-from sqlalchemy import select
+from pydantic import SecretStr, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
 from backend.db import create_engine, session_factory
 from backend.migrate import upgrade
-from backend.models import User, utcnow
-from backend.services.accounts import ROLES, create_user, set_password
+from backend.models import utcnow
+from backend.services.accounts import ROLES, create_user
 from backend.services.boundaries import (
     BoundaryFileError,
     BoundaryImport,
@@ -32,6 +30,7 @@ from backend.services.boundaries import (
     read_features,
 )
 from backend.services.categories import seed_categories
+from backend.services.demo import seed_demo_accounts
 from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
 from backend.services.stats import (
@@ -53,8 +52,10 @@ from backend.web.api import mount_api
 from backend.web.app import SESSIONS, create_app
 from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
-from backend.web.demo import mount_demo
+from backend.web.demo import STAND_IN, mount_demo
+from backend.web.login import mount_login
 from backend.web.stats import mount_stats
+from bot.standin import BotApiStandIn, DemoChats
 
 log = logging.getLogger("hotline")
 
@@ -66,6 +67,7 @@ def build_app(settings: Settings) -> web.Application:
     app = create_app(settings)
     app.middlewares.append(session_middleware)
     mount_dashboard(app)
+    mount_login(app)
     mount_admin(app)
     mount_api(app)
     mount_stats(app)
@@ -83,81 +85,54 @@ async def _freeze_heap(_app: web.Application) -> None:
     gc.freeze()
 
 
-DEMO_STAFF = (
-    ("demo-operator", "operator", "P38", "Tổng đài viên (demo)"),
-    ("demo-staff", "ward_staff", "W14812", "Cán bộ phường Bỉm Sơn (demo)"),
-    ("demo-leader", "ward_leader", "W14812", "Lãnh đạo phường Bỉm Sơn (demo)"),
-)
-
-
-def _with_demo_chat(settings: Settings) -> tuple[Settings, Any]:
-    """Settings pointing Telegram at the built-in stand-in, and the stand-in (not started).
-
-    The stand-in lives with the tests' stand-ins, in the source tree `make run` uses.
-    """
-    root = Path(__file__).resolve().parent.parent
-    if (root / "tests" / "fakes").is_dir() and str(root) not in sys.path:
-        sys.path.append(str(root))
-    try:
-        from tests.fakes.telegram_api import FakeTelegram
-    except ImportError:
-        log.warning("the chat simulator needs the source tree (tests/fakes): off")
-        return settings, None
+def _with_stand_in(settings: Settings) -> tuple[Settings, BotApiStandIn]:
+    """Settings pointing Telegram at the built-in Bot API stand-in, and the stand-in (not
+    started): the demo's chats then happen in the simulator."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fake = FakeTelegram(token="100000:DEMO", port=port)  # noqa: S106 - the stand-in's own
+    stand_in = BotApiStandIn(token="100000:DEMO", port=port)  # noqa: S106 - its own token
     demo = settings.model_copy(
         update={
-            "telegram_token": SecretStr(fake.token),
+            "telegram_token": SecretStr(stand_in.token),
             "telegram_api_url": f"http://127.0.0.1:{port}",
             "telegram_mode": "polling",
             "telegram_poll_timeout": 1,
         }
     )
-    return demo, fake
+    return demo, stand_in
 
 
 async def _seed_demo_staff(app: web.Application) -> None:
-    """Demo accounts for training, with fresh passwords printed at each start."""
-    lines = []
+    """The demo's training accounts, printed at each start (the same passwords each time)."""
     async with app[SESSIONS]() as session, session.begin():
-        for username, role, unit, name in DEMO_STAFF:
-            user = await session.scalar(select(User).where(User.username == username))
-            if user is None:
-                created = await create_user(
-                    session, username, role, display_name=name, unit_code=unit
-                )
-                password = created.one_time_password
-            else:
-                password = secrets.token_urlsafe(9)
-                await set_password(session, user, password)
-            lines.append(f"  {username:14} {password}   ({name})")
+        accounts = await seed_demo_accounts(session)
+    lines = [f"  {a.username:20} {a.password}   ({a.display_name})" for a in accounts]
     print("Demo staff accounts (log in at /login):", *lines, sep="\n")
-    print("Chat as a resident at /demo/chat", flush=True)
+    if STAND_IN in app:
+        print("Chat as a resident at /demo/chat", flush=True)
 
 
 def server_app(settings: Settings) -> web.Application:
-    """The app `hotline serve` runs: with the chat simulator when there is no token."""
+    """The app `hotline serve` runs; with the demo switched on, its training accounts and,
+    without a Telegram token, the chat simulator on the built-in Bot API stand-in."""
     settings.media_dir.mkdir(parents=True, exist_ok=True)
-    fake = None
-    if settings.telegram_token is None and settings.demo_chat:
-        if settings.environment == "production":
-            log.warning("no HOTLINE_TELEGRAM_TOKEN in production: Telegram is off")
-        else:
-            settings, fake = _with_demo_chat(settings)
+    stand_in = None
+    if settings.demo and settings.telegram_token is None:
+        settings, stand_in = _with_stand_in(settings)
     app = build_app(settings)
-    if fake is not None:
-        from tests.fakes.telegram_api import DemoStandIn
+    if stand_in is not None:
+        started = stand_in
 
-        async def stand_in(_app: web.Application) -> AsyncIterator[None]:
-            await fake.start()
+        async def run_stand_in(_app: web.Application) -> AsyncIterator[None]:
+            await started.start()
             yield
-            await fake.stop()
+            await started.stop()
 
         # Before the chat runtime, which asks the stand-in who the bot is.
-        app.cleanup_ctx.insert(0, stand_in)
-        mount_demo(app, DemoStandIn(fake))
+        app.cleanup_ctx.insert(0, run_stand_in)
+        mount_demo(app, DemoChats(stand_in))
+    if settings.demo:
         app.on_startup.append(_seed_demo_staff)
     return app
 
@@ -282,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run the web service and the chat bots")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="training accounts and, without a Telegram token, the chat simulator",
+    )
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")
     bounds = sub.add_parser("import-boundaries", help="load ward polygons from a GeoJSON file")
@@ -313,7 +293,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings()
+    try:
+        settings = Settings(demo=True) if getattr(args, "demo", False) else Settings()
+    except ValidationError as exc:
+        parser.error("; ".join(str(e["msg"]) for e in exc.errors()))
     if args.command == "serve":
         run_server(settings, args.host, args.port)
     elif args.command == "migrate":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
@@ -77,9 +78,14 @@ class Settings(BaseSettings):
     # Map tiles for the dashboard ({z}/{x}/{y}); OpenStreetMap unless configured.
     map_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
-    # Without a Telegram token, outside production: run the built-in Bot API stand-in
-    # with the chat simulator at /demo/chat and seeded demo staff accounts.
-    demo_chat: bool = True
+    # The demo (`hotline serve --demo`, or HOTLINE_DEMO=1; never in production): training
+    # accounts for every role and, without a Telegram token, the built-in Bot API
+    # stand-in with the chat simulator at /demo/chat. Off by default.
+    demo: bool = False
+
+    # Reverse proxies (addresses or networks, JSON list) whose X-Forwarded-For is
+    # believed; without them the client address is the connection's peer.
+    trusted_proxies: list[IPv4Network | IPv6Network] = []
 
     outbox_enabled: bool = True
     outbox_max_attempts: int = 8
@@ -105,6 +111,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production" and self.demo:
+            raise ValueError("the demo does not run in production: unset HOTLINE_DEMO")
         if self.environment == "production":
             for name in (
                 "telegram_token",

@@ -288,6 +288,32 @@ class Photo(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Media(Base):
+    """A photo a staff member uploaded (POST /api/v1/media), by its sha256: what an answer
+    may refer to before the photo belongs to a ticket."""
+
+    __tablename__ = "media"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uploaded_by: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceSecret(Base):
+    """A random value made once per installation and kept (the demo accounts' password
+    seed, so their passwords stay the same across restarts)."""
+
+    __tablename__ = "instance_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class User(Base):
     """A staff account: operator, ward staff, leader, supervisor, police liaison, admin."""
 
@@ -305,6 +331,13 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # argon2 hash; None until a password is set.
     password_hash: Mapped[str | None] = mapped_column(String(200))
+    # The password was given by `create-user` or an admin reset: the first login must
+    # set a new one.
+    must_change_password: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # A training account made by the demo: it logs in only while the demo runs.
+    demo: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class WebSession(Base):
@@ -317,6 +350,18 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class KnownDevice(Base):
+    """A browser that signed in to an account before (its cookie holds a random token,
+    the table its hash): failures from elsewhere do not slow its logins down."""
+
+    __tablename__ = "known_devices"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LoginAttempt(Base):

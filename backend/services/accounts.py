@@ -49,6 +49,16 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def password_matches(password_hash: str | None, password: str) -> bool:
+    """Whether password is the one behind the hash (None: no password set)."""
+    if password_hash is None:
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
 async def create_user(
     session: AsyncSession,
     username: str,

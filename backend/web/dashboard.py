@@ -27,7 +27,6 @@ from backend.models import (
     Ward,
     utcnow,
 )
-from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.notify import mark_called, needs_call, undelivered
@@ -53,16 +52,7 @@ from backend.services.workflow import (
 from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
 from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
-from backend.web.auth import (
-    COOKIE,
-    LOGIN_CSRF_COOKIE,
-    WEB_SESSION,
-    csrf_ok,
-    login_csrf,
-    set_login_csrf,
-    set_session_cookie,
-    signed_in,
-)
+from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -103,53 +93,6 @@ async def check_csrf(request: web.Request) -> dict[str, Any]:
     if web_session is None or not csrf_ok(web_session.csrf_token, form.get("csrf")):
         raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
     return form
-
-
-# --- login -------------------------------------------------------------------------------
-
-
-async def login_page(request: web.Request) -> web.Response:
-    token = login_csrf(request)
-    response = render(request, "login.html", login_token=token, problem=None)
-    set_login_csrf(response, request, token)
-    return response
-
-
-async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    token = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not csrf_ok(token, form.get("csrf")):
-        raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
-    client = request.remote or "?"
-    async with request.app[SESSIONS]() as session, session.begin():
-        try:
-            user = await authenticate(
-                session, str(form.get("username", "")), str(form.get("password", "")), client
-            )
-        except LoginRefused as exc:
-            problem = "login.throttled" if exc.throttled else "login.wrong"
-            status = 429 if exc.throttled else 401
-            failed = None
-        else:
-            cookie, _ = await open_session(session, user)
-            failed = cookie
-    if failed is None:
-        return render(
-            request, "login.html", status=status, login_token=token or "", problem=problem
-        )
-    response = web.HTTPSeeOther("/queue")
-    set_session_cookie(response, request, failed)
-    response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
-    raise response
-
-
-async def logout(request: web.Request) -> web.StreamResponse:
-    await check_csrf(request)
-    async with request.app[SESSIONS]() as session, session.begin():
-        await close_session(session, request.cookies.get(COOKIE, ""))
-    response = web.HTTPSeeOther("/login")
-    response.del_cookie(COOKIE, path="/")
-    raise response
 
 
 # --- queues ------------------------------------------------------------------------------
@@ -569,9 +512,6 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 def mount_dashboard(app: web.Application) -> None:
     app.router.add_get("/", home)
-    app.router.add_get("/login", login_page)
-    app.router.add_post("/login", login)
-    app.router.add_post("/logout", logout)
     app.router.add_get("/queue", queue)
     app.router.add_get("/tickets/{code}", ticket_page)
     app.router.add_post("/tickets/{code}/act", ticket_action)

@@ -1,19 +1,21 @@
-"""Without a Telegram token the service runs the chat simulator: a resident reports at
-/demo/chat in the browser, and a demo ward account sees the ticket in its queue."""
+"""The demo (`hotline serve --demo`, as `make run` starts it) without a Telegram token runs
+the chat simulator: a resident reports at /demo/chat in the browser, and the demo ward
+account whose password the start printed sees the ticket in its queue."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.cli import DEMO_STAFF, server_app
+from backend.cli import server_app
 from backend.config import Settings
-from backend.models import Ticket, User
-from backend.services.accounts import set_password
+from backend.models import Ticket
 from tests.browser.conftest import log_in
 from tests.e2e.conftest import free_port
 
@@ -22,15 +24,23 @@ async def bot_says(page: Page, text: str) -> None:
     await page.locator(".log li.bot", has_text=text).last.wait_for(timeout=15_000)
 
 
+def printed_accounts(out: str) -> dict[str, str]:
+    """username → password from the accounts list the demo prints at start."""
+    found = re.findall(r"^  (demo-[a-z0-9-]+) +([a-z2-7]{16}) ", out, re.MULTILINE)
+    return dict(found)
+
+
 async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
     browser: Browser,
     database_url: str,
     tmp_path: Path,
     sessions: async_sessionmaker[AsyncSession],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     port = free_port()
     settings = Settings(
         environment="development",
+        demo=True,
         database_url=database_url,
         media_dir=tmp_path / "media",
         public_url=f"http://127.0.0.1:{port}",
@@ -71,14 +81,20 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 360
 
-        async with sessions() as s, s.begin():
+        async with sessions() as s:
             ticket = (await s.scalars(select(Ticket))).one()
-            operator = (await s.scalars(select(User).where(User.username == "demo-operator"))).one()
-            await set_password(s, operator, "training-day")
         assert ticket.category_code == "burning" and ticket.ward_code == "14812"
-        staff_page = await log_in(browser, base, "demo-operator", "training-day")
-        await staff_page.wait_for_url("**/queue")
-        assert await staff_page.locator(f"text={ticket.code}").count() == 1
+        accounts = printed_accounts(capsys.readouterr().out)
+        assert set(accounts) == {
+            "demo-operator",
+            "demo-supervisor",
+            "demo-admin",
+            "demo-staff-14812",
+            "demo-leader-14812",
+        }
+        for username in ("demo-staff-14812", "demo-operator"):
+            staff_page = await log_in(browser, base, username, accounts[username])
+            await staff_page.wait_for_url("**/queue")
+            assert await staff_page.locator(f"text={ticket.code}").count() == 1
     finally:
         await runner.cleanup()
-    assert [u for u, *_ in DEMO_STAFF] == ["demo-operator", "demo-staff", "demo-leader"]

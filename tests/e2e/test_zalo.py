@@ -77,7 +77,6 @@ def zalo_settings(
         public_url=f"http://127.0.0.1:{free_port()}",
         outbox_poll_interval=0.2,
         map_tile_url="",
-        demo_chat=False,
         **values,
     )
     if oa is not None:

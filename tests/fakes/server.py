@@ -1,4 +1,5 @@
-"""What the platform stand-ins share: serving on 127.0.0.1, and waiting for messages."""
+"""What the platform stand-ins share: serving on 127.0.0.1 (the product's own helper, which
+the demo's Bot API stand-in uses too), and waiting for messages."""
 
 from __future__ import annotations
 
@@ -7,46 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-import aiohttp
-from aiohttp import web
+from bot.standin import StandIn, serve
+
+__all__ = ["Reader", "SentLog", "StandIn", "serve"]
 
 T = TypeVar("T")
-
-
-async def serve(
-    app: web.Application, host: str = "127.0.0.1", port: int = 0
-) -> tuple[web.AppRunner, str]:
-    """Run app on host (a free port unless given); the runner (to clean up) and base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://{host}:{port}"
-
-
-class StandIn:
-    """A stand-in server on 127.0.0.1, with a client of its own to call our webhooks."""
-
-    url = ""
-    _runner: web.AppRunner | None = None
-    _client: aiohttp.ClientSession | None = None
-
-    async def _serve(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.url = await serve(app, host, port)
-        self._client = aiohttp.ClientSession()
-        return self.url
-
-    @property
-    def client(self) -> aiohttp.ClientSession:
-        assert self._client is not None, "the stand-in is not started"
-        return self._client
-
-    async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 class SentLog(Generic[T]):
