@@ -16,7 +16,7 @@ run: $(STAMP)
 	mkdir -p var
 	$(BIN)/hotline migrate
 	$(BIN)/hotline import-units
-	$(BIN)/hotline serve --host 127.0.0.1 --port 8080
+	$(BIN)/hotline serve --demo --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
