@@ -54,6 +54,8 @@ from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
 from backend.web.demo import STAND_IN, mount_demo
 from backend.web.login import mount_login
+from backend.web.openapi import mount_openapi
+from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
 from bot.standin import BotApiStandIn, DemoChats
 
@@ -70,6 +72,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_login(app)
     mount_admin(app)
     mount_api(app)
+    mount_openapi(app)
     mount_stats(app)
     mount_chat(app)
     return app
@@ -141,7 +144,14 @@ def run_server(settings: Settings, host: str, port: int, *, banner: bool = True)
     """Run the service until interrupted."""
     app = server_app(settings)
     app.on_startup.append(_freeze_heap)
-    web.run_app(app, host=host, port=port, access_log=None, print=print if banner else None)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=print if banner else None,
+        access_log_class=JsonAccessLog,
+        access_log=access_logger(),
+    )
 
 
 def _ensure_sqlite_dir(url: str) -> None:

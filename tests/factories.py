@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Conversation, Ticket, Unit, User, utcnow
+from backend.services.accounts import hash_password
 from backend.services.deadlines import Policies
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.reporters import find_or_create_reporter
@@ -74,8 +75,14 @@ async def make_ticket(
 
 
 async def make_user(
-    session: AsyncSession, role: str, unit_code: str | None, *, chat_id: str | None = None
+    session: AsyncSession,
+    role: str,
+    unit_code: str | None,
+    *,
+    chat_id: str | None = None,
+    password: str | None = None,
 ) -> User:
+    """A staff account; with a password, one its owner already chose (no change due)."""
     unit_id = None
     if unit_code is not None:
         unit_id = await session.scalar(select(Unit.id).where(Unit.code == unit_code))
@@ -86,6 +93,7 @@ async def make_user(
         role=role,
         unit_id=unit_id,
         telegram_chat_id=chat_id,
+        password_hash=hash_password(password) if password is not None else None,
     )
     session.add(user)
     await session.flush()

@@ -18,6 +18,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -80,12 +81,25 @@ class StoredImage:
         }
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(value: object) -> bool:
+    """Whether value is a photo id: 64 lower-case hex digits, nothing else."""
+    return isinstance(value, str) and SHA256.fullmatch(value) is not None
+
+
 def media_path(media_dir: Path, sha256: str, suffix: str = "jpg") -> Path:
+    if not is_digest(sha256):
+        raise ValueError("not a photo id")
     return media_dir / sha256[:2] / f"{sha256}.{suffix}"
 
 
 def find_media(media_dir: Path, sha256: str, *, thumbnail: bool = False) -> Path | None:
-    """The stored file (or its thumbnail) for a digest."""
+    """The stored file (or its thumbnail) for a digest; None for anything that is not a
+    digest, so no path is ever built from other text."""
+    if not is_digest(sha256):
+        return None
     for ext in ("thumb.jpg",) if thumbnail else ("jpg", "png", "webp"):
         path = media_path(media_dir, sha256, ext)
         if path.exists():
@@ -230,18 +244,6 @@ def store_image(media_dir: Path, data: bytes, max_bytes: int) -> StoredImage:
     return StoredImage(
         digest, STORED_TYPE, clean.width, clean.height, len(clean.jpeg), clean.gps, clean.taken_at
     )
-
-
-def inspect_image(data: bytes) -> tuple[str, int, int]:
-    """(content type, width, height) of a stored, already clean image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format or ""
-            if fmt not in ACCEPTED_FORMATS:
-                raise NotAnImage(f"format {fmt or 'unknown'}")
-            return ACCEPTED_FORMATS[fmt], img.width, img.height
-    except (UnidentifiedImageError, OSError) as exc:
-        raise NotAnImage(str(exc)) from exc
 
 
 _pool: ProcessPoolExecutor | None = None

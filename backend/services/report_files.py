@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,9 @@ STEP_COLUMNS: tuple[tuple[str, Kind], ...] = (
     ("normal_median", "hours"),
     ("normal_p90", "hours"),
 )
+
+
+_SAFE = re.compile(r"[^a-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -282,4 +286,6 @@ def file_name(report: Report, extension: str) -> str:
     ]
     if scope.unit_id is not None:
         parts.append(f"u{scope.unit_id}")
-    return "-".join(parts) + f".{extension}"
+    # The scope's codes were checked against the database; the name keeps only what a
+    # file name may safely hold all the same.
+    return "-".join(_SAFE.sub("", p) for p in parts) + f".{extension}"

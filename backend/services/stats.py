@@ -151,6 +151,8 @@ async def scope_for(session: AsyncSession, actor: Actor, asked: Scope) -> Scope:
         raise StatsError("unknown_ward", asked.ward_code)
     if asked.province_code and await session.get(Province, asked.province_code) is None:
         raise StatsError("unknown_province", asked.province_code)
+    if asked.category_code and await session.get(Category, asked.category_code) is None:
+        raise StatsError("unknown_category", asked.category_code)
     if ward is not None and asked.province_code not in (None, ward.province_code):
         raise StatsError("unknown_ward", f"{ward.code} is not in {asked.province_code}")
     province = asked.province_code or (ward.province_code if ward else None)

@@ -529,15 +529,20 @@ async def _mark_complex(step: _Step) -> str | None:
 
 
 async def _merge(step: _Step) -> str | None:
-    session, ticket, request, *_ = step
+    session, ticket, request, actor, *_ = step
+    missing = WorkflowError("case_required", f"no other ticket {request.case_code}")
     case = await session.scalar(select(Ticket).where(Ticket.code == request.case_code))
-    if case is None or case.id == ticket.id:
-        raise WorkflowError("case_required", f"no other ticket {request.case_code}")
+    # A case the actor may not see is, to them, no case at all: merging into another
+    # province's case would send its answer to this reporter.
+    if case is None or case.id == ticket.id or not await in_scope(session, actor, case):
+        raise missing
     while case.case_id is not None:  # merge into the case itself, not into a member
         parent = await session.get(Ticket, case.case_id)
         if parent is None:
             break
         case = parent
+    if not await in_scope(session, actor, case):
+        raise missing
     if case.state in ("rejected", "merged") or case.id == ticket.id:
         raise WorkflowError("case_required", f"{case.code} cannot take reports")
     ticket.case_id = case.id

@@ -7,18 +7,19 @@ scoped to what that person may see, and shows reporters by pseudonym only.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import (
     AuditEvent,
     Category,
+    Media,
     OutboxMessage,
     Photo,
     Reporter,
@@ -28,7 +29,8 @@ from backend.models import (
     utcnow,
 )
 from backend.services.notify import needs_call
-from backend.services.photos import NotAnImage, TooLarge, find_media, inspect_image, store_photo
+from backend.services.photos import NotAnImage, TooLarge, store_photo
+from backend.services.upsert import insert_for
 from backend.services.workflow import (
     Action,
     Actor,
@@ -43,6 +45,7 @@ from backend.services.workflow import (
 )
 from backend.web.app import POLICIES, SESSIONS, SETTINGS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
+from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body
 
 TEST_USER_HEADER = "X-Hotline-Test-User"
 CSRF_HEADER = "X-CSRF-Token"
@@ -61,7 +64,7 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
 }
 
 
-def json_error(status: int, body: dict[str, str]) -> web.HTTPException:
+def json_error(status: int, body: dict[str, Any]) -> web.HTTPException:
     return _ERRORS[status](text=json.dumps(body), content_type="application/json")
 
 
@@ -132,8 +135,8 @@ async def _ticket_for(
 ) -> Ticket:
     ticket = await find_ticket(session, request.match_info["code"], lock=lock)
     if ticket is None or not await in_scope(session, actor, ticket):
-        # Out of scope looks the same as missing to those who may not see it.
-        raise json_error(404 if ticket is None else 403, {"error": "not_found"})
+        # Out of scope answers exactly as missing: an outsider learns nothing of it.
+        raise json_error(404, {"error": "not_found"})
     return ticket
 
 
@@ -202,57 +205,124 @@ async def show_ticket(request: web.Request) -> web.Response:
         return web.json_response(await _detail(session, ticket, actor))
 
 
-def _parse_action(body: dict[str, Any], photos: list[dict[str, Any]]) -> Action:
-    due = body.get("due")
+Text = Annotated[str, StringConstraints(max_length=4000)]
+Code = Annotated[str, StringConstraints(max_length=32)]
+PhotoId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ActionBody(BaseModel):
+    """The body of POST /api/v1/tickets/{code}/actions: the action and what it needs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    action: Code
+    note: Text | None = None
+    reason: Text | None = None
+    result: Text | None = None
+    # Photos uploaded with POST /api/v1/media by the caller, or already on the ticket.
+    photos: Annotated[list[PhotoId], Field(max_length=10)] = []
+    unit: Code | None = None
+    # ISO 8601 with a time zone, e.g. 2026-12-24T17:00:00+07:00 (an extension's new due).
+    due: Annotated[str, StringConstraints(max_length=40)] | None = None
+    case: Code | None = None
+    urgency: Literal["urgent", "normal"] | None = None
+    competence: Literal["ward", "province", "police", "ministry"] | None = None
+
+
+def _problems(exc: ValidationError) -> list[dict[str, str]]:
+    """Validation errors as the API reports them: where, and what is wrong (no values)."""
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "problem": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _too_large(limit: int) -> web.HTTPException:
+    return web.HTTPRequestEntityTooLarge(
+        max_size=limit,
+        actual_size=limit + 1,
+        text=json.dumps({"error": "too_large", "detail": f"at most {limit} bytes"}),
+        content_type="application/json",
+    )
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
     try:
-        due_at = datetime.fromisoformat(due) if due else None
+        return await read_body(request, limit)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise _too_large(limit) from exc
+
+
+async def _action_body(request: web.Request) -> ActionBody:
+    try:
+        return ActionBody.model_validate(parse_json(await _body(request, JSON_LIMIT)))
+    except BadJSON as exc:
+        raise json_error(400, {"error": "bad_json", "detail": "send a JSON object"}) from exc
+    except ValidationError as exc:
+        raise json_error(422, {"error": "invalid", "problems": _problems(exc)}) from exc
+
+
+def _due(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        due = datetime.fromisoformat(text)
     except ValueError as exc:
         raise json_error(422, {"error": "due_required", "detail": "ISO 8601 date"}) from exc
-    if due_at is not None and due_at.tzinfo is None:
+    if due.tzinfo is None:
         raise json_error(422, {"error": "due_required", "detail": "give a time zone"})
-    return Action(
-        action=str(body.get("action", "")),
-        note=body.get("note"),
-        reason=body.get("reason"),
-        result=body.get("result"),
-        photos=photos,
-        unit_code=body.get("unit"),
-        due=due_at,
-        case_code=body.get("case"),
-        urgency=body.get("urgency"),
-        competence=body.get("competence"),
-    )
+    return due
+
+
+async def _photos(
+    session: AsyncSession, ids: list[str], user: User, ticket: Ticket
+) -> list[dict[str, Any]]:
+    """The photos an action refers to, from the database: each one the caller uploaded or
+    one already on this ticket; anything else is 422."""
+    found: dict[str, dict[str, Any]] = {}
+    if ids:
+        uploaded = await session.scalars(
+            select(Media).where(Media.sha256.in_(ids), Media.uploaded_by == user.id)
+        )
+        on_ticket = await session.scalars(
+            select(Photo).where(Photo.sha256.in_(ids), Photo.ticket_id == ticket.id)
+        )
+        for row in [*uploaded, *on_ticket]:
+            found[row.sha256] = {
+                "sha256": row.sha256,
+                "content_type": row.content_type,
+                "width": row.width,
+                "height": row.height,
+                "size_bytes": row.size_bytes,
+            }
+    missing = [sha for sha in ids if sha not in found]
+    if missing:
+        raise json_error(
+            422, {"error": "unknown_photo", "detail": "upload it first: POST /api/v1/media"}
+        )
+    return [found[sha] for sha in ids]
 
 
 async def act_on_ticket(request: web.Request) -> web.Response:
     """POST /api/v1/tickets/{code}/actions {"action": …, …}: one step of the procedure."""
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise json_error(400, {"error": "bad_json"}) from exc
-    if not isinstance(body, dict):
-        raise json_error(400, {"error": "bad_json"})
-    media_dir = request.app[SETTINGS].media_dir
-    photos = []
-    for sha in body.get("photos") or []:
-        path = find_media(media_dir, str(sha))
-        if path is None:
-            raise json_error(422, {"error": "photos_required", "detail": f"no photo {sha}"})
-        data = await asyncio.to_thread(path.read_bytes)
-        content_type, width, height = await asyncio.to_thread(inspect_image, data)
-        photos.append(
-            {
-                "sha256": str(sha),
-                "content_type": content_type,
-                "width": width,
-                "height": height,
-                "size_bytes": len(data),
-            }
-        )
-    request_action = _parse_action(body, photos)
     async with request.app[SESSIONS]() as session, session.begin():
-        _, actor = await identify(request, session)
+        # Who is asking comes first: an outsider learns nothing from the body's fate.
+        user, actor = await identify(request, session)
+        body = await _action_body(request)
+        due = _due(body.due)
         ticket = await _ticket_for(request, session, actor, lock=True)
+        request_action = Action(
+            action=body.action,
+            note=body.note,
+            reason=body.reason,
+            result=body.result,
+            photos=await _photos(session, body.photos, user, ticket),
+            unit_code=body.unit,
+            due=due,
+            case_code=body.case,
+            urgency=body.urgency,
+            competence=body.competence,
+        )
         try:
             await act(session, ticket, request_action, actor, request.app[POLICIES])
         except WorkflowError as exc:
@@ -264,22 +334,32 @@ async def act_on_ticket(request: web.Request) -> web.Response:
 
 
 async def upload_photo(request: web.Request) -> web.Response:
-    """POST /api/v1/media (the image as the body): store it; answer with its sha256."""
+    """POST /api/v1/media (the image as the body): sanitise and store it, and remember
+    who uploaded it; answer with its sha256, which an answer may then refer to."""
     settings = request.app[SETTINGS]
     async with request.app[SESSIONS]() as session:
-        await identify(request, session)
-    data = await request.read()
+        user, _ = await identify(request, session)
+    data = await _body(request, settings.max_photo_bytes)
     try:
         stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
     except TooLarge as exc:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=settings.max_photo_bytes,
-            actual_size=len(data),
-            text=json.dumps({"error": "too_large"}),
-            content_type="application/json",
-        ) from exc
+        raise _too_large(settings.max_photo_bytes) from exc
     except NotAnImage as exc:
         raise json_error(415, {"error": "not_image"}) from exc
+    async with request.app[SESSIONS]() as session, session.begin():
+        await session.execute(
+            insert_for(session, Media)
+            .values(
+                sha256=stored.sha256,
+                uploaded_by=user.id,
+                content_type=stored.content_type,
+                width=stored.width,
+                height=stored.height,
+                size_bytes=stored.size_bytes,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["sha256", "uploaded_by"])
+        )
     return web.json_response({"sha256": stored.sha256, "content_type": stored.content_type})
 
 

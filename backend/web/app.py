@@ -16,6 +16,7 @@ from backend.services.geocoding import Geocoder
 from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
+from backend.web import security
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -79,5 +80,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_deadlines)
     app.cleanup_ctx.append(_monthly)
+    security.install(app, settings)
     app.router.add_get("/healthz", healthz)
     return app

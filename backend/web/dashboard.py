@@ -88,7 +88,13 @@ async def require_user(request: web.Request, session: AsyncSession) -> tuple[Use
 
 
 async def check_csrf(request: web.Request) -> dict[str, Any]:
-    form = dict(await request.post())
+    """The form's fields once its CSRF token checks out, text without NUL characters
+    (which PostgreSQL refuses in text)."""
+    posted = await request.post()
+    form = {
+        key: value.replace("\x00", "") if isinstance(value, str) else value
+        for key, value in ((key, posted[key]) for key in dict.fromkeys(posted))
+    }
     web_session = request.get(WEB_SESSION)
     if web_session is None or not csrf_ok(web_session.csrf_token, form.get("csrf")):
         raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
@@ -188,12 +194,9 @@ async def _visible_ticket(
     request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
 ) -> Ticket:
     ticket = await find_ticket(session, request.match_info["code"], lock=lock)
-    if ticket is None:
+    if ticket is None or not await in_scope(session, actor, ticket):
+        # Out of scope answers exactly as missing: an outsider learns nothing of it.
         raise web.HTTPNotFound()
-    if not await in_scope(session, actor, ticket):
-        raise web.HTTPForbidden(
-            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
-        )
     return ticket
 
 
@@ -461,8 +464,11 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
             problem = problem or "phone.bad_photo"
         else:
             photos.append(stored.as_dict())
+    category = fields.get("category", "other")
     async with request.app[SESSIONS]() as session, session.begin():
         actor = await require_triage(request, session)
+        if problem is None and await session.get(Category, category) is None:
+            problem = "phone.bad_category"
         if problem is not None or place is None:
             categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
             return render(
@@ -483,7 +489,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         submitted = await submit_report(
             session,
             ReportDraft(
-                category_code=fields.get("category", "other"),
+                category_code=category,
                 ward_code=place.ward_code,
                 lat=place.lat,
                 lon=place.lon,

@@ -1,8 +1,9 @@
 """The chat simulator at /demo/chat: a resident's Telegram chat in the browser, talking to
-the built-in Bot API stand-in that `make run` starts when no Telegram token is set.
+the built-in Bot API stand-in that the demo (`make run`) starts when no Telegram token is
+set. Mounted only while the demo runs.
 
-The stand-in itself is given by the composition root (it lives with the test stand-ins);
-this module only needs a way to act as a user in a chat and to read what the bot sent.
+The stand-in itself is given by the composition root (bot/standin.py); this module only
+needs a way to act as a user in a chat and to read what the bot sent.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from backend.web.app import SETTINGS
+from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body
 from backend.web.dashboard import TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -23,7 +26,7 @@ _CHAT = re.compile(r"^[1-9][0-9]{5,11}$")
 
 
 class ChatUser(Protocol):
-    """One simulated Telegram user (see tests/fakes/telegram_api.py FakeUser)."""
+    """One simulated Telegram user (bot/standin.py StandInUser)."""
 
     async def text(self, text: str) -> dict[str, Any]: ...
     async def location(self, lat: float, lon: float) -> dict[str, Any]: ...
@@ -67,6 +70,18 @@ async def messages(request: web.Request) -> web.Response:
     return web.json_response({"messages": request.app[STAND_IN].messages(chat)})
 
 
+class _Sent(BaseModel):
+    """What the simulator's page sends: text, a location or a button press."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    button: Annotated[str, StringConstraints(max_length=64)] | None = None
+    message_id: Annotated[int, Field(ge=1, le=2**31)] = 1
+
+
 async def send(request: web.Request) -> web.Response:
     """POST /demo/api/send: text, a location, a button press, or a photo (multipart)."""
     chat = _chat_id(request)
@@ -80,15 +95,18 @@ async def send(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text="no photo")
         await user.photo(upload.file.read(25 * 1024 * 1024))
         return web.json_response({"ok": True})
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="send a JSON object")
-    if "button" in body:
-        await user.press_data(str(body["button"]), int(body.get("message_id", 1)))
-    elif "lat" in body and "lon" in body:
-        await user.location(float(body["lat"]), float(body["lon"]))
-    elif str(body.get("text", "")).strip():
-        await user.text(str(body["text"]))
+    try:
+        body = _Sent.model_validate(parse_json(await read_body(request, JSON_LIMIT)))
+    except (BadJSON, ValidationError) as exc:
+        raise web.HTTPBadRequest(
+            text='send a JSON object: {"text": …}, {"lat": …, "lon": …} or {"button": …}'
+        ) from exc
+    if body.button is not None:
+        await user.press_data(body.button, body.message_id)
+    elif body.lat is not None and body.lon is not None:
+        await user.location(body.lat, body.lon)
+    elif body.text is not None and body.text.strip():
+        await user.text(body.text)
     else:
         raise web.HTTPBadRequest(text="nothing to send")
     return web.json_response({"ok": True})

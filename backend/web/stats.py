@@ -5,8 +5,9 @@ route narrows the request to what the signed-in person may see."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from sqlalchemy import select
@@ -35,7 +36,12 @@ from backend.web.charts import bar_chart, trend_chart
 from backend.web.dashboard import render, require_user
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-_STATUS = {"forbidden": 403, "unknown_ward": 404, "unknown_province": 404}
+_STATUS = {
+    "forbidden": 403,
+    "unknown_ward": 404,
+    "unknown_province": 404,
+    "unknown_category": 404,
+}
 _PROVINCE_ROLES = ("operator", "supervisor")
 
 
@@ -193,13 +199,17 @@ async def stats_download(request: web.Request) -> web.Response:
     return _attachment(body, "text/csv; charset=utf-8", file_name(report, extension))
 
 
+def content_disposition(name: str) -> str:
+    """An attachment header for a file name (RFC 6266): a plain ASCII fallback, and the
+    name itself as UTF-8 in filename*. Nothing in the name can end the header."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 def _attachment(body: bytes, content_type: str, name: str) -> web.Response:
     return web.Response(
         body=body,
-        headers={
-            "Content-Type": content_type,
-            "Content-Disposition": f'attachment; filename="{name}"',
-        },
+        headers={"Content-Type": content_type, "Content-Disposition": content_disposition(name)},
     )
 
 
@@ -208,10 +218,9 @@ async def saved_report(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         _, actor = await require_user(request, session)
         run = await session.get(MonthlyRun, int(request.match_info["id"]))
-        if run is None or run.xlsx is None:
-            raise web.HTTPNotFound()
-    if not _sees_province(actor, run.province_code):
-        raise web.HTTPForbidden()
+    # Another province's report answers exactly as a missing one.
+    if run is None or run.xlsx is None or not _sees_province(actor, run.province_code):
+        raise web.HTTPNotFound()
     kind = "ky25-" if run.period_kind == "cut25" else ""
     name = f"bao-cao-{run.period}-{kind}{run.province_code or 'toan-quoc'}.xlsx"
     return _attachment(run.xlsx, XLSX_TYPE, name)

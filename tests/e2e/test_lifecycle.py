@@ -138,8 +138,14 @@ async def test_the_api_is_scoped_and_needs_an_identity(
             assert r.status == 401
         async with http.get(base, headers={TEST_USER_HEADER: other.username}) as r:
             assert (await r.json())["tickets"] == []
+        # Another ward's ticket answers exactly like one that does not exist.
         async with http.get(f"{base}/{code}", headers={TEST_USER_HEADER: other.username}) as r:
-            assert r.status == 403
+            hidden = (r.status, await r.read())
+        async with http.get(
+            f"{base}/38-0000-99999", headers={TEST_USER_HEADER: other.username}
+        ) as r:
+            missing = (r.status, await r.read())
+        assert hidden == missing and hidden[0] == 404
         async with http.get(f"{base}/{code}", headers={TEST_USER_HEADER: own.username}) as r:
             detail = await r.json()
         assert detail["actions"] == []  # not yet classified: nothing for ward staff

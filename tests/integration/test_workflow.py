@@ -229,6 +229,25 @@ async def test_transfer_extend_and_reject_tell_the_reporter(
     assert rejected == [rejected[0]] and "spam" in rejected[0] and "not accepted" in rejected[0]
 
 
+async def test_a_case_in_another_province_is_no_case_to_merge_into(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as s, s.begin():
+        report = await make_ticket(s, now=T0)  # Phường Bỉm Sơn, Thanh Hóa (38)
+        hanoi = await make_ticket(s, ward="00004", now=T0)  # Hà Nội (01)
+        member = await make_ticket(s, ward="00004", now=T0)
+        operator = await actor(s, "operator", "P38")
+        await apply(s, member, Action("merge", case_code=hanoi.code), Actor.system(), POLICIES)
+        refusals = []
+        for code in (hanoi.code, member.code, "01-0000-99999"):
+            with pytest.raises(WorkflowError) as refused:
+                await apply(s, report, Action("merge", case_code=code), operator, POLICIES)
+            refusals.append((refused.value.code, str(refused.value).replace(code, "CODE")))
+        assert (report.state, report.case_id) == ("received", None)
+    # Exactly as a code that does not exist: nothing tells the operator it is there.
+    assert refusals == [("case_required", "case_required: no other ticket CODE")] * 3
+
+
 async def test_a_merged_report_hears_the_case_result(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:

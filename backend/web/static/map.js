@@ -22,3 +22,12 @@
     }
   });
 })();
+// An answer template fills the answer's text (no inline handlers: the CSP forbids them).
+(function () {
+  document.querySelectorAll("select[data-fills]").forEach(function (select) {
+    select.addEventListener("change", function () {
+      const target = select.form && select.form.elements.namedItem(select.dataset.fills);
+      if (target) target.value = select.value;
+    });
+  });
+})();

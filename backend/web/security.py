@@ -1,0 +1,159 @@
+"""What every response carries and every request is checked for: security headers (CSP,
+framing, sniffing, referrer, permissions, HSTS over HTTPS, no-store), no server banner,
+a request id, a JSON access log without personal data, and refusal of NUL characters in
+the path or query."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from aiohttp import web, web_response
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from backend.config import Settings
+
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-Id"
+ACCESS_LOG = "hotline.access"
+STATIC_PREFIX = "/static/"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp names itself and Python's version in a Server header. The signal below drops
+# it from every routed response; responses to requests that never reach the router (an
+# unparsable request line, say) fall back to this neutral value.
+setattr(web_response, "SERVER_SOFTWARE", "hotline")  # noqa: B010 - a module constant
+
+
+def tile_source(template: str) -> str | None:
+    """The CSP source for a map tile URL template ('https://{s}.tile.example.org/{z}/…'
+    → 'https://*.tile.example.org'), or None without tiles."""
+    if not template:
+        return None
+    parts = urlsplit(template.replace("{s}", "tiles-subdomain"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.replace("tiles-subdomain", "*")
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def content_security_policy(settings: Settings) -> str:
+    """Scripts, styles and everything else from this service only; map tiles from the
+    configured host; no framing, no plugins, no <base>, forms post here only."""
+    images = ["'self'", "data:", "blob:"]
+    tiles = tile_source(settings.map_tile_url)
+    if tiles is not None:
+        images.append(tiles)
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            f"img-src {' '.join(images)}",
+            "connect-src 'self'",
+            "font-src 'self'",
+            "manifest-src 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "object-src 'none'",
+        )
+    )
+
+
+def security_headers(settings: Settings) -> dict[str, str]:
+    """The headers every response carries."""
+    headers = {
+        "Content-Security-Policy": content_security_policy(settings),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Permissions-Policy": (
+            "geolocation=(self), camera=(self), microphone=(), payment=(), usb=(), "
+            "interest-cohort=()"
+        ),
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
+    if (settings.public_url or "").startswith("https://"):
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return headers
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """Add the headers, the request id and the NUL check to app."""
+    headers = security_headers(settings)
+
+    async def on_prepare(request: web.Request, response: StreamResponse) -> None:
+        response.headers.update(headers)
+        response.headers.popall("Server", None)
+        # Pages, API answers, exports and photos may carry personal data: never kept by
+        # a browser or a proxy. The vendored scripts and styles may be.
+        if not request.path.startswith(STATIC_PREFIX):
+            response.headers["Cache-Control"] = "no-store"
+        response.headers[REQUEST_ID_HEADER] = request_id(request)
+
+    app.on_response_prepare.append(on_prepare)
+    app.middlewares.insert(0, refuse_nul)
+
+
+def request_id(request: BaseRequest) -> str:
+    """This request's id, made on first use (it is in the access log and the response)."""
+    found = request.get(REQUEST_ID)
+    if isinstance(found, str):
+        return found
+    made = secrets.token_hex(8)
+    request[REQUEST_ID] = made
+    return made
+
+
+@web.middleware
+async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A NUL character has no business in a path or a query, and PostgreSQL refuses it
+    in text: 400 before any handler sees it."""
+    if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+        if request.path.startswith("/api/"):
+            raise web.HTTPBadRequest(
+                text='{"error": "bad_request", "detail": "NUL characters are not accepted"}',
+                content_type="application/json",
+            )
+        raise web.HTTPBadRequest(text="NUL characters are not accepted")
+    return await handler(request)
+
+
+class JsonAccessLog(AbstractAccessLogger):
+    """One JSON line per request: method, route (its pattern, never the path's values),
+    status, duration and request id. No query strings, bodies, addresses or identities."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        match_info = getattr(request, "match_info", None)
+        resource = match_info.route.resource if match_info is not None else None
+        line = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "method": request.method if request.method.isalpha() else "?",
+            "route": resource.canonical if resource is not None else None,
+            "status": response.status,
+            "ms": round(time * 1000, 1),
+            "request_id": request_id(request),
+        }
+        self.logger.info(json.dumps(line))
+
+
+def access_logger() -> logging.Logger:
+    """The hotline.access logger, writing bare JSON lines (for JsonAccessLog)."""
+    logger = logging.getLogger(ACCESS_LOG)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
