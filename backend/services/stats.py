@@ -41,7 +41,7 @@ PeriodKind = Literal["month", "cut25"]
 PERIOD_KINDS: tuple[PeriodKind, ...] = ("month", "cut25")
 # The monthly report is due on this day (TCMT CV 3043/2017); the cut ends on it too.
 CUT_DAY = 25
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 class StatsError(Exception):
@@ -85,8 +85,12 @@ def _utc_midnight(day: date) -> datetime:
 
 
 def _split(month: str) -> tuple[int, int]:
-    found = _MONTH.match(month.strip())
-    if found is None or not 1 <= int(found.group(2)) <= 12 or int(found.group(1)) < 2000:
+    found = _MONTH.fullmatch(month)
+    if (
+        found is None
+        or not 1 <= int(found.group(2)) <= 12
+        or not 2000 <= int(found.group(1)) < 3000
+    ):
         raise StatsError("bad_month", f"{month!r} is not yyyy-mm")
     return int(found.group(1)), int(found.group(2))
 

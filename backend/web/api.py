@@ -12,7 +12,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +40,8 @@ from backend.services.notify import needs_call
 from backend.services.photos import NotAnImage, TooLarge, store_photo
 from backend.services.upsert import insert_for
 from backend.services.workflow import (
+    STATES,
+    TABLE,
     Action,
     Actor,
     WorkflowError,
@@ -49,6 +59,17 @@ from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body
 
 TEST_USER_HEADER = "X-Hotline-Test-User"
 CSRF_HEADER = "X-CSRF-Token"
+# What an upload's Content-Type may say (without one, aiohttp reads octet-stream).
+UPLOAD_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/heic",
+        "image/heif",
+    }
+)
 # WorkflowError codes → HTTP status.
 _STATUS = {"forbidden": 403, "out_of_scope": 403, "wrong_state": 409, "unknown_action": 400}
 
@@ -118,11 +139,21 @@ async def list_tickets(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         _, actor = await identify(request, session)
         query = scope_query(select(Ticket), actor)
-        if state := request.query.get("state"):
+        state = request.query.get("state")
+        flags = [request.query.get(name, "0") for name in ("undelivered", "overdue")]
+        if (state is not None and state not in STATES) or not set(flags) <= {"0", "1"}:
+            raise json_error(
+                400,
+                {
+                    "error": "bad_query",
+                    "detail": "state: a state's name; overdue, undelivered: 0 or 1",
+                },
+            )
+        if state is not None:
             query = query.where(Ticket.state == state)
-        if request.query.get("undelivered") == "1":
+        if flags[0] == "1":
             query = query.where(needs_call())
-        if request.query.get("overdue") == "1":
+        if flags[1] == "1":
             query = query.where(overdue_filter(now))
         query = query.order_by(Ticket.due_at.is_(None), Ticket.due_at, Ticket.id).limit(500)
         tickets = list(await session.scalars(query))
@@ -210,12 +241,52 @@ Code = Annotated[str, StringConstraints(max_length=32)]
 PhotoId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+def _known_action(name: str) -> str:
+    if name not in TABLE:
+        raise ValueError(f"one of {', '.join(TABLE)}")
+    return name
+
+
+def _aware_time(text: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError("an ISO 8601 date and time") from exc
+    if moment.tzinfo is None:
+        raise ValueError("give a time zone, e.g. +07:00")
+    return text
+
+
+ActionName = Annotated[
+    str,
+    AfterValidator(_known_action),
+    WithJsonSchema({"type": "string", "enum": list(TABLE)}),
+]
+DueTime = Annotated[
+    str,
+    StringConstraints(max_length=40),
+    AfterValidator(_aware_time),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": 40}),
+]
+
+
 class ActionBody(BaseModel):
     """The body of POST /api/v1/tickets/{code}/actions: the action and what it needs."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"action": "classify", "urgency": "urgent", "competence": "ward"},
+                {"action": "claim"},
+                {"action": "reject", "reason": "spam"},
+                {"action": "answer", "result": "Đã thu gom rác", "photos": ["0" * 64]},
+            ]
+        },
+    )
 
-    action: Code
+    action: ActionName
     note: Text | None = None
     reason: Text | None = None
     result: Text | None = None
@@ -223,7 +294,7 @@ class ActionBody(BaseModel):
     photos: Annotated[list[PhotoId], Field(max_length=10)] = []
     unit: Code | None = None
     # ISO 8601 with a time zone, e.g. 2026-12-24T17:00:00+07:00 (an extension's new due).
-    due: Annotated[str, StringConstraints(max_length=40)] | None = None
+    due: DueTime | None = None
     case: Code | None = None
     urgency: Literal["urgent", "normal"] | None = None
     competence: Literal["ward", "province", "police", "ministry"] | None = None
@@ -262,18 +333,6 @@ async def _action_body(request: web.Request) -> ActionBody:
         raise json_error(422, {"error": "invalid", "problems": _problems(exc)}) from exc
 
 
-def _due(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        due = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise json_error(422, {"error": "due_required", "detail": "ISO 8601 date"}) from exc
-    if due.tzinfo is None:
-        raise json_error(422, {"error": "due_required", "detail": "give a time zone"})
-    return due
-
-
 async def _photos(
     session: AsyncSession, ids: list[str], user: User, ticket: Ticket
 ) -> list[dict[str, Any]]:
@@ -309,7 +368,6 @@ async def act_on_ticket(request: web.Request) -> web.Response:
         # Who is asking comes first: an outsider learns nothing from the body's fate.
         user, actor = await identify(request, session)
         body = await _action_body(request)
-        due = _due(body.due)
         ticket = await _ticket_for(request, session, actor, lock=True)
         request_action = Action(
             action=body.action,
@@ -318,7 +376,7 @@ async def act_on_ticket(request: web.Request) -> web.Response:
             result=body.result,
             photos=await _photos(session, body.photos, user, ticket),
             unit_code=body.unit,
-            due=due,
+            due=datetime.fromisoformat(body.due) if body.due else None,
             case_code=body.case,
             urgency=body.urgency,
             competence=body.competence,
@@ -339,6 +397,11 @@ async def upload_photo(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     async with request.app[SESSIONS]() as session:
         user, _ = await identify(request, session)
+    if request.content_type not in UPLOAD_TYPES:
+        raise json_error(
+            415,
+            {"error": "not_image", "detail": "send the image itself, Content-Type image/jpeg"},
+        )
     data = await _body(request, settings.max_photo_bytes)
     try:
         stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from backend.services.workflow import STATES
 from backend.web.api import ActionBody
 
 REF = "#/components/schemas/{model}"
@@ -163,12 +164,13 @@ def _code_parameter() -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": "The ticket's tracking code, e.g. 38-2611-00001",
-        "schema": {"type": "string", "maxLength": 20},
+        "schema": {"type": "string", "pattern": "^[0-9]{2}-[0-9]{4}-[0-9]{5,}$", "maxLength": 20},
     }
 
 
 def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
-    """An optional query parameter: a string with the given constraints."""
+    """An optional query parameter: a string with the given constraints (the statistics
+    take an empty value as not given, as the dashboard's filter form sends it)."""
     return {
         "name": name,
         "in": "query",
@@ -225,11 +227,7 @@ def document() -> dict[str, Any]:
                     "operationId": "listTickets",
                     "summary": "The caller's tickets, soonest due first (at most 500)",
                     "parameters": [
-                        _query(
-                            "state",
-                            "Only tickets in this state",
-                            maxLength=20,
-                        ),
+                        _query("state", "Only tickets in this state", enum=list(STATES)),
                         _query(
                             "overdue",
                             "1: only overdue tickets",
@@ -285,7 +283,10 @@ def document() -> dict[str, Any]:
                             "application/octet-stream": {
                                 "schema": {"type": "string", "format": "binary"}
                             },
-                            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                            **{
+                                kind: {"schema": {"type": "string", "format": "binary"}}
+                                for kind in ("image/jpeg", "image/png", "image/webp")
+                            },
                         },
                     },
                     "responses": {
@@ -302,19 +303,19 @@ def document() -> dict[str, Any]:
                         _query(
                             "month",
                             "yyyy-mm (default: the current period)",
-                            pattern="^[0-9]{4}-[0-9]{2}$",
+                            pattern="^(2[0-9]{3}-(0[1-9]|1[0-2]))?$",
                         ),
                         _query(
                             "period",
                             "calendar month or the 25th cut",
-                            enum=["month", "cut25"],
+                            enum=["month", "cut25", ""],
                         ),
-                        _query("province", "2-digit province code", maxLength=2),
-                        _query("ward", "5-digit ward code", maxLength=5),
+                        _query("province", "2-digit province code", pattern="^([0-9]{2})?$"),
+                        _query("ward", "5-digit ward code", pattern="^([0-9]{5})?$"),
                         _query(
                             "category",
                             "category code, e.g. dumping",
-                            maxLength=32,
+                            pattern="^[a-z_]{0,32}$",
                         ),
                     ],
                     "responses": {

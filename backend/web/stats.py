@@ -43,6 +43,9 @@ _STATUS = {
     "unknown_category": 404,
 }
 _PROVINCE_ROLES = ("operator", "supervisor")
+_PROVINCE = re.compile(r"[0-9]{2}")
+_WARD = re.compile(r"[0-9]{5}")
+_CATEGORY = re.compile(r"[a-z_]{1,32}")
 
 
 def _asked(request: web.Request) -> tuple[Period, Scope]:
@@ -53,7 +56,7 @@ def _asked(request: web.Request) -> tuple[Period, Scope]:
     if kind_text not in PERIOD_KINDS:
         raise StatsError("bad_period", kind_text)
     kind: PeriodKind = "cut25" if kind_text == "cut25" else "month"
-    month = query.get("month", "").strip()
+    month = query.get("month", "")
     period = period_of(month, kind) if month else period_containing(local(utcnow()).date(), kind)
     scope = Scope(
         query.get("province") or None,
@@ -61,6 +64,13 @@ def _asked(request: web.Request) -> tuple[Period, Scope]:
         None,
         query.get("category") or None,
     )
+    for value, form in (
+        (scope.province_code, _PROVINCE),
+        (scope.ward_code, _WARD),
+        (scope.category_code, _CATEGORY),
+    ):
+        if value is not None and form.fullmatch(value) is None:
+            raise StatsError("bad_scope", "province: 2 digits, ward: 5 digits, category: a-z")
     return period, scope
 
 

@@ -1,0 +1,195 @@
+"""The demo runs only when asked (`hotline serve --demo`, HOTLINE_DEMO=1), never in
+production; its accounts keep their passwords across restarts; without it there is no
+/demo route; the simulator is part of the product and refuses malformed input."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.cli import server_app
+from backend.config import Settings
+from backend.models import User
+from backend.services.accounts import password_matches
+from tests.e2e.conftest import free_port
+from tests.factories import make_user
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def demo_settings(database_url: str, tmp_path: Path, *, demo: bool) -> Settings:
+    return Settings(
+        environment="development",
+        demo=demo,
+        database_url=database_url,
+        media_dir=tmp_path / "media",
+        public_url=f"http://127.0.0.1:{free_port()}",
+        nominatim_url="",
+        outbox_poll_interval=0.2,
+        deadline_worker_enabled=False,
+        stats_duty_enabled=False,
+        map_tile_url="",
+    )
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    """What `hotline serve` runs (server_app), on the settings' port; yields the base URL."""
+    assert settings.public_url is not None
+    port = int(settings.public_url.rsplit(":", 1)[1])
+    runner = web.AppRunner(server_app(settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield settings.public_url
+    finally:
+        await runner.cleanup()
+
+
+def printed(out: str) -> dict[str, str]:
+    return dict(re.findall(r"^  (demo-[a-z0-9-]+) +([a-z2-7]{16}) ", out, re.MULTILINE))
+
+
+async def test_without_the_switch_there_is_no_demo(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = demo_settings(database_url, tmp_path, demo=False)
+    app = server_app(settings)
+    assert not [r for r in app.router.resources() if r.canonical.startswith("/demo")]
+    async with serving(settings) as base, aiohttp.ClientSession() as http:
+        for path in ("/demo/chat", "/demo/api/messages"):
+            async with http.get(base + path) as r:
+                assert r.status == 404
+        async with http.post(base + "/demo/api/send", json={"text": "/start"}) as r:
+            assert r.status == 404
+    assert "demo" not in capsys.readouterr().out.lower()
+
+
+async def test_demo_passwords_stay_the_same_across_restarts(
+    database_url: str,
+    tmp_path: Path,
+    sessions: async_sessionmaker[AsyncSession],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = demo_settings(database_url, tmp_path, demo=True)
+    async with serving(settings):
+        first = printed(capsys.readouterr().out)
+    async with serving(settings):
+        second = printed(capsys.readouterr().out)
+    assert first == second
+    assert set(first) == {
+        "demo-operator",
+        "demo-supervisor",
+        "demo-admin",
+        "demo-staff-14812",
+        "demo-leader-14812",
+    }
+    async with sessions() as s:
+        users = {u.username: u for u in await s.scalars(select(User).where(User.demo))}
+    assert {u.role for u in users.values()} == {
+        "operator",
+        "supervisor",
+        "admin",
+        "ward_staff",
+        "ward_leader",
+    }
+    for username, password in first.items():
+        assert password_matches(users[username].password_hash, password)
+        assert not users[username].must_change_password
+
+
+async def test_the_demo_never_takes_over_a_real_account(
+    database_url: str,
+    tmp_path: Path,
+    sessions: async_sessionmaker[AsyncSession],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with sessions() as s, s.begin():
+        real = await make_user(s, "admin", None, password="the real admin's own")
+        real.username = "demo-admin"
+    async with serving(demo_settings(database_url, tmp_path, demo=True)):
+        accounts = printed(capsys.readouterr().out)
+    assert "demo-admin" not in accounts and "demo-operator" in accounts
+    async with sessions() as s:
+        admin = (await s.scalars(select(User).where(User.username == "demo-admin"))).one()
+    assert not admin.demo and password_matches(admin.password_hash, "the real admin's own")
+
+
+async def test_the_simulator_refuses_malformed_input_with_a_client_error(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        serving(demo_settings(database_url, tmp_path, demo=True)) as base,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        async with http.get(base + "/demo/chat") as r:
+            assert r.status == 200
+        send = base + "/demo/api/send"
+        for body in (
+            b"{not json",
+            b'{"lat": Infinity, "lon": 1}',
+            b'{"lat": 1e400, "lon": 1}',
+            b'{"button": "x", "message_id": "one"}',
+            b'{"lat": "north", "lon": 105}',
+            b'{"text": ["a"]}',
+            b"[" * 5000,
+            b'"text"',
+        ):
+            async with http.post(
+                send, data=body, headers={"Content-Type": "application/json"}
+            ) as r:
+                assert r.status == 400, body
+                assert "JSON" in await r.text()
+        async with http.post(send, json={"text": "/start"}) as r:
+            assert r.status == 200
+
+
+def test_production_refuses_the_demo(database_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="demo"):
+        Settings(environment="production", demo=True)
+    env = {
+        **os.environ,
+        "HOTLINE_ENVIRONMENT": "production",
+        "HOTLINE_DATABASE_URL": database_url,
+        "HOTLINE_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    for argv, extra in ((["serve", "--demo"], {}), (["serve"], {"HOTLINE_DEMO": "1"})):
+        done = subprocess.run(  # noqa: S603 - our own console script
+            [str(Path(sys.executable).parent / "hotline"), *argv, "--port", str(free_port())],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "the demo does not run in production" in done.stderr
+
+
+def test_product_code_never_imports_the_tests() -> None:
+    """The demo's stand-in is part of the product: an installed package has no tests/."""
+    for package in ("backend", "bot", "handlers"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                assert not any(n == "tests" or n.startswith("tests.") for n in names), path
