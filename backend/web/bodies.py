@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 from pydantic_core import from_json
 
 # Webhook bodies: Telegram's and Zalo's updates are a few kilobytes.
@@ -57,3 +58,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if len(body) > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     return bytes(body)
+
+
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The posted form, or 400 for a body that is not one (a broken multipart body, say)."""
+    try:
+        return await request.post()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="not a form this service sends") from exc

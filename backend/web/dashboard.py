@@ -53,6 +53,7 @@ from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
 from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
+from backend.web.bodies import read_form
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -90,7 +91,7 @@ async def require_user(request: web.Request, session: AsyncSession) -> tuple[Use
 async def check_csrf(request: web.Request) -> dict[str, Any]:
     """The form's fields once its CSRF token checks out, text without NUL characters
     (which PostgreSQL refuses in text)."""
-    posted = await request.post()
+    posted = await read_form(request)
     form = {
         key: value.replace("\x00", "") if isinstance(value, str) else value
         for key, value in ((key, posted[key]) for key in dict.fromkeys(posted))
@@ -453,7 +454,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     # (the dict made by check_csrf keeps one file per name; photos may be several)
     uploads = [
         v
-        for k, v in (await request.post()).items()
+        for k, v in (await read_form(request)).items()
         if k == "photos" and isinstance(v, web.FileField) and v.filename
     ]
     for upload in uploads:

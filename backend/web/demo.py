@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from backend.web.app import SETTINGS
-from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body
+from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body, read_form
 from backend.web.dashboard import TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +89,7 @@ async def send(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="open /demo/chat first")
     user = request.app[STAND_IN].user(chat)
     if request.content_type.startswith("multipart/"):
-        form = await request.post()
+        form = await read_form(request)
         upload = form.get("photo")
         if not isinstance(upload, web.FileField):
             raise web.HTTPBadRequest(text="no photo")

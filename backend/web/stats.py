@@ -257,5 +257,5 @@ async def stats_api(request: web.Request) -> web.Response:
 def mount_stats(app: web.Application) -> None:
     app.router.add_get("/stats", stats_page)
     app.router.add_get("/stats.{ext:xlsx|csv}", stats_download)
-    app.router.add_get("/stats/saved/{id:[0-9]+}.xlsx", saved_report)
+    app.router.add_get("/stats/saved/{id:[0-9]{1,9}}.xlsx", saved_report)
     app.router.add_get("/api/v1/stats", stats_api)
