@@ -26,7 +26,8 @@ from handlers.events import Incoming
 
 log = logging.getLogger(__name__)
 
-# Reads a stored event into what the dialogue takes (None: nothing for it).
+# Reads a stored event into what the dialogue takes, through the channel's schema
+# (bot/updates.py), as its webhook does: None for nothing for it, or one that does not fit.
 Reader = Callable[[Mapping[str, Any]], Awaitable[Incoming | None]]
 
 # How long a webhook waits for the event to be stored before it answers anyway.

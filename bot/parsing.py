@@ -1,5 +1,5 @@
-"""What every chat adapter reads the same way: a webhook's secret token, typed text or a
-command, and a position."""
+"""What every chat adapter reads the same way: a webhook's secret token, and typed text or
+a command."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from backend.text import parse_point
 from handlers.events import Incoming
 
 
@@ -25,21 +24,19 @@ def text_or_command(text: str, **base: Any) -> Incoming:
     return Incoming(kind="text", text=text, **base)
 
 
-def coordinates(value: Any) -> tuple[float, float] | None:
-    """A position given as {latitude, longitude} (perhaps under "coordinates", perhaps
-    as strings) or as "lat,lon" text; None for anything else or out of range."""
-    if isinstance(value, str):
-        return parse_point(value)
-    if not isinstance(value, Mapping):
-        return None
-    coords = value.get("coordinates", value)
-    try:
-        lat, lon = float(coords["latitude"]), float(coords["longitude"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
-
-
 def has_secret(headers: Mapping[str, str], header: str, secret: bytes) -> bool:
     """Whether a webhook request carries the secret token (compared in constant time)."""
-    return hmac.compare_digest(headers.get(header, "").encode(), secret)
+    # aiohttp keeps bytes that are not UTF-8 as surrogates: they encode back, and differ.
+    given = headers.get(header, "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, secret)
+
+
+def error_code(value: Any) -> int:
+    """A platform's numeric error code as an int (-1 when it is not one: still an error)."""
+    if isinstance(value, bool):
+        return -1
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 12:
+        return int(value)
+    return 0 if value is None else -1

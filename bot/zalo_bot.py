@@ -2,14 +2,14 @@
 
 An update is {"event_name": …, "message": {…}}, wrapped as {"ok": true, "result": …} by
 getUpdates and by the webhook. Text, images (photo_url) and unsupported messages arrive;
-a location has no event of its own, so one that ever arrives is read defensively.
+a location has no event of its own, so one that ever arrives is read in any of the
+shapes Zalo uses elsewhere. Updates are read through the schema in bot/updates.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -21,11 +21,13 @@ from aiohttp import web
 
 from backend.config import Settings
 from backend.services.photos import find_media
+from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox
 from bot.media import photo_event
 from bot.outbox import PermanentError, RetryLater, TransientError, split_text
-from bot.parsing import coordinates, has_secret, text_or_command
+from bot.parsing import has_secret, text_or_command
 from bot.tasks import cancel
+from bot.updates import Malformed, ZaloBotUpdate, read
 from handlers.events import Capabilities, Incoming, Outgoing, Reply
 
 log = logging.getLogger(__name__)
@@ -44,27 +46,23 @@ class BotUpdate:
     location: tuple[float, float] | None = None
 
 
-def read_update(update: Mapping[str, Any]) -> BotUpdate | None:
-    """The parts of an update the dialogue takes; None when it has no message."""
-    inner = update.get("result", update)
-    if not isinstance(inner, Mapping):
+def read_update(update: Any) -> BotUpdate | None:
+    """The parts of an update the dialogue takes, read through the schema (bare, or
+    wrapped in {"ok": true, "result": …}); None when it has no message, Malformed when it
+    does not fit."""
+    if isinstance(update, Mapping) and "result" in update:
+        update = update["result"]
+    got = read(ZaloBotUpdate, update)
+    message = got.message
+    if message is None:
         return None
-    message = inner.get("message")
-    if not isinstance(message, Mapping):
-        return None
-    chat = message.get("chat") or message.get("from") or {}
-    chat_id, message_id = str(chat.get("id", "")), str(message.get("message_id", ""))
-    if not chat_id or not message_id:
-        return None
-    text = message.get("text") if isinstance(message.get("text"), str) else None
-    photo = message.get("photo_url") or message.get("photo")
     return BotUpdate(
-        event=str(inner.get("event_name", "")),
-        chat_id=chat_id,
-        message_id=message_id,
-        text=text or None,
-        photo_url=photo if isinstance(photo, str) and photo else None,
-        location=coordinates(message.get("location")),
+        event=got.event_name,
+        chat_id=message.chat_id,
+        message_id=message.message_id,
+        text=message.text or None,
+        photo_url=message.photo_url or message.photo or None,
+        location=message.location.pair if message.location is not None else None,
     )
 
 
@@ -164,30 +162,42 @@ class ZaloBotChannel:
         async with self.http().post(
             f"{self._base}/{method}", json=payload, timeout=aiohttp.ClientTimeout(total=wait)
         ) as response:
-            data = await response.json(content_type=None)
+            # Read strictly, as a webhook's body is (BadJSON is a ValueError).
+            data = parse_json(await response.read())
         if not isinstance(data, Mapping):
             raise BotApiError(response.status, "not a JSON object")
-        if not data.get("ok"):
-            code = int(data.get("error_code") or response.status)
+        if data.get("ok") is not True:
+            code = data.get("error_code")
+            if not isinstance(code, int) or isinstance(code, bool):
+                code = response.status
             raise BotApiError(code, str(data.get("description") or "")[:200])
         return data.get("result")
 
     # --- receiving ---------------------------------------------------------------------------
 
     async def webhook(self, request: web.Request) -> web.Response:
-        """POST /zalo/bot/webhook: check the secret token, store the update, answer."""
+        """POST /zalo/bot/webhook: check the secret token, store the update, answer.
+
+        An update that does not fit the schema is logged (the kind of problem only) and
+        answered 200: sending it again would not change it.
+        """
         if not has_secret(request.headers, SECRET_HEADER, self._secret):
             return web.Response(status=401, text="bad secret token")
+        body = await read_body(request, WEBHOOK_LIMIT)
         try:
-            data = json.loads(await request.read())
-        except ValueError:
+            data = parse_json(body)
+        except BadJSON:
             return web.Response(status=400, text="not an update")
         await self._keep(data)
         return web.Response(text="ok")
 
     async def _keep(self, data: Any) -> None:
         """Store an update for the dialogue (a repeated message id is stored once)."""
-        update = read_update(data) if isinstance(data, Mapping) else None
+        try:
+            update = read_update(data)
+        except Malformed as exc:
+            log.warning("Zalo Bot update ignored: %s", exc)
+            return
         if update is None:
             log.info("Zalo Bot update without a message ignored")
             return
@@ -219,7 +229,11 @@ class ZaloBotChannel:
 
     async def read(self, body: Mapping[str, Any]) -> Incoming | None:
         """A stored update as the dialogue takes it, its photo fetched and stored first."""
-        update = read_update(body)
+        try:
+            update = read_update(body)
+        except Malformed as exc:
+            log.warning("a stored Zalo Bot update does not fit the schema (%s); skipped", exc)
+            return None
         if update is None:
             return None
         incoming = to_incoming(update)

@@ -2,14 +2,16 @@
 
 Zalo signs each webhook with X-ZEvent-Signature = "mac=" + hex(sha256(app_id + raw body
 + timestamp + OA secret key)), where the timestamp is the event's own "timestamp" field.
+The signature is checked over the raw bytes before the body is parsed, and the event is
+read through the schema in bot/updates.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +26,7 @@ from backend.config import Settings
 from backend.models import User, utcnow
 from backend.services.notify import tell_staff
 from backend.services.photos import find_media
+from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox
 from bot.media import photo_event
 from bot.outbox import (
@@ -33,7 +36,8 @@ from bot.outbox import (
     Undeliverable,
     split_text,
 )
-from bot.parsing import coordinates, text_or_command
+from bot.parsing import error_code, text_or_command
+from bot.updates import Malformed, OAEnvelope, OAFollow, OAMessageEvent, read
 from bot.zalo_tokens import TokenError, TokenRevoked, TokenStore
 from handlers.events import Capabilities, Incoming, Outgoing, Reply
 
@@ -56,22 +60,55 @@ def expected_signature(app_id: str, body: bytes, timestamp: str, secret_key: str
     return digest.hexdigest()
 
 
-def verify(headers: Mapping[str, str], body: bytes, app_id: str, secret_key: str) -> dict[str, Any]:
-    """The event, once its signature checks out (compared in constant time).
+# A "timestamp" key (not an escaped quote inside a string) and its digits, quoted or not.
+_TIMESTAMP = re.compile(
+    rb'(?<!\\)"timestamp"[ \t\r\n]{0,16}:[ \t\r\n]{0,16}'
+    rb'(?:"([0-9]{1,20})"|([0-9]{1,20})(?![0-9.eE]))'
+)
+# The top-level "timestamp" is one of the first few such keys; each try hashes the body.
+CANDIDATES = 4
 
-    Raises BadSignature for a missing or wrong signature and ValueError for a body that
-    is not an event.
+
+def signed_timestamp(headers: Mapping[str, str], body: bytes, app_id: str, secret_key: str) -> str:
+    """The timestamp the signature over the raw body was made with (compared in constant
+    time), before anything parses the body; BadSignature when there is none.
+
+    The signed timestamp is the event's own, inside the body: the candidates are read from
+    the bytes, and the caller checks the parsed event has the one that matched.
     """
-    given = headers.get(SIGNATURE_HEADER, "").strip()
+    # aiohttp keeps bytes that are not UTF-8 as surrogates: they encode back, and differ.
+    header = headers.get(SIGNATURE_HEADER, "").strip().removeprefix("mac=").lower()
+    given = header.encode("utf-8", "surrogateescape")
     if not given:
         raise BadSignature("no signature")
-    given = given.removeprefix("mac=")
-    event = json.loads(body)
-    if not isinstance(event, dict):
-        raise ValueError("not an event")
-    want = expected_signature(app_id, body, str(event.get("timestamp", "")), secret_key)
-    if not hmac.compare_digest(given.lower().encode(), want.encode()):
-        raise BadSignature("signature mismatch")
+    tried: set[bytes] = set()
+    for found in _TIMESTAMP.finditer(body):
+        timestamp = found.group(1) or found.group(2)
+        if timestamp in tried:
+            continue
+        tried.add(timestamp)
+        want = expected_signature(app_id, body, timestamp.decode(), secret_key).encode()
+        if hmac.compare_digest(given, want):
+            return timestamp.decode()
+        if len(tried) == CANDIDATES:
+            break
+    raise BadSignature("signature mismatch")
+
+
+def verify(headers: Mapping[str, str], body: bytes, app_id: str, secret_key: str) -> dict[str, Any]:
+    """The event, once its signature checks out: checked over the raw bytes first, then
+    the body parsed (strictly) and its own timestamp found to be the signed one.
+
+    Raises BadSignature for a missing or wrong signature, or one made with another
+    timestamp than the event's; BadJSON for a signed body that is not JSON to take.
+    """
+    timestamp = signed_timestamp(headers, body, app_id, secret_key)
+    event = parse_json(body)
+    own = event.get("timestamp") if isinstance(event, dict) else None
+    if isinstance(own, int) and not isinstance(own, bool):
+        own = str(own)
+    if own != timestamp or not isinstance(event, dict):
+        raise BadSignature("signed with another timestamp than the event's")
     return event
 
 
@@ -87,36 +124,34 @@ class OAEvent:
     location: tuple[float, float] | None = None
 
 
-def read_event(event: Mapping[str, Any]) -> OAEvent | None:
-    """The parts of an OA event the dialogue takes; None for other events."""
-    name = str(event.get("event_name", ""))
-    if name not in EVENTS:
+def read_event(event: Any) -> OAEvent | None:
+    """The parts of an OA event the dialogue takes, read through the schema; None for
+    other events, Malformed for one that does not fit."""
+    envelope = read(OAEnvelope, event)
+    if envelope.event_name not in EVENTS:
         return None
-    if name == "follow":
-        follower = event.get("follower") or {}
-        user = str(follower.get("id") or event.get("user_id_by_app") or "")
-        return OAEvent(name, user, f"follow:{user}:{event.get('timestamp', '')}")
-    message = event.get("message") or {}
-    user = str((event.get("sender") or {}).get("id", ""))
-    msg_id = str(message.get("msg_id", ""))
-    if not user or not msg_id:
-        return None
-    text = message.get("text")
+    if envelope.event_name == "follow":
+        follow = read(OAFollow, event)
+        return OAEvent(
+            follow.event_name, follow.user_id, f"follow:{follow.user_id}:{follow.timestamp}"
+        )
+    got = read(OAMessageEvent, event)
+    message = got.message
     image_url = None
     location = None
-    for attachment in message.get("attachments") or ():
-        payload = attachment.get("payload") or {}
-        if attachment.get("type") == "image" and image_url is None:
-            image_url = str(payload.get("url") or "") or None
-        elif attachment.get("type") == "location":
-            location = coordinates(payload)
-    if location is None:
-        location = coordinates(message.get("location"))
+    for attachment in message.attachments or ():
+        payload = attachment.payload
+        if payload is None:
+            continue
+        if attachment.type == "image" and image_url is None:
+            image_url = payload.url
+        elif attachment.type == "location" and payload.coordinates is not None:
+            location = payload.coordinates.pair
     return OAEvent(
-        name,
-        user,
-        msg_id,
-        text=str(text) if isinstance(text, str) and text else None,
+        got.event_name,
+        got.sender.id,
+        message.msg_id,
+        text=message.text or None,
         image_url=image_url,
         location=location,
     )
@@ -193,24 +228,37 @@ class ZaloOAChannel:
     # --- receiving ---------------------------------------------------------------------------
 
     async def webhook(self, request: web.Request) -> web.Response:
-        """POST /zalo/oa/webhook: check the signature, store the event, answer at once."""
-        body = await request.read()
+        """POST /zalo/oa/webhook: check the signature, store the event, answer at once.
+
+        Nothing is parsed before the signature over the raw body checks out. A signed
+        event that does not fit the schema is logged (the kind of problem only) and
+        answered 200: sending it again would not change it.
+        """
+        body = await read_body(request, WEBHOOK_LIMIT)
         try:
             event = verify(request.headers, body, self._app_id, self._secret_key)
         except BadSignature:
             return web.Response(status=401, text="bad signature")
-        except ValueError:
+        except BadJSON:
             return web.Response(status=400, text="not an event")
-        read = read_event(event)
-        if read is None:
-            log.info("Zalo OA event %s ignored", str(event.get("event_name", "?"))[:40])
+        try:
+            got = read_event(event)
+        except Malformed as exc:
+            log.warning("Zalo OA event ignored: %s", exc)
+            return web.Response(text="ignored")
+        if got is None:
+            log.debug("Zalo OA event not for the dialogue ignored")
             return web.Response(text="ok")
-        await self._inbox.accept(CHANNEL, read.msg_id, read.user_id, event)
+        await self._inbox.accept(CHANNEL, got.msg_id, got.user_id, event)
         return web.Response(text="ok")
 
     async def read(self, body: Mapping[str, Any]) -> Incoming | None:
         """A stored event as the dialogue takes it, its photo fetched and stored first."""
-        event = read_event(body)
+        try:
+            event = read_event(body)
+        except Malformed as exc:
+            log.warning("a stored Zalo OA event does not fit the schema (%s); skipped", exc)
+            return None
         if event is None:
             return None
         incoming = to_incoming(event)
@@ -295,7 +343,7 @@ class ZaloOAChannel:
         token = await self.tokens.access_token()
         for attempt in (1, 2):
             data = await self._post(path, token, json, form)
-            error = int(data.get("error") or 0)
+            error = error_code(data.get("error"))
             if error == 0:
                 return data
             words = str(data.get("message") or "")[:200]
@@ -330,7 +378,7 @@ class ZaloOAChannel:
                     raise TransientError(f"HTTP {response.status}")
                 if response.status != 200:
                     raise PermanentError(f"HTTP {response.status}")
-                data = await response.json(content_type=None)
+                data = parse_json(await response.read())
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TransientError(type(exc).__name__) from exc
         if not isinstance(data, dict):

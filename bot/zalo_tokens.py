@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import OAuthToken, utcnow
+from backend.web.bodies import BadJSON, parse_json
+from bot.parsing import error_code
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,18 @@ class TokenStore:
                 headers={"secret_key": self._app_secret},
                 timeout=aiohttp.ClientTimeout(total=20),
             ) as response:
-                data: dict[str, Any] = await response.json(content_type=None)
+                data = parse_json(await response.read())
+            if not isinstance(data, dict):
+                raise BadJSON("not an object")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             await self._store(refreshing_until=None)
             raise TokenError(f"token refresh failed: {type(exc).__name__}") from exc
         access = data.get("access_token")
         if isinstance(access, str) and access:
-            expires_in = float(data.get("expires_in") or 0)
+            given = data.get("expires_in")  # seconds, as text ("90000") or a number
+            expires_in = (
+                float(given) if isinstance(given, int | str) and str(given).isdigit() else 0
+            )
             await self._store(
                 access_token=access,
                 refresh_token=str(data.get("refresh_token") or refresh_token),
@@ -168,7 +175,7 @@ class TokenStore:
             )
             log.info("Zalo OA access token renewed")
             return access
-        code = int(data.get("error") or 0)
+        code = error_code(data.get("error"))
         words = str(data.get("error_description") or data.get("error_name") or "refused")
         reason = f"error {code}: {words}"
         await self._store(revoked_at=utcnow(), revoked_reason=reason, refreshing_until=None)

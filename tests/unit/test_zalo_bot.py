@@ -1,9 +1,12 @@
-"""Zalo Bot Platform updates read as the dialogue's neutral events."""
+"""Zalo Bot Platform updates read through the schema as the dialogue's neutral events."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from bot.updates import Malformed
 from bot.zalo_bot import read_update, to_incoming
 
 
@@ -52,8 +55,63 @@ def test_unsupported_messages_and_odd_locations_are_handled() -> None:
         assert got is not None and got.location == (20.074, 105.912)
         incoming = to_incoming(got)
         assert incoming is not None and incoming.kind == "location"
+    # A location in none of those shapes is no location: the update is refused.
     for broken in ({"latitude": "north"}, "here", 42, {"latitude": 95, "longitude": 0}):
-        got = read_update(update("message.location.received", location=broken))
-        assert got is not None and got.location is None
+        with pytest.raises(Malformed):
+            read_update(update("message.location.received", location=broken))
     assert read_update({"ok": True, "result": {"event_name": "x"}}) is None
-    assert read_update({"ok": True, "result": []}) is None
+    with pytest.raises(Malformed):
+        read_update({"ok": True, "result": []})
+
+
+def test_the_bare_update_reads_as_the_wrapped_one() -> None:
+    wrapped = update("message.text.received", text="xin chào")
+    assert read_update(wrapped["result"]) == read_update(wrapped)
+
+
+def test_a_message_from_nobody_is_refused() -> None:
+    message = update("message.text.received", text="xin chào")["result"]["message"]
+    del message["chat"]
+    got = read_update({"message": message, "event_name": "message.text.received"})
+    assert got is not None and got.chat_id == "6ede9afa66b88fe6d6a9"  # from "from"
+    del message["from"]
+    with pytest.raises(Malformed, match="message: no_chat"):
+        read_update({"message": message})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("chat", "6ede9afa66b88fe6d6a9", "message.chat: model_type"),
+        ("message_id", ["2d75"], "message.message_id: string_type"),
+        ("message_id", True, "message.message_id: string_type"),
+        ("caption", None, ""),
+        ("photo_url", "https://f.zdn.vn/" + "p" * 2048, "message.photo_url: string_too_long"),
+        ("photo_url", "javascript:alert(1)", "message.photo_url: string_pattern_mismatch"),
+        ("location", {"latitude": float("inf"), "longitude": 0}, "location.latitude"),
+    ],
+)
+def test_an_update_that_does_not_fit_is_refused_naming_the_problem(
+    field: str, value: Any, problem: str
+) -> None:
+    if not problem:  # a field the adapter does not read: anything goes
+        assert read_update(update("message.text.received", text="Rác", **{field: value}))
+        return
+    with pytest.raises(Malformed) as refused:
+        read_update(update("message.text.received", text="Rác ven sông", **{field: value}))
+    assert problem in str(refused.value)
+    assert "Rác" not in str(refused.value) and "6ede9afa" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("x" * 10_001, "string_too_long"), ("a\x00b", "nul_character"), (5, "string_type")],
+)
+def test_text_that_does_not_fit_is_refused(text: Any, problem: str) -> None:
+    with pytest.raises(Malformed, match=f"message.text: {problem}"):
+        read_update(update("message.text.received", text=text))
+
+
+def test_an_integer_id_is_taken_as_its_digits() -> None:
+    got = read_update(update("message.text.received", text="hi", message_id=1234567))
+    assert got is not None and got.message_id == "1234567"
