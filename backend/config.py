@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # Reverse proxies (addresses or networks, JSON list) whose X-Forwarded-For is
     # believed; without them the client address is the connection's peer.
     trusted_proxies: list[IPv4Network | IPv6Network] = []
+    # Where to report a vulnerability (a mailto: or https: URI), published at
+    # /.well-known/security.txt (RFC 9116); without it there is no such file.
+    security_contact: str | None = Field(default=None, pattern=r"^(mailto:|https://)\S+$")
 
     outbox_enabled: bool = True
     outbox_max_attempts: int = 8

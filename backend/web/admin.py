@@ -1,9 +1,8 @@
-"""Admin pages: staff accounts (create, new password, disable) and units' Telegram groups
+"""Admin pages: staff accounts (create, one-time password, disable) and units' Telegram groups
 (one-time link codes, unlink). Admins only; every form carries the CSRF token."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from aiohttp import web
@@ -11,18 +10,20 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import OAuthToken, StaffGroup, Unit, User
-from backend.services.accounts import ROLES, create_user, set_password
+from backend.services.accounts import ROLES, create_user, reset_password
 from backend.services.staff_groups import create_link_code
+from backend.services.workflow import Actor
 from backend.web.app import SESSIONS
 from backend.web.dashboard import check_csrf, render, require_triage
 
 
-async def _admin(request: web.Request, session: AsyncSession) -> None:
+async def _admin(request: web.Request, session: AsyncSession) -> Actor:
     actor = await require_triage(request, session)
     if actor.role != "admin":
         raise web.HTTPForbidden(
             text=render(request, "forbidden.html", status=403).text, content_type="text/html"
         )
+    return actor
 
 
 async def _page(
@@ -99,15 +100,15 @@ async def new_user(request: web.Request) -> web.Response:
 async def change_user(request: web.Request) -> web.Response:
     form = await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
+        admin = await _admin(request, session)
         user = await session.get(User, int(request.match_info["id"]))
         if user is None:
             raise web.HTTPNotFound()
         secret = None
         action = form.get("do")
         if action == "reset":
-            password = secrets.token_urlsafe(12)
-            await set_password(session, user, password)
+            # A one-time password: the next login must replace it.
+            password = await reset_password(session, user, by=admin.label)
             secret = {"key": "admin.password_once", "value": password, "who": user.username}
         elif action == "telegram":
             linked = _field(form, "telegram")
@@ -149,6 +150,7 @@ async def unlink_group(request: web.Request) -> web.Response:
 def mount_admin(app: web.Application) -> None:
     app.router.add_get("/admin", admin_page)
     app.router.add_post("/admin/users", new_user)
-    app.router.add_post("/admin/users/{id:[0-9]+}", change_user)
+    # Ids of at most 9 digits: a longer one is no row and would overflow the column.
+    app.router.add_post("/admin/users/{id:[0-9]{1,9}}", change_user)
     app.router.add_post("/admin/link-code", link_code)
-    app.router.add_post("/admin/groups/{id:[0-9]+}/unlink", unlink_group)
+    app.router.add_post("/admin/groups/{id:[0-9]{1,9}}/unlink", unlink_group)

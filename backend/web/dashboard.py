@@ -197,7 +197,9 @@ async def _visible_ticket(
     ticket = await find_ticket(session, request.match_info["code"], lock=lock)
     if ticket is None or not await in_scope(session, actor, ticket):
         # Out of scope answers exactly as missing: an outsider learns nothing of it.
-        raise web.HTTPNotFound()
+        raise web.HTTPNotFound(
+            text=render(request, "notfound.html", status=404).text, content_type="text/html"
+        )
     return ticket
 
 

@@ -1,53 +1,121 @@
-"""Signing in and out of the staff dashboard."""
+"""Signing in and out of the staff dashboard, and changing one's password."""
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 
-from backend.services.accounts import LoginRefused, authenticate, close_session, open_session
-from backend.web.app import SESSIONS
+from backend.services.accounts import (
+    LoginRefused,
+    LoginTry,
+    PasswordRefused,
+    begin_login,
+    change_password,
+    close_session,
+    finish_login,
+    open_session,
+    remember_device,
+)
+from backend.web.app import SESSIONS, SETTINGS
 from backend.web.auth import (
+    CHANGE_PAGE,
     COOKIE,
     LOGIN_CSRF_COOKIE,
+    WEB_SESSION,
+    client_address,
     csrf_ok,
+    device_tokens,
     login_csrf,
+    set_device_cookie,
     set_login_csrf,
     set_session_cookie,
+    signed_in,
 )
+from backend.web.bodies import read_form
 from backend.web.dashboard import TEXT, check_csrf, render
+
+
+def _wait_words(seconds: int) -> tuple[str, int]:
+    """The catalogue key and number that say how long `seconds` is."""
+    if seconds < 60:
+        return ("time.second" if seconds == 1 else "time.seconds"), seconds
+    minutes = math.ceil(seconds / 60)
+    return ("time.minute" if minutes == 1 else "time.minutes"), minutes
+
+
+def _text(value: object) -> str:
+    """A form field as text: a file or a missing field is empty; NUL is dropped (the
+    database refuses it in text)."""
+    return value.replace("\x00", "") if isinstance(value, str) else ""
+
+
+def _lang(request: web.Request) -> str:
+    """The query that keeps an English page English after its form is sent."""
+    return "?lang=en" if request.query.get("lang") == "en" else ""
+
+
+def _slowed_down(response: web.Response, seconds: int) -> web.Response:
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+async def _attempt(request: web.Request, username: str) -> LoginTry:
+    """The attempt recorded and committed, so that concurrent ones count it."""
+    async with request.app[SESSIONS]() as session, session.begin():
+        return await begin_login(
+            session,
+            username,
+            address=client_address(request),
+            device_tokens=device_tokens(request),
+        )
 
 
 async def login_page(request: web.Request) -> web.Response:
     token = login_csrf(request)
-    response = render(request, "login.html", login_token=token, problem=None)
+    response = render(
+        request, "login.html", login_token=token, problem=None, wait=None, lang=_lang(request)
+    )
     set_login_csrf(response, request, token)
     return response
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await read_form(request)
     token = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not csrf_ok(token, form.get("csrf")):
         raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
-    client = request.remote or "?"
+    # Usernames are lower case (phones like to capitalise the first letter); NUL is
+    # dropped as check_csrf drops it from the change-password form.
+    username = _text(form.get("username")).strip().lower()
+    attempt = await _attempt(request, username)
+    refused: LoginRefused | None = None
     async with request.app[SESSIONS]() as session, session.begin():
         try:
-            user = await authenticate(
-                session, str(form.get("username", "")), str(form.get("password", "")), client
+            user = await finish_login(
+                session, attempt, _text(form.get("password")), demo=request.app[SETTINGS].demo
             )
         except LoginRefused as exc:
-            problem = "login.throttled" if exc.throttled else "login.wrong"
-            status = 429 if exc.throttled else 401
-            failed = None
+            refused = exc
         else:
             cookie, _ = await open_session(session, user)
-            failed = cookie
-    if failed is None:
-        return render(
-            request, "login.html", status=status, login_token=token or "", problem=problem
+            device = await remember_device(session, user, attempt)
+            next_page = CHANGE_PAGE if user.must_change_password else "/queue"
+    if refused is not None:
+        page = {"login_token": token or "", "lang": _lang(request)}
+        if not refused.throttled:
+            return render(
+                request, "login.html", status=401, problem="login.wrong", wait=None, **page
+            )
+        wait = _wait_words(refused.retry_after)
+        response = render(
+            request, "login.html", status=429, problem="login.slow_down", wait=wait, **page
         )
-    response = web.HTTPSeeOther("/queue")
-    set_session_cookie(response, request, failed)
+        return _slowed_down(response, refused.retry_after)
+    response = web.HTTPSeeOther(next_page)
+    set_session_cookie(response, request, cookie)
+    if device is not None:
+        set_device_cookie(response, request, device)
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     raise response
 
@@ -61,7 +129,69 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise response
 
 
+def _password_form(
+    request: web.Request,
+    *,
+    status: int = 200,
+    problem: str | None = None,
+    wait: tuple[str, int] | None = None,
+) -> web.Response:
+    user = signed_in(request)
+    return render(
+        request,
+        "password.html",
+        status=status,
+        forced=user is not None and user.must_change_password,
+        done=problem is None and request.query.get("done") == "1",
+        problem=problem,
+        wait=wait,
+        lang=_lang(request),
+    )
+
+
+async def password_page(request: web.Request) -> web.Response:
+    if signed_in(request) is None:
+        raise web.HTTPSeeOther("/login")
+    return _password_form(request)
+
+
+async def change_own_password(request: web.Request) -> web.StreamResponse:
+    """The change-password form: current password, new password, new password again."""
+    user = signed_in(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    form = await check_csrf(request)
+    attempt = await _attempt(request, user.username)
+    refused: LoginRefused | PasswordRefused | None = None
+    async with request.app[SESSIONS]() as session, session.begin():
+        # Committed whatever the outcome: a wrong current password is a failed login,
+        # and a right one clears the failures before the new one is judged.
+        try:
+            await change_password(
+                session,
+                attempt,
+                _text(form.get("current")),
+                _text(form.get("new")),
+                _text(form.get("again")),
+                keep_session=request[WEB_SESSION].token_hash,
+                demo=request.app[SETTINGS].demo,
+            )
+        except (LoginRefused, PasswordRefused) as exc:
+            refused = exc
+    if isinstance(refused, PasswordRefused):
+        return _password_form(request, status=422, problem=refused.key)
+    if isinstance(refused, LoginRefused) and refused.throttled:
+        wait = _wait_words(refused.retry_after)
+        response = _password_form(request, status=429, problem="login.slow_down", wait=wait)
+        return _slowed_down(response, refused.retry_after)
+    if refused is not None:
+        return _password_form(request, status=422, problem="password.current_wrong")
+    raise web.HTTPSeeOther(f"{CHANGE_PAGE}?done=1{_lang(request).replace('?', '&')}")
+
+
 def mount_login(app: web.Application) -> None:
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
+    app.router.add_get(CHANGE_PAGE, password_page)
+    app.router.add_post(CHANGE_PAGE, change_own_password)

@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from aiohttp import web, web_response
@@ -103,6 +103,22 @@ def install(app: web.Application, settings: Settings) -> None:
 
     app.on_response_prepare.append(on_prepare)
     app.middlewares.insert(0, refuse_nul)
+    if settings.security_contact:
+        contact = settings.security_contact
+
+        async def security_txt(request: web.Request) -> web.Response:
+            """RFC 9116: where to report a vulnerability (valid for a year from now)."""
+            expires = datetime.now(UTC) + timedelta(days=365)
+            return web.Response(
+                text=(
+                    f"Contact: {contact}\n"
+                    f"Expires: {expires.isoformat(timespec='seconds')}\n"
+                    "Preferred-Languages: vi, en\n"
+                ),
+                content_type="text/plain",
+            )
+
+        app.router.add_get("/.well-known/security.txt", security_txt)
 
 
 def request_id(request: BaseRequest) -> str:

@@ -92,9 +92,11 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
             "demo-staff-14812",
             "demo-leader-14812",
         }
-        for username in ("demo-staff-14812", "demo-operator"):
+        # The operator sees it among the new reports; the ward's staff among all theirs.
+        for username, view in (("demo-operator", "new"), ("demo-staff-14812", "all")):
             staff_page = await log_in(browser, base, username, accounts[username])
             await staff_page.wait_for_url("**/queue")
+            await staff_page.goto(f"/queue?view={view}")
             assert await staff_page.locator(f"text={ticket.code}").count() == 1
     finally:
         await runner.cleanup()

@@ -252,10 +252,17 @@ async def test_download_names_hold_no_raw_query_text(
         async with http.get(f"{base}/stats.csv?month=2026-10&category=dumping") as r:
             assert r.status == 200
             disposition = r.headers["Content-Disposition"]
-        for hostile in ('dump"ing', "x%0D%0ASet-Cookie:%20a=b", "%E1%BB%93"):
+        # Not a category code at all: 400; one that looks like a code but is none: 404.
+        for hostile, status in (
+            ('dump"ing', 400),
+            ("x%0D%0ASet-Cookie:%20a=b", 400),
+            ("%E1%BB%93", 400),
+            ("no_such_category", 404),
+        ):
             async with http.get(f"{base}/stats.csv?month=2026-10&category={hostile}") as r:
-                assert r.status == 404, hostile
+                assert r.status == status, hostile
                 assert "Set-Cookie" not in r.headers
+                assert "Content-Disposition" not in r.headers
     assert disposition == (
         'attachment; filename="bao-cao-2026-10-dumping.csv"; '
         "filename*=UTF-8''bao-cao-2026-10-dumping.csv"
@@ -368,3 +375,26 @@ async def test_the_access_log_is_json_without_queries_bodies_or_identities(
     for private in (code, "secret-query", staff, "private-words", "127.0.0.1"):
         assert private not in text
     assert logger.name == ACCESS_LOG
+
+
+async def test_security_txt_names_the_configured_contact_only(chat_settings: Settings) -> None:
+    async with (
+        running(chat_settings),
+        aiohttp.ClientSession() as http,
+        http.get(f"{chat_settings.public_url}/.well-known/security.txt") as r,
+    ):
+        assert r.status == 404  # nothing configured: no contact is made up
+    settings = chat_settings.model_copy(
+        update={"security_contact": "mailto:an-toan@stnmt.thanhhoa.gov.vn"}
+    )
+    async with (
+        running(settings),
+        aiohttp.ClientSession() as http,
+        http.get(f"{settings.public_url}/.well-known/security.txt") as r,
+    ):
+        assert r.status == 200
+        lines = (await r.text()).splitlines()
+    assert lines[0] == "Contact: mailto:an-toan@stnmt.thanhhoa.gov.vn"
+    assert lines[1].startswith("Expires: ") and lines[2] == "Preferred-Languages: vi, en"
+    with pytest.raises(ValueError, match="security_contact"):
+        Settings(security_contact="javascript:alert(1)")
