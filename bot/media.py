@@ -7,7 +7,7 @@ import logging
 import aiohttp
 
 from backend.config import Settings
-from backend.services.photos import NotAnImage, TooLarge, store_photo
+from backend.services.photos import NotAnImage, TooLarge, image_fields, store_photo
 from handlers.events import Incoming, MediaError, MediaRef
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,7 @@ async def store_media(settings: Settings, data: bytes) -> Fetched:
     except NotAnImage:
         return None, "not_image"
     return (
-        MediaRef(
-            sha256=stored.sha256,
-            content_type=stored.content_type,
-            width=stored.width,
-            height=stored.height,
-            size_bytes=stored.size_bytes,
-            gps=stored.gps,
-            taken_at=stored.taken_at,
-        ),
+        MediaRef(**image_fields(stored), gps=stored.gps, taken_at=stored.taken_at),
         None,
     )
 

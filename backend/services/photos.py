@@ -71,14 +71,19 @@ class StoredImage:
     def as_dict(self) -> dict[str, Any]:
         """The photo as services take it."""
         return {
-            "sha256": self.sha256,
-            "content_type": self.content_type,
-            "width": self.width,
-            "height": self.height,
-            "size_bytes": self.size_bytes,
+            **image_fields(self),
             "gps": list(self.gps) if self.gps else None,
             "taken_at": self.taken_at,
         }
+
+
+# What every stored image is described by (StoredImage, and the Photo and Media rows).
+IMAGE_FIELDS = ("sha256", "content_type", "width", "height", "size_bytes")
+
+
+def image_fields(image: Any) -> dict[str, Any]:
+    """A stored image's description, from anything that has IMAGE_FIELDS."""
+    return {name: getattr(image, name) for name in IMAGE_FIELDS}
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -37,7 +37,7 @@ from backend.models import (
     utcnow,
 )
 from backend.services.notify import needs_call
-from backend.services.photos import NotAnImage, TooLarge, store_photo
+from backend.services.photos import NotAnImage, TooLarge, image_fields, store_photo
 from backend.services.upsert import insert_for
 from backend.services.workflow import (
     STATES,
@@ -347,13 +347,7 @@ async def _photos(
             select(Photo).where(Photo.sha256.in_(ids), Photo.ticket_id == ticket.id)
         )
         for row in [*uploaded, *on_ticket]:
-            found[row.sha256] = {
-                "sha256": row.sha256,
-                "content_type": row.content_type,
-                "width": row.width,
-                "height": row.height,
-                "size_bytes": row.size_bytes,
-            }
+            found[row.sha256] = image_fields(row)
     missing = [sha for sha in ids if sha not in found]
     if missing:
         raise json_error(
@@ -412,15 +406,7 @@ async def upload_photo(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session, session.begin():
         await session.execute(
             insert_for(session, Media)
-            .values(
-                sha256=stored.sha256,
-                uploaded_by=user.id,
-                content_type=stored.content_type,
-                width=stored.width,
-                height=stored.height,
-                size_bytes=stored.size_bytes,
-                created_at=utcnow(),
-            )
+            .values(**image_fields(stored), uploaded_by=user.id, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["sha256", "uploaded_by"])
         )
     return web.json_response({"sha256": stored.sha256, "content_type": stored.content_type})

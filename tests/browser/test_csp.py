@@ -13,7 +13,8 @@ from backend.config import Settings
 from backend.services.deadlines import Policies
 from backend.services.workflow import Action, Actor, apply
 from tests.browser.conftest import log_in
-from tests.e2e.conftest import free_port, running
+from tests.e2e.conftest import running
+from tests.e2e.staff_http import web_settings
 from tests.e2e.test_demo import serving
 from tests.factories import make_ticket, make_user
 
@@ -84,19 +85,7 @@ async def test_the_dashboard_runs_under_its_policy(
 async def test_the_simulator_runs_under_its_policy(
     browser: Browser, database_url: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        environment="development",
-        demo=True,
-        database_url=database_url,
-        media_dir=tmp_path / "media",
-        public_url=f"http://127.0.0.1:{free_port()}",
-        nominatim_url="",
-        outbox_poll_interval=0.2,
-        deadline_worker_enabled=False,
-        stats_duty_enabled=False,
-        telegram_rate_per_chat=100.0,
-        map_tile_url="",
-    )
+    settings = web_settings(database_url, tmp_path, demo=True, telegram_rate_per_chat=100.0)
     async with serving(settings) as base:
         context = await browser.new_context(base_url=base)
         page = await context.new_page()

@@ -14,10 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cli import server_app
-from backend.config import Settings
 from backend.models import Ticket
 from tests.browser.conftest import log_in
-from tests.e2e.conftest import free_port
+from tests.e2e.staff_http import web_settings
 
 
 async def bot_says(page: Page, text: str) -> None:
@@ -37,18 +36,8 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
     sessions: async_sessionmaker[AsyncSession],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    port = free_port()
-    settings = Settings(
-        environment="development",
-        demo=True,
-        database_url=database_url,
-        media_dir=tmp_path / "media",
-        public_url=f"http://127.0.0.1:{port}",
-        telegram_rate_per_chat=100.0,
-        outbox_poll_interval=0.2,
-        deadline_worker_enabled=False,
-        map_tile_url="",  # no tiles: the tests have no internet
-    )
+    settings = web_settings(database_url, tmp_path, demo=True, telegram_rate_per_chat=100.0)
+    port = int((settings.public_url or "").rsplit(":", 1)[1])
     assert settings.telegram_token is None
     runner = web.AppRunner(server_app(settings), access_log=None)
     await runner.setup()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,9 +24,10 @@ def web_settings(
     *,
     trusted_proxies: list[IPv4Network | IPv6Network] | None = None,
     demo: bool = False,
+    **overrides: Any,
 ) -> Settings:
     """A server without chat channels or background duties, on a port of its own."""
-    return Settings(
+    settings = Settings(
         environment="test",
         database_url=database_url,
         nominatim_url="",
@@ -38,6 +40,7 @@ def web_settings(
         trusted_proxies=trusted_proxies or [],
         demo=demo,
     )
+    return settings.model_copy(update=overrides)
 
 
 def base_url(settings: Settings) -> str:
@@ -64,6 +67,18 @@ async def first_login_account(
     """A new account as `hotline create-user` makes it; returns its one-time password."""
     async with sessions() as s, s.begin():
         return (await create_user(s, username, role, unit_code="W14812")).one_time_password
+
+
+async def sign_in(http: aiohttp.ClientSession, base: str, username: str, password: str) -> str:
+    """Log in through the form with http (a cookie jar that keeps the session); returns
+    the session's CSRF token, as its pages carry it."""
+    async with http.get(f"{base}/login") as r:
+        login_token = form_token(await r.text(), "/login")
+    form = {"csrf": login_token, "username": username, "password": password}
+    async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+    async with http.get(f"{base}/queue") as r:
+        return form_token(await r.text(), "/logout")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from backend.services.deadlines import Policies
 from backend.services.workflow import Action, Actor, apply
 from backend.web.openapi import document
 from tests.e2e.conftest import free_port
+from tests.e2e.staff_http import sign_in
 from tests.factories import make_ticket, make_user
 
 POLICIES = Policies.load()
@@ -98,23 +98,6 @@ async def hotline_serve(
         await reader
 
 
-async def signed_in(base: str, username: str) -> tuple[str, str]:
-    """Log in through the form: the session cookie and the session's CSRF token."""
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        async with http.get(f"{base}/login") as r:
-            found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-        assert found is not None
-        form = {"csrf": found.group(1), "username": username, "password": PASSWORD}
-        async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
-            assert r.status == 303
-        async with http.get(f"{base}/queue") as r:
-            found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-        assert found is not None
-        cookie = {c.key: c.value for c in jar}["hotline_session"]
-    return cookie, found.group(1)
-
-
 async def test_every_api_operation_matches_its_document(
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -144,7 +127,10 @@ async def test_every_api_operation_matches_its_document(
         )
     )
     async with hotline_serve(database_url, tmp_path, port) as access:
-        cookie, csrf = await signed_in(base, admin)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            csrf = await sign_in(http, base, admin, PASSWORD)
+        cookie = {c.key: c.value for c in jar}["hotline_session"]
         done = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -25,24 +25,10 @@ from backend.config import Settings
 from backend.models import User
 from backend.services.accounts import password_matches
 from tests.e2e.conftest import free_port
+from tests.e2e.staff_http import web_settings
 from tests.factories import make_user
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def demo_settings(database_url: str, tmp_path: Path, *, demo: bool) -> Settings:
-    return Settings(
-        environment="development",
-        demo=demo,
-        database_url=database_url,
-        media_dir=tmp_path / "media",
-        public_url=f"http://127.0.0.1:{free_port()}",
-        nominatim_url="",
-        outbox_poll_interval=0.2,
-        deadline_worker_enabled=False,
-        stats_duty_enabled=False,
-        map_tile_url="",
-    )
 
 
 @asynccontextmanager
@@ -66,7 +52,7 @@ def printed(out: str) -> dict[str, str]:
 async def test_without_the_switch_there_is_no_demo(
     database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = demo_settings(database_url, tmp_path, demo=False)
+    settings = web_settings(database_url, tmp_path, demo=False)
     app = server_app(settings)
     assert not [r for r in app.router.resources() if r.canonical.startswith("/demo")]
     async with serving(settings) as base, aiohttp.ClientSession() as http:
@@ -84,7 +70,7 @@ async def test_demo_passwords_stay_the_same_across_restarts(
     sessions: async_sessionmaker[AsyncSession],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = demo_settings(database_url, tmp_path, demo=True)
+    settings = web_settings(database_url, tmp_path, demo=True)
     async with serving(settings):
         first = printed(capsys.readouterr().out)
     async with serving(settings):
@@ -120,7 +106,7 @@ async def test_the_demo_never_takes_over_a_real_account(
     async with sessions() as s, s.begin():
         real = await make_user(s, "admin", None, password="the real admin's own")
         real.username = "demo-admin"
-    async with serving(demo_settings(database_url, tmp_path, demo=True)):
+    async with serving(web_settings(database_url, tmp_path, demo=True)):
         accounts = printed(capsys.readouterr().out)
     assert "demo-admin" not in accounts and "demo-operator" in accounts
     async with sessions() as s:
@@ -132,7 +118,7 @@ async def test_the_simulator_refuses_malformed_input_with_a_client_error(
     database_url: str, tmp_path: Path
 ) -> None:
     async with (
-        serving(demo_settings(database_url, tmp_path, demo=True)) as base,
+        serving(web_settings(database_url, tmp_path, demo=True)) as base,
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         async with http.get(base + "/demo/chat") as r:

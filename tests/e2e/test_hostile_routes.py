@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.cli import build_app
 from backend.config import Settings
 from tests.e2e.conftest import running
+from tests.e2e.staff_http import sign_in
 from tests.factories import make_ticket, make_user
 
 PASSWORD = "a long and private passphrase"
@@ -99,20 +100,6 @@ def bodies(csrf: str) -> list[tuple[bytes | aiohttp.FormData, str | None]]:
     return made
 
 
-async def sign_in(http: aiohttp.ClientSession, base: str, username: str) -> str:
-    """Log in through the form; the session's CSRF token."""
-    async with http.get(f"{base}/login") as r:
-        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-    assert token is not None
-    form = {"csrf": token.group(1), "username": username, "password": PASSWORD}
-    async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
-        assert r.status == 303
-    async with http.get(f"{base}/queue") as r:
-        found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-    assert found is not None
-    return found.group(1)
-
-
 @pytest.fixture
 def mode() -> str:
     return "polling"
@@ -145,7 +132,7 @@ async def test_no_route_answers_a_hostile_request_with_a_server_error(
         aiohttp.ClientSession() as anonymous,
     ):
         base = chat_settings.public_url or ""
-        csrf = await sign_in(http, base, admin)
+        csrf = await sign_in(http, base, admin, PASSWORD)
         for (method, canonical), client in product(routes, (http, anonymous)):
             for path in paths(canonical, code):
                 tries: list[tuple[str, bytes | aiohttp.FormData | None, str | None]]

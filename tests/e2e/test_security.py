@@ -27,6 +27,7 @@ from backend.services.workflow import Action, Actor, apply
 from backend.web.api import TEST_USER_HEADER
 from backend.web.security import ACCESS_LOG, REQUEST_ID_HEADER, JsonAccessLog, access_logger
 from tests.e2e.conftest import running
+from tests.e2e.staff_http import sign_in
 from tests.factories import make_ticket, make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram
@@ -187,20 +188,6 @@ async def test_https_deployments_send_hsts(chat_settings: Settings) -> None:
         assert r.headers["Strict-Transport-Security"].startswith("max-age=")
 
 
-async def log_in(http: aiohttp.ClientSession, base: str, username: str) -> str:
-    """Sign in through the login form; returns the session's CSRF token."""
-    async with http.get(f"{base}/login") as r:
-        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-    assert token is not None
-    form = {"csrf": token.group(1), "username": username, "password": PASSWORD}
-    async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
-        assert r.status == 303, await r.text()
-    async with http.get(f"{base}/queue") as r:
-        found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-    assert found is not None
-    return found.group(1)
-
-
 async def test_a_ticket_or_photo_out_of_scope_looks_missing(
     chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -214,7 +201,7 @@ async def test_a_ticket_or_photo_out_of_scope_looks_missing(
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         base = chat_settings.public_url or ""
-        csrf = await log_in(http, base, outsider)
+        csrf = await sign_in(http, base, outsider, PASSWORD)
         answers = {}
         for name, path in (
             ("hidden", f"/tickets/{code}"),
@@ -248,7 +235,7 @@ async def test_download_names_hold_no_raw_query_text(
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         base = chat_settings.public_url or ""
-        await log_in(http, base, admin)
+        await sign_in(http, base, admin, PASSWORD)
         async with http.get(f"{base}/stats.csv?month=2026-10&category=dumping") as r:
             assert r.status == 200
             disposition = r.headers["Content-Disposition"]
@@ -289,7 +276,7 @@ async def test_a_phone_report_with_an_unknown_category_is_refused_with_a_message
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         base = chat_settings.public_url or ""
-        csrf = await log_in(http, base, operator)
+        csrf = await sign_in(http, base, operator, PASSWORD)
         form = {
             "csrf": csrf,
             "category": "no-such-category",
