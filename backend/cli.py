@@ -30,7 +30,7 @@ from backend.services.boundaries import (
     read_features,
 )
 from backend.services.categories import seed_categories
-from backend.services.demo import seed_demo_accounts
+from backend.services.demo import DemoRefused, check_demo_database, seed_demo_accounts
 from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
 from backend.services.stats import (
@@ -308,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         parser.error("; ".join(str(e["msg"]) for e in exc.errors()))
     if args.command == "serve":
+        if settings.demo:
+            try:
+                asyncio.run(in_transaction(settings, check_demo_database))
+            except DemoRefused as exc:
+                parser.error(str(exc))
         run_server(settings, args.host, args.port)
     elif args.command == "migrate":
         asyncio.run(migrate(settings))

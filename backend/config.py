@@ -7,6 +7,7 @@ import hmac
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
                 if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError(f"HOTLINE_{name.upper()} is a placeholder")
         return self
+
+    @property
+    def served_over_https(self) -> bool:
+        """Whether the public URL is https (any case): HSTS and Secure cookies then."""
+        return urlsplit(self.public_url or "").scheme.lower() == "https"
 
     @property
     def zalo_oa_on(self) -> bool:

@@ -4,6 +4,7 @@ a command."""
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,6 @@ def error_code(value: Any) -> int:
         return -1
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 12:
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,11}", value):
         return int(value)
     return 0 if value is None else -1

@@ -350,7 +350,8 @@ class BotApiStandIn(StandIn):
 
 def _decode(value: str) -> Any:
     """Bot API form fields carry JSON for objects and numbers; plain strings stay strings."""
-    if value[:1] in "{[" or value in ("true", "false") or value.lstrip("-").isdigit():
+    number = value.lstrip("-")
+    if value[:1] in "{[" or value in ("true", "false") or (number.isascii() and number.isdigit()):
         try:
             return json.loads(value)
         except ValueError:

@@ -162,10 +162,9 @@ class TokenStore:
             raise TokenError(f"token refresh failed: {type(exc).__name__}") from exc
         access = data.get("access_token")
         if isinstance(access, str) and access:
-            given = data.get("expires_in")  # seconds, as text ("90000") or a number
-            expires_in = (
-                float(given) if isinstance(given, int | str) and str(given).isdigit() else 0
-            )
+            # Seconds, as text ("90000") or as a number.
+            given = str(data.get("expires_in") or "")
+            expires_in = float(given) if given.isascii() and given.isdigit() else 0
             await self._store(
                 access_token=access,
                 refresh_token=str(data.get("refresh_token") or refresh_token),

@@ -22,7 +22,7 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
     try:
         if ticket is None or reporter_id is None:
             raise WorkflowError("out_of_scope")
-        if action == "rate" and rest[0].isdigit():
+        if action == "rate" and rest[0] in ("1", "2", "3", "4", "5"):
             await rate(turn.session, ticket, int(rest[0]), actor, now=turn.services.now())
             turn.ack(event.callback_id)
             turn.say("feedback.thanks", rating=int(rest[0]), code=code)

@@ -11,7 +11,8 @@ from handlers.events import Button
 def match_option(text: str, options: Sequence[Button]) -> Button | None:
     """The option a typed text names, by its number (1-based) or its label."""
     stripped = text.strip()
-    if stripped.isdigit() and 1 <= int(stripped) <= len(options):
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if stripped.isascii() and stripped.isdigit() and 1 <= int(stripped) <= len(options):
         return options[int(stripped) - 1]
     key = search_key(stripped)
     if not key:

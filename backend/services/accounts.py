@@ -3,6 +3,7 @@ slow down (never lock) per account and per account and address."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -10,16 +11,20 @@ import math
 import re
 import secrets
 import unicodedata
+import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ColumnElement, CursorResult, delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import (
@@ -36,6 +41,7 @@ from backend.services.upsert import insert_for
 log = logging.getLogger(__name__)
 
 USERNAME = re.compile(r"[a-z0-9._-]{2,64}")
+TELEGRAM_ID = re.compile(r"-?[0-9]{1,20}")
 ROLES = ("operator", "ward_staff", "ward_leader", "supervisor", "police", "admin")
 SESSION_DAYS = 7
 
@@ -43,11 +49,17 @@ SESSION_DAYS = 7
 # an address, or an account and one of its known devices) makes PAIR_FREE failures;
 # after that each attempt waits 1, 2, 4 … seconds (at most MAX_WAIT) after the pair's
 # last failure. An account makes ACCOUNT_FREE failures from all addresses together
-# (guessing spread over many machines) before the same backoff applies to the account,
-# except on its known devices. Failures older than FAILURE_WINDOW are forgotten.
+# (guessing spread over many machines) before the same backoff applies to the account
+# (at most ACCOUNT_MAX_WAIT), except on its known devices. An IPv6 client counts as its
+# /64 network, which one machine may hold. Failures older than FAILURE_WINDOW are
+# forgotten. An account's attempts are judged one at a time (login_lock, and an advisory
+# lock on PostgreSQL), so each sees the failures before it and only those.
 PAIR_FREE = 5
 ACCOUNT_FREE = 20
 MAX_WAIT = timedelta(minutes=15)
+# Guessing spread over many addresses slows the account for browsers it does not know:
+# at most this long, so that its owner, on a new browser, is only ever slowed a little.
+ACCOUNT_MAX_WAIT = timedelta(minutes=1)
 FAILURE_WINDOW = timedelta(hours=24)
 # A browser that signed in to an account stays known this long after its last login.
 DEVICE_DAYS = 180
@@ -95,13 +107,10 @@ class NewUser:
 
 @dataclass(frozen=True)
 class LoginTry:
-    """A login under way. Its row is stored (and committed) as a failure before the
-    password is checked, so that attempts made at the same moment, in any process, count
-    each other; a success removes it again."""
+    """A login under way: whom it is for and what a failure counts against."""
 
-    row_id: int
     username: str
-    # What the failure counts against (LoginAttempt.client).
+    # LoginAttempt.client: the address's key, or the known device's.
     key: str
     # The KnownDevice.token_hash of the browser, when it is known to this account.
     device: str | None
@@ -130,6 +139,22 @@ def password_matches(password_hash: str | None, password: str) -> bool:
         return False
 
 
+# argon2 takes tens of milliseconds of CPU and 64 MiB: a few at a time, off the event loop
+# (argon2-cffi releases the GIL), so that logins never stall the rest of the service.
+_hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    """password_matches, in the hashing threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_hashing, password_matches, password_hash, password)
+
+
+async def new_password_hash(password: str) -> str:
+    """hash_password, in the hashing threads."""
+    return await asyncio.get_running_loop().run_in_executor(_hashing, hash_password, password)
+
+
 def _one_time_password() -> str:
     return secrets.token_urlsafe(12)
 
@@ -142,13 +167,18 @@ async def create_user(
     display_name: str | None = None,
     unit_code: str | None = None,
     telegram_chat_id: str | None = None,
+    demo: bool = False,
 ) -> NewUser:
     """A staff account with a random one-time password (shown once, stored hashed), to be
-    replaced at the first login."""
+    replaced at the first login. demo: made by a demo account, so it is one too."""
     if not USERNAME.fullmatch(username):
         raise ValueError("a username is 2–64 of a-z, 0-9, '.', '_' and '-'")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if display_name is not None and len(display_name) > 200:
+        raise ValueError("a name has at most 200 characters")
+    if telegram_chat_id is not None and not TELEGRAM_ID.fullmatch(telegram_chat_id):
+        raise ValueError("a Telegram id is digits (a group's starts with -)")
     if await session.scalar(select(User.id).where(User.username == username)) is not None:
         raise ValueError(f"the username {username} is taken")
     unit_id = None
@@ -165,8 +195,9 @@ async def create_user(
         role=role,
         unit_id=unit_id,
         telegram_chat_id=telegram_chat_id,
-        password_hash=hash_password(password),
+        password_hash=await new_password_hash(password),
         must_change_password=True,
+        demo=demo,
     )
     session.add(user)
     await session.flush()
@@ -178,7 +209,7 @@ async def set_password(
 ) -> None:
     """Give user a new password, ending all their sessions and forgetting their known
     devices. one_time: someone else chose it, so the next login must replace it."""
-    user.password_hash = hash_password(password)
+    user.password_hash = await new_password_hash(password)
     user.must_change_password = one_time
     await session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     await session.execute(delete(KnownDevice).where(KnownDevice.user_id == user.id))
@@ -193,6 +224,43 @@ async def reset_password(session: AsyncSession, user: User, *, by: str) -> str:
 
 
 # --- logging in ----------------------------------------------------------------------------
+
+
+def login_lock(username: str) -> asyncio.Lock:
+    """The lock an account's logins take in this process, around their whole transaction
+    (one of a fixed set per event loop: the names people type are not kept)."""
+    loop = asyncio.get_running_loop()
+    stripes = _locks.get(loop)
+    if stripes is None:
+        stripes = _locks[loop] = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+    return stripes[zlib.crc32(username.encode("utf-8", "surrogateescape")) % _LOCK_STRIPES]
+
+
+_LOCK_STRIPES = 64
+_locks: WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = WeakKeyDictionary()
+# The advisory locks of logins on PostgreSQL: (this namespace, the username's hash).
+_ADVISORY_NAMESPACE = 0x484C
+
+
+async def _lock_account(session: AsyncSession, username: str) -> None:
+    """Other processes' logins to the account wait until this transaction ends. (SQLite
+    serves one process, where login_lock does it.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:name))"),
+            {"namespace": _ADVISORY_NAMESPACE, "name": username},
+        )
+
+
+def _counted_address(address: str) -> str:
+    """What an address counts as: itself, or for IPv6 its /64 network."""
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, IPv6Address) and parsed.ipv4_mapped is None:
+        return str(ip_network(f"{parsed}/64", strict=False))
+    return str(parsed.ipv4_mapped if isinstance(parsed, IPv6Address) else parsed)
 
 
 async def _address_key(session: AsyncSession, address: str) -> str:
@@ -210,7 +278,8 @@ async def _address_key(session: AsyncSession, address: str) -> str:
         secret = await session.scalar(kept)
     if secret is None:
         raise RuntimeError("the login address key was not kept")
-    digest = hmac.new(secret.encode(), address.encode(), hashlib.sha256).hexdigest()
+    counted = _counted_address(address).encode("utf-8", "surrogateescape")
+    digest = hmac.new(secret.encode(), counted, hashlib.sha256).hexdigest()
     return _ADDRESS + digest[:62]
 
 
@@ -243,29 +312,26 @@ async def begin_login(
     device_tokens: Sequence[str] = (),
     now: datetime | None = None,
 ) -> LoginTry:
-    """Record a login attempt before its password is checked (see LoginTry); commit
-    before finish_login. A browser known to the account named is counted as itself,
-    anything else by its address."""
+    """Start judging a login: the account is locked for this transaction (the caller
+    holds login_lock(username) around it, and commits it whatever finish_login says). A
+    browser known to the account named is counted as itself, anything else by its
+    address."""
     now = now or utcnow()
-    # Failures past the window count no more: nobody needs them kept.
-    await session.execute(delete(LoginAttempt).where(LoginAttempt.at <= now - FAILURE_WINDOW))
     username = username[:64]
+    await _lock_account(session, username)
     user_id = await session.scalar(select(User.id).where(User.username == username))
     device = None
     if user_id is not None:
         device = await _known_device(session, user_id, device_tokens, now=now)
     key = _DEVICE + device[:62] if device else await _address_key(session, address)
-    row = LoginAttempt(username=username, client=key, at=now)
-    session.add(row)
-    await session.flush()
-    return LoginTry(row_id=row.id, username=username, key=key, device=device)
+    return LoginTry(username=username, key=key, device=device)
 
 
-def _backoff(failures: int, last: datetime | None, free: int, now: datetime) -> int:
+def _backoff(failures: int, last: datetime | None, free: int, cap: timedelta, now: datetime) -> int:
     """Whole seconds still to wait after `failures`, the last at `last`; 0: go ahead."""
     if failures < free or last is None:
         return 0
-    delay = min(timedelta(seconds=2 ** min(failures - free, 30)), MAX_WAIT)
+    delay = min(timedelta(seconds=2 ** min(failures - free, 30)), cap)
     remaining = (last + delay - now).total_seconds()
     return math.ceil(remaining) if remaining > 0 else 0
 
@@ -273,12 +339,12 @@ def _backoff(failures: int, last: datetime | None, free: int, now: datetime) -> 
 async def _failures(
     session: AsyncSession, attempt: LoginTry, which: ColumnElement[bool], now: datetime
 ) -> tuple[int, datetime | None]:
-    """How many failures (other than this attempt) there are, and the last one's time."""
+    """How many failures there are, and the last one's time."""
     found = (
         await session.execute(
             select(func.count(), func.max(LoginAttempt.at))
             .where(LoginAttempt.username == attempt.username, which)
-            .where(LoginAttempt.at > now - FAILURE_WINDOW, LoginAttempt.id != attempt.row_id)
+            .where(LoginAttempt.at > now - FAILURE_WINDOW)
         )
     ).one()
     count: int = found[0]
@@ -288,16 +354,13 @@ async def _failures(
 
 async def _wait_before(session: AsyncSession, attempt: LoginTry, now: datetime) -> int:
     """Seconds this attempt must still wait (0: it may go ahead)."""
-    wait = _backoff(
-        *await _failures(session, attempt, LoginAttempt.client == attempt.key, now),
-        PAIR_FREE,
-        now,
-    )
+    pair = await _failures(session, attempt, LoginAttempt.client == attempt.key, now)
+    wait = _backoff(*pair, PAIR_FREE, MAX_WAIT, now)
     if attempt.device is None:
         # A known device is its owner's way in while the account is under attack.
         everywhere = LoginAttempt.client.startswith(_ADDRESS)
-        account = _backoff(*await _failures(session, attempt, everywhere, now), ACCOUNT_FREE, now)
-        wait = max(wait, account)
+        account = await _failures(session, attempt, everywhere, now)
+        wait = max(wait, _backoff(*account, ACCOUNT_FREE, ACCOUNT_MAX_WAIT, now))
     return wait
 
 
@@ -309,19 +372,23 @@ async def finish_login(
     demo: bool,
     now: datetime | None = None,
 ) -> User:
-    """The user for the attempt's name and this password, or LoginRefused. A demo account
-    is refused like a wrong password unless the demo runs. On success the pair's
-    failures are cleared; on failure the attempt's row stays as one."""
+    """The user for the attempt's name and this password, or LoginRefused. Too soon after
+    failures, the password is not looked at and nothing is counted; a wrong one is
+    counted as a failure (the caller commits it). A demo account is refused like a wrong
+    password unless the demo runs. On success the pair's failures are cleared."""
     now = now or utcnow()
     wait = await _wait_before(session, attempt, now)
     if wait:
-        await session.execute(delete(LoginAttempt).where(LoginAttempt.id == attempt.row_id))
         log.info("login attempt refused: %d s to wait after failures", wait)
         raise LoginRefused(retry_after=wait)
     user = await session.scalar(select(User).where(User.username == attempt.username, User.active))
     stored = user.password_hash if user is not None else None
-    ok = password_matches(stored or _DUMMY_HASH, password)
+    ok = await verify_password(stored or _DUMMY_HASH, password)
+    # Failures past the window count no more: nobody needs them kept.
+    await session.execute(delete(LoginAttempt).where(LoginAttempt.at <= now - FAILURE_WINDOW))
     if user is None or stored is None or not ok or (user.demo and not demo):
+        session.add(LoginAttempt(username=attempt.username, client=attempt.key, at=now))
+        await session.flush()
         raise LoginRefused()
     await session.execute(
         delete(LoginAttempt).where(
@@ -335,7 +402,7 @@ async def finish_login(
             .values(last_used_at=now)
         )
     if _hasher.check_needs_rehash(stored):
-        user.password_hash = hash_password(password)
+        user.password_hash = await new_password_hash(password)
     return user
 
 
@@ -374,17 +441,45 @@ def _core(text: str) -> str:
     return _DECORATION.sub("", _normal(text).casefold().strip())
 
 
+# Runs of keys or digits that make a password look long without being hard to guess.
+_RUNS = (
+    "01234567890123456789",
+    "abcdefghijklmnopqrstuvwxyz",
+    "qwertyuiopasdfghjklzxcvbnm",
+    "1234567890qwertyuiopasdfghjklzxcvbnm",
+    "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik9ol0p",
+    "qazwsxedcrfvtgbyhnujmikolp",
+)
+_RUNS_BOTH_WAYS = _RUNS + tuple(run[::-1] for run in _RUNS)
+
+
+def _guessable(folded: str) -> bool:
+    """Long but easy: few different characters, digits only, a short part repeated, or
+    a run along the keyboard or the alphabet."""
+    if len(set(folded)) < 5 or folded.isdigit():
+        return True
+    length = len(folded)
+    for size in range(1, length // 2 + 1):
+        if length % size == 0 and folded == folded[:size] * (length // size):
+            return True
+    return any(folded in run for run in _RUNS_BOTH_WAYS)
+
+
 def check_new_password(username: str, password: str) -> None:
     """PasswordRefused unless password is long enough, not a common password (also with
-    digits or symbols around it), and not the username."""
+    digits or symbols around it), does not hold the username, and is not made easy to
+    guess by repeats or runs."""
     if len(_normal(password)) < MIN_PASSWORD:
         raise PasswordRefused("password.too_short")
     core, folded = _core(password), _normal(password).casefold()
-    if core == _core(username) or folded == username.casefold():
+    name = username.casefold()
+    if core == _core(username) or folded == name or (len(name) >= 3 and name in folded):
         raise PasswordRefused("password.username")
     common = common_passwords()
     if folded in common or core in common:
         raise PasswordRefused("password.common")
+    if _guessable(folded) or _guessable(core):
+        raise PasswordRefused("password.simple")
 
 
 async def change_password(
@@ -399,18 +494,18 @@ async def change_password(
     now: datetime | None = None,
 ) -> User:
     """Replace the password of the account signed in on session keep_session (a token
-    hash), which knows its current one: it ends the account's other sessions and
-    forgets its known devices but the attempt's. A wrong current password counts as a
-    failed login (LoginRefused); a refused choice raises PasswordRefused."""
+    hash), which knows its current one: it ends the account's other sessions (its known
+    browsers stay known: they still need the new password). A wrong current password
+    counts as a failed login (LoginRefused); a refused choice raises PasswordRefused."""
     user = await finish_login(session, attempt, current, demo=demo, now=now)
     if user.demo:
         raise PasswordRefused("password.demo")
     if new != again:
         raise PasswordRefused("password.mismatch")
     check_new_password(user.username, new)
-    if password_matches(user.password_hash, new):
+    if await verify_password(user.password_hash, new):
         raise PasswordRefused("password.same")
-    user.password_hash = hash_password(new)
+    user.password_hash = await new_password_hash(new)
     user.must_change_password = False
     ended = cast(
         CursorResult[Any],
@@ -420,10 +515,6 @@ async def change_password(
             )
         ),
     )
-    forget: list[ColumnElement[bool]] = [KnownDevice.user_id == user.id]
-    if attempt.device is not None:
-        forget.append(KnownDevice.token_hash != attempt.device)
-    await session.execute(delete(KnownDevice).where(*forget))
     log.info("user %d changed their password; %d other sessions ended", user.id, ended.rowcount)
     return user
 

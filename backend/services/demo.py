@@ -11,11 +11,11 @@ import logging
 import secrets
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import InstanceSecret, Unit, User, Ward
-from backend.services.accounts import hash_password, password_matches
+from backend.services.accounts import new_password_hash, verify_password
 from backend.services.units import province_unit_code, ward_unit_code
 from backend.services.upsert import insert_for
 
@@ -79,11 +79,25 @@ def demo_password(seed: bytes, username: str) -> str:
     return base64.b32encode(digest).decode().lower()[:16]
 
 
-async def seed_demo_accounts(session: AsyncSession) -> list[DemoAccount]:
-    """Make (or repair) the demo accounts; they log in only while the demo runs.
+class DemoRefused(Exception):
+    """The database is not the demo's own: it holds real staff accounts."""
 
-    An account of the same name that is not a demo account is never taken over.
-    """
+
+async def check_demo_database(session: AsyncSession) -> None:
+    """DemoRefused when the database holds staff accounts that are not the demo's: the
+    demo's admin and operator could otherwise reach real accounts and reporters."""
+    real = await session.scalar(select(func.count()).select_from(User).where(User.demo.is_(False)))
+    if real:
+        raise DemoRefused(
+            f"this database holds {real} staff account(s) that are not the demo's: the demo "
+            "runs only on a database of its own (set HOTLINE_DATABASE_URL to another one)"
+        )
+
+
+async def seed_demo_accounts(session: AsyncSession) -> list[DemoAccount]:
+    """Make (or repair) the demo accounts; they log in only while the demo runs. Refused
+    (DemoRefused) on a database with real accounts."""
+    await check_demo_database(session)
     seed = await _seed(session)
     ready = []
     for account in await demo_accounts(session):
@@ -106,7 +120,7 @@ async def seed_demo_accounts(session: AsyncSession) -> list[DemoAccount]:
                     role=account.role,
                     unit_id=unit_id,
                     demo=True,
-                    password_hash=hash_password(password),
+                    password_hash=await new_password_hash(password),
                 )
                 .on_conflict_do_nothing(index_elements=["username"])
             )
@@ -114,8 +128,8 @@ async def seed_demo_accounts(session: AsyncSession) -> list[DemoAccount]:
         if user is None or not user.demo:
             log.warning("%s is a real account: not used by the demo", account.username)
             continue
-        if not fresh and not password_matches(user.password_hash, password):
-            user.password_hash = hash_password(password)
+        if not fresh and not await verify_password(user.password_hash, password):
+            user.password_hash = await new_password_hash(password)
         user.role, user.unit_id, user.active = account.role, unit_id, True
         user.must_change_password = False
         ready.append(replace(account, password=password))

@@ -476,10 +476,14 @@ async def _reject(step: _Step) -> str | None:
 
 
 async def _transfer(step: _Step) -> str | None:
-    session, ticket, request, _, policy, now = step
+    session, ticket, request, actor, policy, now = step
     if request.unit_code:
         unit = await session.scalar(select(Unit).where(Unit.code == request.unit_code))
-        if unit is None:
+        # Another province's units are, to the actor, no units at all (the ministry and
+        # admins reach across): that province would get a case it never had.
+        if unit is None or not (
+            actor.role in ("admin", "system") or unit.province_code in (None, actor.province_code)
+        ):
             raise WorkflowError("unit_required", f"no unit {request.unit_code}")
     else:
         unit = await unit_for(session, request.competence or "ward", ticket.ward_code)
@@ -603,6 +607,18 @@ async def case_tickets(session: AsyncSession, ticket: Ticket) -> list[Ticket]:
     """The ticket and every report merged into it (the case's reporters hear the result)."""
     merged = await session.scalars(select(Ticket).where(Ticket.case_id == ticket.id))
     return [ticket, *merged]
+
+
+async def find_visible_ticket(
+    session: AsyncSession, actor: Actor, code: str, *, lock: bool = False
+) -> Ticket | None:
+    """The ticket with this code if the actor may see it, in one scoped query: a ticket
+    outside the actor's scope takes the same work, and time, as one that does not exist."""
+    query = scope_query(select(Ticket), actor).where(Ticket.code == code)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Ticket)
+    found: Ticket | None = await session.scalar(query)
+    return found
 
 
 async def find_ticket(session: AsyncSession, code: str, *, lock: bool = False) -> Ticket | None:

@@ -10,10 +10,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import OAuthToken, StaffGroup, Unit, User
-from backend.services.accounts import ROLES, create_user, reset_password
+from backend.services.accounts import ROLES, TELEGRAM_ID, create_user, reset_password
 from backend.services.staff_groups import create_link_code
 from backend.services.workflow import Actor
 from backend.web.app import SESSIONS
+from backend.web.auth import signed_in
 from backend.web.dashboard import check_csrf, render, require_triage
 
 
@@ -24,6 +25,12 @@ async def _admin(request: web.Request, session: AsyncSession) -> Actor:
             text=render(request, "forbidden.html", status=403).text, content_type="text/html"
         )
     return actor
+
+
+def _by_demo(request: web.Request) -> bool:
+    """Whether the signed-in admin is a demo account (which touches demo accounts only)."""
+    user = signed_in(request)
+    return user is not None and user.demo
 
 
 async def _page(
@@ -85,6 +92,8 @@ async def new_user(request: web.Request) -> web.Response:
                     display_name=_field(form, "name"),
                     unit_code=_field(form, "unit"),
                     telegram_chat_id=_field(form, "telegram"),
+                    # A demo admin makes training accounts only, which end with the demo.
+                    demo=_by_demo(request),
                 )
         except ValueError as exc:
             return await _page(request, session, problem=str(exc))
@@ -102,7 +111,7 @@ async def change_user(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         admin = await _admin(request, session)
         user = await session.get(User, int(request.match_info["id"]))
-        if user is None:
+        if user is None or (_by_demo(request) and not user.demo):
             raise web.HTTPNotFound()
         secret = None
         action = form.get("do")
@@ -112,7 +121,7 @@ async def change_user(request: web.Request) -> web.Response:
             secret = {"key": "admin.password_once", "value": password, "who": user.username}
         elif action == "telegram":
             linked = _field(form, "telegram")
-            if linked is not None and not linked.lstrip("-").isdigit():
+            if linked is not None and not TELEGRAM_ID.fullmatch(linked):
                 return await _page(request, session, problem="Telegram id: digits only")
             user.telegram_chat_id = linked
         elif action in ("deactivate", "activate"):

@@ -47,8 +47,7 @@ from backend.services.workflow import (
     WorkflowError,
     act,
     allowed_actions,
-    find_ticket,
-    in_scope,
+    find_visible_ticket,
     is_overdue,
     overdue_filter,
     scope_query,
@@ -164,8 +163,8 @@ async def list_tickets(request: web.Request) -> web.Response:
 async def _ticket_for(
     request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
 ) -> Ticket:
-    ticket = await find_ticket(session, request.match_info["code"], lock=lock)
-    if ticket is None or not await in_scope(session, actor, ticket):
+    ticket = await find_visible_ticket(session, actor, request.match_info["code"], lock=lock)
+    if ticket is None:
         # Out of scope answers exactly as missing: an outsider learns nothing of it.
         raise json_error(404, {"error": "not_found"})
     return ticket

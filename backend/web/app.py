@@ -17,6 +17,7 @@ from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
 from backend.web import security
+from backend.web.bodies import upload_limit
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -74,7 +75,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(settings: Settings) -> web.Application:
     """The web app without chat channels; the composition root mounts those."""
     # Room for a photo upload at the largest size accepted.
-    app = web.Application(client_max_size=settings.max_photo_bytes + 64 * 1024)
+    app = web.Application(client_max_size=upload_limit(settings))
     app[SETTINGS] = settings
     app[POLICIES] = Policies.load(settings.deadlines_file)
     app.cleanup_ctx.append(_database)

@@ -6,6 +6,7 @@ the one page a user with a one-time password may see."""
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -36,7 +37,7 @@ Address = IPv4Address | IPv6Address
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Attach the signed-in user, if any, to the request; while their password is a
     one-time one, send them to the change-password page (the JSON API answers 403)."""
-    token = request.cookies.get(COOKIE)
+    token = cookie_token(request, COOKIE)
     if token:
         async with request.app[SESSIONS]() as session:
             found = await session_user(session, token, demo=request.app[SETTINGS].demo)
@@ -68,8 +69,7 @@ def signed_in(request: web.Request) -> User | None:
 
 
 def secure_cookies(request: web.Request) -> bool:
-    public = request.app[SETTINGS].public_url or ""
-    return public.startswith("https://") or request.secure
+    return request.app[SETTINGS].served_over_https or request.secure
 
 
 def set_session_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
@@ -86,7 +86,7 @@ def set_session_cookie(response: web.StreamResponse, request: web.Request, token
 
 def login_csrf(request: web.Request) -> str:
     """The token for the login form (no session yet): a cookie echoed in the form."""
-    return request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
+    return cookie_token(request, LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
 
 
 def set_login_csrf(response: web.StreamResponse, request: web.Request, token: str) -> None:
@@ -101,9 +101,22 @@ def set_login_csrf(response: web.StreamResponse, request: web.Request, token: st
 
 
 def csrf_ok(expected: str | None, given: object) -> bool:
-    if not expected or not isinstance(given, str) or not given:
+    """Whether a form's or header's token is the expected one (constant time; a value
+    that is not a token, non-UTF-8 bytes included, is simply wrong)."""
+    if not expected or not isinstance(given, str) or not TOKEN.fullmatch(given):
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+# What this service puts in its cookies and forms (secrets.token_urlsafe): anything else
+# a client sends there is not one of them, and is never hashed, rendered or compared.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def cookie_token(request: web.Request, name: str) -> str | None:
+    """The token in cookie `name`, or None when it is missing or not a token."""
+    value = request.cookies.get(name, "")
+    return value if TOKEN.fullmatch(value) else None
 
 
 # --- the browser's device tokens -----------------------------------------------------------
@@ -112,7 +125,7 @@ def csrf_ok(expected: str | None, given: object) -> bool:
 def device_tokens(request: web.Request) -> list[str]:
     """The device tokens the browser carries (at most MAX_DEVICE_TOKENS)."""
     value = request.cookies.get(DEVICE_COOKIE, "")
-    return [token for token in value.split(".") if token][:MAX_DEVICE_TOKENS]
+    return [token for token in value.split(".") if TOKEN.fullmatch(token)][:MAX_DEVICE_TOKENS]
 
 
 def set_device_cookie(response: web.StreamResponse, request: web.Request, new_token: str) -> None:

@@ -11,10 +11,19 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic_core import from_json
 
+from backend.config import Settings
+
 # Webhook bodies: Telegram's and Zalo's updates are a few kilobytes.
 WEBHOOK_LIMIT = 1024 * 1024
 # JSON bodies of the staff API and the simulator.
 JSON_LIMIT = 256 * 1024
+# Forms without files (login, notes, the admin's); those with photos say their own.
+FORM_LIMIT = 64 * 1024
+
+
+def upload_limit(settings: Settings) -> int:
+    """The largest body: a form with a photo at the size accepted (the app's limit)."""
+    return settings.max_photo_bytes + FORM_LIMIT
 
 
 class BadJSON(ValueError):
@@ -61,10 +70,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def read_form(
-    request: web.Request,
+    request: web.Request, limit: int = 0
 ) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
-    """The posted form, or 400 for a body that is not one (a broken multipart body, say)."""
+    """The posted form, or a client error: 411 without a Content-Length (browsers always
+    send one with a form), 413 over limit bytes (FORM_LIMIT unless given), 400 for a
+    body that is not a form (a broken multipart body, an unknown charset)."""
+    limit = limit or FORM_LIMIT
+    declared = request.content_length
+    if declared is None and request.body_exists:
+        raise web.HTTPLengthRequired(text="send the form with its Content-Length")
+    if declared is not None and declared > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
     try:
         return await request.post()
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:
         raise web.HTTPBadRequest(text="not a form this service sends") from exc

@@ -43,8 +43,7 @@ from backend.services.workflow import (
     act,
     allowed_actions,
     audit_note,
-    find_ticket,
-    in_scope,
+    find_visible_ticket,
     is_overdue,
     overdue_filter,
     scope_query,
@@ -53,7 +52,7 @@ from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
 from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
-from backend.web.bodies import read_form
+from backend.web.bodies import read_form, upload_limit
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -88,10 +87,11 @@ async def require_user(request: web.Request, session: AsyncSession) -> tuple[Use
     return user, await Actor.of_user(session, user)
 
 
-async def check_csrf(request: web.Request) -> dict[str, Any]:
+async def check_csrf(request: web.Request, limit: int = 0) -> dict[str, Any]:
     """The form's fields once its CSRF token checks out, text without NUL characters
-    (which PostgreSQL refuses in text)."""
-    posted = await read_form(request)
+    (which PostgreSQL refuses in text); limit: the form's size with its files (a form
+    without files: FORM_LIMIT)."""
+    posted = await read_form(request, limit)
     form = {
         key: value.replace("\x00", "") if isinstance(value, str) else value
         for key, value in ((key, posted[key]) for key in dict.fromkeys(posted))
@@ -194,8 +194,8 @@ async def queue(request: web.Request) -> web.Response:
 async def _visible_ticket(
     request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
 ) -> Ticket:
-    ticket = await find_ticket(session, request.match_info["code"], lock=lock)
-    if ticket is None or not await in_scope(session, actor, ticket):
+    ticket = await find_visible_ticket(session, actor, request.match_info["code"], lock=lock)
+    if ticket is None:
         # Out of scope answers exactly as missing: an outsider learns nothing of it.
         raise web.HTTPNotFound(
             text=render(request, "notfound.html", status=404).text, content_type="text/html"
@@ -269,7 +269,7 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
 
 async def ticket_action(request: web.Request) -> web.StreamResponse:
     """POST /tickets/{code}/act (a form, with a photo for an answer)."""
-    form = await check_csrf(request)
+    form = await check_csrf(request, upload_limit(request.app[SETTINGS]))
     settings = request.app[SETTINGS]
     code = request.match_info["code"]
     photos: list[dict[str, Any]] = []
@@ -438,7 +438,7 @@ async def _place(wards: WardIndex, geocoder: Geocoder, form: dict[str, Any]) -> 
 
 async def phone_intake(request: web.Request) -> web.StreamResponse:
     """POST /intake/phone: an operator files a caller's report; the same ticket as a chat's."""
-    form = await check_csrf(request)
+    form = await check_csrf(request, upload_limit(request.app[SETTINGS]))
     settings = request.app[SETTINGS]
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     problem: str | None = None
@@ -456,7 +456,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     # (the dict made by check_csrf keeps one file per name; photos may be several)
     uploads = [
         v
-        for k, v in (await read_form(request)).items()
+        for k, v in (await read_form(request, upload_limit(settings))).items()
         if k == "photos" and isinstance(v, web.FileField) and v.filename
     ]
     for upload in uploads:
@@ -472,6 +472,10 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         actor = await require_triage(request, session)
         if problem is None and await session.get(Category, category) is None:
             problem = "phone.bad_category"
+        if problem is None and place is not None and actor.role != "admin":
+            ward = request.app[WARDS].get(place.ward_code)
+            if ward is None or ward.province_code != actor.province_code:
+                problem = "phone.other_province"
         if problem is not None or place is None:
             categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
             return render(

@@ -17,7 +17,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from backend.web.app import SETTINGS
-from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body, read_form
+from backend.web.bodies import (
+    JSON_LIMIT,
+    BadJSON,
+    parse_json,
+    read_body,
+    read_form,
+    upload_limit,
+)
 from backend.web.dashboard import TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +96,7 @@ async def send(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="open /demo/chat first")
     user = request.app[STAND_IN].user(chat)
     if request.content_type.startswith("multipart/"):
-        form = await read_form(request)
+        form = await read_form(request, upload_limit(request.app[SETTINGS]))
         upload = form.get("photo")
         if not isinstance(upload, web.FileField):
             raise web.HTTPBadRequest(text="no photo")
@@ -130,4 +137,4 @@ def mount_demo(app: web.Application, stand_in: ChatStandIn) -> None:
     app.router.add_get("/demo/chat", chat_page)
     app.router.add_get("/demo/api/messages", messages)
     app.router.add_post("/demo/api/send", send)
-    app.router.add_get("/demo/api/photo/{id:[0-9]+}", photo)
+    app.router.add_get("/demo/api/photo/{id:[0-9]{1,9}}", photo)

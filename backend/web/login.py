@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.services.accounts import (
     LoginRefused,
@@ -14,6 +15,7 @@ from backend.services.accounts import (
     change_password,
     close_session,
     finish_login,
+    login_lock,
     open_session,
     remember_device,
 )
@@ -24,6 +26,7 @@ from backend.web.auth import (
     LOGIN_CSRF_COOKIE,
     WEB_SESSION,
     client_address,
+    cookie_token,
     csrf_ok,
     device_tokens,
     login_csrf,
@@ -60,15 +63,11 @@ def _slowed_down(response: web.Response, seconds: int) -> web.Response:
     return response
 
 
-async def _attempt(request: web.Request, username: str) -> LoginTry:
-    """The attempt recorded and committed, so that concurrent ones count it."""
-    async with request.app[SESSIONS]() as session, session.begin():
-        return await begin_login(
-            session,
-            username,
-            address=client_address(request),
-            device_tokens=device_tokens(request),
-        )
+async def _begin(request: web.Request, session: AsyncSession, username: str) -> LoginTry:
+    """The attempt, judged against the failures before it (see begin_login)."""
+    return await begin_login(
+        session, username, address=client_address(request), device_tokens=device_tokens(request)
+    )
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -82,15 +81,17 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.StreamResponse:
     form = await read_form(request)
-    token = request.cookies.get(LOGIN_CSRF_COOKIE)
+    token = cookie_token(request, LOGIN_CSRF_COOKIE)
     if not csrf_ok(token, form.get("csrf")):
         raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
     # Usernames are lower case (phones like to capitalise the first letter); NUL is
     # dropped as check_csrf drops it from the change-password form.
-    username = _text(form.get("username")).strip().lower()
-    attempt = await _attempt(request, username)
+    username = _text(form.get("username")).strip().lower()[:64]
     refused: LoginRefused | None = None
-    async with request.app[SESSIONS]() as session, session.begin():
+    # The attempt's failure, if it is one, is committed before the account's next
+    # attempt is judged.
+    async with login_lock(username), request.app[SESSIONS]() as session, session.begin():
+        attempt = await _begin(request, session, username)
         try:
             user = await finish_login(
                 session, attempt, _text(form.get("password")), demo=request.app[SETTINGS].demo
@@ -123,7 +124,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     await check_csrf(request)
     async with request.app[SESSIONS]() as session, session.begin():
-        await close_session(session, request.cookies.get(COOKIE, ""))
+        await close_session(session, cookie_token(request, COOKIE) or "")
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
@@ -161,11 +162,11 @@ async def change_own_password(request: web.Request) -> web.StreamResponse:
     if user is None:
         raise web.HTTPSeeOther("/login")
     form = await check_csrf(request)
-    attempt = await _attempt(request, user.username)
     refused: LoginRefused | PasswordRefused | None = None
-    async with request.app[SESSIONS]() as session, session.begin():
+    async with login_lock(user.username), request.app[SESSIONS]() as session, session.begin():
         # Committed whatever the outcome: a wrong current password is a failed login,
         # and a right one clears the failures before the new one is judged.
+        attempt = await _begin(request, session, user.username)
         try:
             await change_password(
                 session,

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -83,13 +84,40 @@ def security_headers(settings: Settings) -> dict[str, str]:
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
     }
-    if (settings.public_url or "").startswith("https://"):
+    if settings.served_over_https:
         headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     return headers
 
 
+class ClientDetailsFilter(logging.Filter):
+    """aiohttp's own error lines name the client's address, and for a request it could
+    not parse they echo the request line, query string and all: neither goes to the log.
+    A refused request becomes one line saying so; a handler's crash keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = (
+                "refused a request it could not read (%s)",
+                (type(error).__name__,),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        elif isinstance(record.msg, str) and record.msg.endswith(" from %s"):
+            record.msg = record.msg.removesuffix(" from %s")
+            record.args = tuple(record.args or ())[:-1] if isinstance(record.args, tuple) else ()
+        return True
+
+
+_CLIENT_DETAILS = ClientDetailsFilter()
+
+
 def install(app: web.Application, settings: Settings) -> None:
-    """Add the headers, the request id and the NUL check to app."""
+    """Add the headers, the request id and the NUL check to app; keep client details
+    out of aiohttp's own log lines."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_DETAILS not in server_log.filters:
+        server_log.addFilter(_CLIENT_DETAILS)
     headers = security_headers(settings)
 
     async def on_prepare(request: web.Request, response: StreamResponse) -> None:
@@ -150,8 +178,11 @@ class JsonAccessLog(AbstractAccessLogger):
     status, duration and request id. No query strings, bodies, addresses or identities."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
+        try:
+            resource = request.match_info.route.resource  # type: ignore[attr-defined]
+        except (AttributeError, AssertionError):
+            # A request the HTTP parser refused never reached the router.
+            resource = None
         line = {
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "method": request.method if request.method.isalpha() else "?",

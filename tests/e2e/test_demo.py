@@ -5,6 +5,7 @@ production; its accounts keep their passwords across restarts; without it there 
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import subprocess
@@ -17,15 +18,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cli import server_app
 from backend.config import Settings
 from backend.models import User
 from backend.services.accounts import password_matches
+from backend.services.demo import DemoRefused
 from tests.e2e.conftest import free_port
-from tests.e2e.staff_http import web_settings
+from tests.e2e.staff_http import sign_in, web_settings
 from tests.factories import make_user
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +39,10 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
     assert settings.public_url is not None
     port = int(settings.public_url.rsplit(":", 1)[1])
     runner = web.AppRunner(server_app(settings), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
+        # A start that fails half-way still closes what it opened.
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
         yield settings.public_url
     finally:
         await runner.cleanup()
@@ -97,7 +100,7 @@ async def test_demo_passwords_stay_the_same_across_restarts(
         assert not users[username].must_change_password
 
 
-async def test_the_demo_never_takes_over_a_real_account(
+async def test_the_demo_refuses_a_database_with_real_accounts(
     database_url: str,
     tmp_path: Path,
     sessions: async_sessionmaker[AsyncSession],
@@ -106,12 +109,60 @@ async def test_the_demo_never_takes_over_a_real_account(
     async with sessions() as s, s.begin():
         real = await make_user(s, "admin", None, password="the real admin's own")
         real.username = "demo-admin"
-    async with serving(web_settings(database_url, tmp_path, demo=True)):
-        accounts = printed(capsys.readouterr().out)
-    assert "demo-admin" not in accounts and "demo-operator" in accounts
+    with pytest.raises(DemoRefused, match="1 staff account"):
+        async with serving(web_settings(database_url, tmp_path, demo=True)):
+            pass
+    assert printed(capsys.readouterr().out) == {}
     async with sessions() as s:
         admin = (await s.scalars(select(User).where(User.username == "demo-admin"))).one()
+        assert await s.scalar(select(func.count()).select_from(User)) == 1
     assert not admin.demo and password_matches(admin.password_hash, "the real admin's own")
+    env = {
+        **os.environ,
+        "HOTLINE_DATABASE_URL": database_url,
+        "HOTLINE_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    hotline = str(Path(sys.executable).parent / "hotline")
+    done = await asyncio.create_subprocess_exec(
+        hotline, "serve", "--demo", "--port", "1", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await done.communicate()
+    assert done.returncode == 2 and "not the demo's" in stderr.decode()
+
+
+async def test_accounts_the_demo_admin_makes_are_demo_accounts(
+    database_url: str,
+    tmp_path: Path,
+    sessions: async_sessionmaker[AsyncSession],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = web_settings(database_url, tmp_path, demo=True)
+    async with (
+        serving(settings) as base,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        csrf = await sign_in(
+            http, base, "demo-admin", printed(capsys.readouterr().out)["demo-admin"]
+        )
+        form = {"csrf": csrf, "username": "trainee", "role": "admin"}
+        async with http.post(f"{base}/admin/users", data=form) as r:
+            page = await r.text()
+        once = re.search(r'class="ok secret".*?<code>([^<]+)</code>', page, re.DOTALL)
+        assert r.status == 200 and once is not None
+    async with sessions() as s:
+        trainee = (await s.scalars(select(User).where(User.username == "trainee"))).one()
+    assert trainee.demo and trainee.role == "admin"
+    # Without the demo it is nobody: its one-time password is refused like a wrong one.
+    async with (
+        serving(web_settings(database_url, tmp_path, demo=False)) as base,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        async with http.get(f"{base}/login") as r:
+            token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+        assert token is not None
+        login = {"csrf": token.group(1), "username": "trainee", "password": once.group(1)}
+        async with http.post(f"{base}/login", data=login, allow_redirects=False) as r:
+            assert r.status == 401
 
 
 async def test_the_simulator_refuses_malformed_input_with_a_client_error(

@@ -5,6 +5,7 @@ signed-in session and its CSRF token. No answer may be a server error."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from collections import Counter
@@ -22,7 +23,7 @@ from tests.factories import make_ticket, make_user
 
 PASSWORD = "a long and private passphrase"
 JUNK = (
-    "x" * 10_000,
+    "x" * 1_500,
     "-1",
     "99999999999999999999999999999",
     "1e400",
@@ -31,7 +32,7 @@ JUNK = (
     "2026-02-30",
     "'; DROP TABLE tickets; --",
     "<script>alert(1)</script>",
-    "🌊" * 500,
+    "🌊" * 100,
     "\u202e\ufeff\ud7ff",
     "../../etc/passwd",
     " ",
@@ -96,6 +97,11 @@ def bodies(csrf: str) -> list[tuple[bytes | aiohttp.FormData, str | None]]:
         (b"\xff\xfe\x00garbage", "text/plain"),
         (b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n", MULTIPART),
         (b"", None),
+        (
+            b"--x\r\nContent-Disposition: form-data; name=text\r\n"
+            b"Content-Type: text/plain; charset=bogus-charset\r\n\r\nabc\r\n--x--\r\n",
+            MULTIPART,
+        ),
     ]  # fmt: skip
     return made
 
@@ -122,8 +128,8 @@ async def test_no_route_answers_a_hostile_request_with_a_server_error(
             and not route.resource.canonical.startswith(("/telegram/", "/zalo/", "/static"))
         }
     )
-    # What ends or changes the session last, so the sweep keeps its session till then.
-    routes.sort(key=lambda r: ("logout" in r[1] or "password" in r[1], r))
+    # What changes the session, then what ends it, last: the sweep keeps its session.
+    routes.sort(key=lambda r: ("logout" in r[1], "password" in r[1], r))
     seen: Counter[int] = Counter()
     failures: list[str] = []
     async with (
@@ -133,6 +139,13 @@ async def test_no_route_answers_a_hostile_request_with_a_server_error(
     ):
         base = chat_settings.public_url or ""
         csrf = await sign_in(http, base, admin, PASSWORD)
+        # Fields that pass the first checks and are wrong further in.
+        for field, junk in (("name", "x" * 1_500), ("telegram", "1" * 100), ("unit", "W" * 90)):
+            form = {"csrf": csrf, "username": "trainee", "role": "ward_staff", "unit": "W14812"}
+            async with http.post(f"{base}/admin/users", data={**form, field: junk}) as r:
+                seen[r.status] += 1
+                if r.status >= 500:
+                    failures.append(f"POST /admin/users {field}: {r.status}")
         for (method, canonical), client in product(routes, (http, anonymous)):
             for path in paths(canonical, code):
                 tries: list[tuple[str, bytes | aiohttp.FormData | None, str | None]]
@@ -153,3 +166,65 @@ async def test_no_route_answers_a_hostile_request_with_a_server_error(
             assert r.status == 200
     print(f"hostile routes: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}")
     assert failures == [], "\n".join(failures)
+
+
+async def raw(base: str, request: bytes) -> bytes:
+    """Send bytes as they are (what a client library would not) and read the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    return answer
+
+
+async def test_cookies_headers_and_lengths_that_are_not_what_they_say(
+    chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Cookies and a CSRF header that are not UTF-8, a form sent in chunks without a
+    length, a length far over the limit: client errors, never a server error."""
+    async with sessions() as s, s.begin():
+        code = (await make_ticket(s, chat_id="9602")).code
+    cookies = (
+        b"hotline_session=\xff\xfe",
+        b"hotline_device=\xff\xfe.abc",
+        b"hotline_login_csrf=\xff\xfe",
+        b"hotline_session=" + b"a" * 43 + b"; hotline_login_csrf=\xc3\x28",
+    )
+    targets = (
+        b"GET /queue",
+        b"GET /login",
+        b"POST /login",
+        b"POST /logout",
+        b"GET /api/v1/tickets",
+        b"POST /api/v1/tickets/" + code.encode() + b"/actions",
+        b"POST /tickets/" + code.encode() + b"/notes",
+    )
+    answers: Counter[bytes] = Counter()
+    async with running(chat_settings):
+        base = chat_settings.public_url or ""
+        body = b"csrf=\xff\xfe&username=a&password=b&text=x"
+        for target, cookie in product(targets, cookies):
+            request = (
+                target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Cookie: " + cookie + b"\r\nX-CSRF-Token: \xff\xfe\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            answers[(await raw(base, request)).split(b" ", 2)[1]] += 1
+        chunked = await raw(
+            base,
+            b"POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\na=b&c\r\n0\r\n\r\n",
+        )
+        huge = await raw(
+            base,
+            b"POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 99999999999\r\n\r\na=b",
+        )
+    assert not [status for status in answers if status.startswith(b"5")], answers
+    assert chunked.split(b" ", 2)[1] == b"411"
+    assert huge.split(b" ", 2)[1] == b"413"

@@ -36,6 +36,17 @@ POLICIES = Policies.load()
 PASSWORD = "a long and private passphrase"
 
 
+class _Keep(logging.Handler):
+    """Keeps the records a logger emits (formatted with their tracebacks)."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
 def mode() -> str:
     return "polling"
@@ -164,15 +175,26 @@ async def test_every_response_carries_the_security_headers(
                 assert headers.get("Cache-Control") != "no-store"
             else:
                 assert headers["Cache-Control"] == "no-store", path
-        # A request the server cannot even parse names no software either.
-        host, port = (base or "").removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
+        # A request the server cannot even parse names no software either, and its
+        # request line (a query may hold personal data) and address stay out of the log.
+        logged: list[logging.LogRecord] = []
+        keep = _Keep(logged)
+        logging.getLogger("aiohttp.server").addHandler(keep)
+        try:
+            host, port = (base or "").removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /queue?phone=0912345678\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        finally:
+            logging.getLogger("aiohttp.server").removeHandler(keep)
     assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
     assert b"aiohttp" not in raw.lower() and b"python" not in raw.lower()
+    assert logged, "the refusal is logged"
+    for record in logged:
+        line = keep.format(record)
+        assert "0912345678" not in line and "127.0.0.1" not in line, line
 
 
 async def test_https_deployments_send_hsts(chat_settings: Settings) -> None:
@@ -292,6 +314,26 @@ async def test_a_phone_report_with_an_unknown_category_is_refused_with_a_message
         assert list(await s.scalars(select(Ticket))) == []
 
 
+async def test_an_operator_files_a_phone_report_in_their_own_province_only(
+    chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        operator = (await make_user(s, "operator", "P38", password=PASSWORD)).username
+    async with (
+        running(chat_settings),
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        base = chat_settings.public_url or ""
+        csrf = await sign_in(http, base, operator, PASSWORD)
+        form = {"csrf": csrf, "category": "dumping", "description": "Rác", "ward": "00004"}
+        async with http.post(f"{base}/intake/phone", data=form) as r:
+            status, page = r.status, await r.text()
+    assert status == 422
+    assert "Nơi này thuộc tỉnh/thành khác" in page
+    async with sessions() as s:
+        assert list(await s.scalars(select(Ticket))) == []
+
+
 @pytest.mark.parametrize(
     "query", ["state=%00", "state=a%00b", "%00=1", "overdue=%00&state=received"]
 )
@@ -318,13 +360,8 @@ async def test_the_access_log_is_json_without_queries_bodies_or_identities(
         code = ticket.code
         staff = (await make_user(s, "ward_staff", "W14812")).username
     records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
     logger = access_logger()
-    keep = Keep()
+    keep = _Keep(records)
     logger.addHandler(keep)
     assert chat_settings.public_url is not None
     port = int(chat_settings.public_url.rsplit(":", 1)[1])
@@ -385,3 +422,17 @@ async def test_security_txt_names_the_configured_contact_only(chat_settings: Set
     assert lines[1].startswith("Expires: ") and lines[2] == "Preferred-Languages: vi, en"
     with pytest.raises(ValueError, match="security_contact"):
         Settings(security_contact="javascript:alert(1)")
+
+
+def test_https_is_recognised_in_any_case() -> None:
+    from backend.web.security import security_headers
+
+    for url, https in (
+        ("HTTPS://Hotline.Example.vn", True),
+        ("https://hotline.example.vn/", True),
+        ("http://hotline.example.vn", False),
+        ("httpsx://hotline.example.vn", False),
+    ):
+        settings = Settings(public_url=url)
+        assert settings.served_over_https is https
+        assert ("Strict-Transport-Security" in security_headers(settings)) is https

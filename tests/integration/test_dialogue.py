@@ -13,6 +13,7 @@ from backend.models import OutboxMessage, Ticket
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
 from handlers.events import MediaRef
+from handlers.i18n import translate
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, TEXT_ONLY, Chat, texts
 
@@ -331,3 +332,16 @@ async def test_rate_and_reopen_commands_explain_themselves(chat: Chat) -> None:
     # A well-formed command for a ticket that is not theirs changes nothing.
     assert "38-2611-00001" in texts(await chat.say("/rate 38-2611-00001 5"))
     assert await chat.state() == "idle"
+
+
+async def test_digits_that_are_not_ascii_are_not_numbers(chat: Chat) -> None:
+    """'²' passes str.isdigit() but int() refuses it: a rating button or a numbered
+    choice carrying it is not a number, and nothing breaks."""
+    internal = translate("vi", "error.internal")
+    replies = await chat.press("t|38-2611-00001|rate|²")
+    assert replies and all(r["text"] != internal for r in replies)
+    await chat.say("/start")
+    state = await chat.state()
+    replies = await chat.say("²")
+    assert replies and all(r["text"] != internal for r in replies)
+    assert await chat.state() == state

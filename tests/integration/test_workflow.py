@@ -248,6 +248,31 @@ async def test_a_case_in_another_province_is_no_case_to_merge_into(
     assert refusals == [("case_required", "case_required: no other ticket CODE")] * 3
 
 
+async def test_a_unit_in_another_province_is_no_unit_to_transfer_to(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as s, s.begin():
+        ticket = await make_ticket(s, now=T0)  # Phường Bỉm Sơn, Thanh Hóa (38)
+        await apply(s, ticket, Action("classify"), Actor.system(), POLICIES, now=T0)
+        operator = await actor(s, "operator", "P38")
+        refusals = []
+        for unit in ("W00004", "P01", "NO-SUCH-UNIT"):  # Hà Nội's ward and department
+            with pytest.raises(WorkflowError) as refused:
+                await apply(
+                    s, ticket, Action("transfer", reason="x", unit_code=unit), operator, POLICIES
+                )
+            refusals.append((refused.value.code, str(refused.value).replace(unit, "UNIT")))
+        assert refusals == [("unit_required", "unit_required: no unit UNIT")] * 3
+        # Within the province it goes; an admin reaches across.
+        moved = Action("transfer", reason="x", unit_code="P38")
+        await apply(s, ticket, moved, operator, POLICIES, now=T0)
+        assert (await s.get(Unit, ticket.unit_id)).code == "P38"  # type: ignore[union-attr]
+        admin = await actor(s, "admin", None)
+        to_hanoi = Action("transfer", reason="x", unit_code="W00004")
+        await apply(s, ticket, to_hanoi, admin, POLICIES, now=T0)
+        assert (await s.get(Unit, ticket.unit_id)).code == "W00004"  # type: ignore[union-attr]
+
+
 async def test_a_merged_report_hears_the_case_result(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
