@@ -15,7 +15,6 @@ from typing import Any, Protocol
 import aiohttp
 import asyncpg
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,7 +31,8 @@ from backend.models import (
 from backend.services.accounts import set_password
 from backend.services.photos import find_media, store_photo
 from bot.runtime import ZALO_BOT
-from tests.e2e.conftest import Staff, free_port, running
+from tests.e2e.conftest import Staff, running
+from tests.e2e.webhooks import channel_settings
 from tests.factories import make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.zalo_bot import BotMessage, FakeZaloBot, ZaloBotUser
@@ -49,39 +49,7 @@ def zalo_settings(
     bot: FakeZaloBot | None = None,
     bot_mode: str = "polling",
 ) -> Settings:
-    values: dict[str, Any] = {}
-    if oa is not None:
-        values.update(
-            zalo_oa_app_id=oa.app_id,
-            zalo_oa_secret_key=SecretStr(oa.oa_secret_key),
-            zalo_app_secret=SecretStr(oa.app_secret),
-            zalo_oa_access_token=SecretStr(oa.access_token),
-            zalo_oa_refresh_token=SecretStr(oa.refresh_token),
-            zalo_oa_api_url=oa.url,
-            zalo_oauth_url=oa.url,
-            zalo_oa_rate_per_chat=100.0,
-        )
-    if bot is not None:
-        values.update(
-            zalo_bot_token=SecretStr(bot.token),
-            zalo_bot_api_url=bot.url,
-            zalo_bot_mode=bot_mode,
-            zalo_bot_poll_timeout=1,
-            zalo_bot_rate_per_chat=100.0,
-        )
-    settings = Settings(
-        environment="test",
-        database_url=database_url,
-        nominatim_url="",
-        media_dir=tmp_path / "media",
-        public_url=f"http://127.0.0.1:{free_port()}",
-        outbox_poll_interval=0.2,
-        map_tile_url="",
-        **values,
-    )
-    if oa is not None:
-        oa.webhook_url = f"{settings.public_url}/zalo/oa/webhook"
-    return settings
+    return channel_settings(database_url, tmp_path, oa=oa, bot=bot, mode=bot_mode)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from backend.config import Settings
 from bot.zalo_bot import SECRET_HEADER as BOT_SECRET_HEADER
 from bot.zalo_oa import SIGNATURE_HEADER, expected_signature
-from tests.e2e.conftest import free_port
+from tests.e2e.staff_http import web_settings
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.zalo_bot import FakeZaloBot
 from tests.fakes.zalo_oa import OA_ID, FakeZaloOA
@@ -32,37 +32,56 @@ TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 OA_TIMESTAMP = "1763801234567"
 
 
+def channel_settings(
+    database_url: str,
+    tmp_path: Path,
+    *,
+    telegram: FakeTelegram | None = None,
+    oa: FakeZaloOA | None = None,
+    bot: FakeZaloBot | None = None,
+    mode: str = "polling",
+) -> Settings:
+    """A web-only server with the given channels on their stand-ins, taking updates by
+    `mode` (polling or webhook; the Zalo OA has a webhook only)."""
+    values: dict[str, Any] = {}
+    if telegram is not None:
+        values.update(
+            telegram_token=SecretStr(telegram.token),
+            telegram_api_url=telegram.url,
+            telegram_mode=mode,
+            telegram_poll_timeout=1,
+            telegram_rate_per_chat=100.0,
+        )
+    if oa is not None:
+        values.update(
+            zalo_oa_app_id=oa.app_id,
+            zalo_oa_secret_key=SecretStr(oa.oa_secret_key),
+            zalo_app_secret=SecretStr(oa.app_secret),
+            zalo_oa_access_token=SecretStr(oa.access_token),
+            zalo_oa_refresh_token=SecretStr(oa.refresh_token),
+            zalo_oa_api_url=oa.url,
+            zalo_oauth_url=oa.url,
+            zalo_oa_rate_per_chat=100.0,
+        )
+    if bot is not None:
+        values.update(
+            zalo_bot_token=SecretStr(bot.token),
+            zalo_bot_api_url=bot.url,
+            zalo_bot_mode=mode,
+            zalo_bot_poll_timeout=1,
+            zalo_bot_rate_per_chat=100.0,
+        )
+    settings = web_settings(database_url, tmp_path, **values)
+    if oa is not None:
+        oa.webhook_url = f"{settings.public_url}{PATHS[ZALO_OA]}"
+    return settings
+
+
 def all_webhooks(
     database_url: str, tmp_path: Path, api: FakeTelegram, oa: FakeZaloOA, zbot: FakeZaloBot
 ) -> Settings:
     """The service with the three channels on, each taking updates by webhook."""
-    settings = Settings(
-        environment="test",
-        database_url=database_url,
-        nominatim_url="",
-        media_dir=tmp_path / "media",
-        public_url=f"http://127.0.0.1:{free_port()}",
-        outbox_poll_interval=0.2,
-        map_tile_url="",
-        telegram_token=SecretStr(api.token),
-        telegram_api_url=api.url,
-        telegram_mode="webhook",
-        telegram_rate_per_chat=100.0,
-        zalo_oa_app_id=oa.app_id,
-        zalo_oa_secret_key=SecretStr(oa.oa_secret_key),
-        zalo_app_secret=SecretStr(oa.app_secret),
-        zalo_oa_access_token=SecretStr(oa.access_token),
-        zalo_oa_refresh_token=SecretStr(oa.refresh_token),
-        zalo_oa_api_url=oa.url,
-        zalo_oauth_url=oa.url,
-        zalo_oa_rate_per_chat=100.0,
-        zalo_bot_token=SecretStr(zbot.token),
-        zalo_bot_api_url=zbot.url,
-        zalo_bot_mode="webhook",
-        zalo_bot_rate_per_chat=100.0,
-    )
-    oa.webhook_url = f"{settings.public_url}{PATHS[ZALO_OA]}"
-    return settings
+    return channel_settings(database_url, tmp_path, telegram=api, oa=oa, bot=zbot, mode="webhook")
 
 
 # --- sample updates, as each platform sends them ----------------------------------------
