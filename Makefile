@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench vendor clean
+.PHONY: run serve test lint bench vendor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,11 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo: training accounts and the chat simulator.
 run: $(STAMP)
 	mkdir -p var
 	$(BIN)/hotline migrate
 	$(BIN)/hotline import-units
 	$(BIN)/hotline serve --demo --host 127.0.0.1 --port 8080
+
+# The service itself, with the chat channels the environment configures.
+serve: $(STAMP)
+	mkdir -p var
+	$(BIN)/hotline migrate
+	$(BIN)/hotline import-units
+	$(BIN)/hotline serve --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

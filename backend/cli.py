@@ -52,7 +52,7 @@ from backend.web.api import mount_api
 from backend.web.app import SESSIONS, create_app
 from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
-from backend.web.demo import STAND_IN, mount_demo
+from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.openapi import mount_openapi
 from backend.web.security import JsonAccessLog, access_logger
@@ -112,16 +112,15 @@ async def _seed_demo_staff(app: web.Application) -> None:
         accounts = await seed_demo_accounts(session)
     lines = [f"  {a.username:20} {a.password}   ({a.display_name})" for a in accounts]
     print("Demo staff accounts (log in at /login):", *lines, sep="\n")
-    if STAND_IN in app:
-        print("Chat as a resident at /demo/chat", flush=True)
+    print("Chat as a resident at /demo/chat", flush=True)
 
 
 def server_app(settings: Settings) -> web.Application:
-    """The app `hotline serve` runs; with the demo switched on, its training accounts and,
-    without a Telegram token, the chat simulator on the built-in Bot API stand-in."""
+    """The app `hotline serve` runs; with the demo switched on, its training accounts and
+    the chat simulator on the built-in Bot API stand-in."""
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     stand_in = None
-    if settings.demo and settings.telegram_token is None:
+    if settings.demo:  # never with a real channel: Settings refuses that
         settings, stand_in = _with_stand_in(settings)
     app = build_app(settings)
     if stand_in is not None:
@@ -270,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="training accounts and, without a Telegram token, the chat simulator",
+        help="training accounts and the chat simulator (a development database only)",
     )
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("import-units", help="load the 34 provinces and 3,321 wards")

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     def _refuse_placeholders(self) -> Settings:
         if self.environment == "production" and self.demo:
             raise ValueError("the demo does not run in production: unset HOTLINE_DEMO")
+        if self.demo and (self.telegram_token or self.zalo_oa_on or self.zalo_bot_token):
+            # Real residents would reach a service whose shared demo accounts can
+            # unseal them.
+            raise ValueError(
+                "the demo talks to its own simulated chat only: unset "
+                "HOTLINE_TELEGRAM_TOKEN and the HOTLINE_ZALO_* settings, or run without it"
+            )
         if self.environment == "production":
             for name in (
                 "telegram_token",

@@ -535,10 +535,11 @@ async def _mark_complex(step: _Step) -> str | None:
 async def _merge(step: _Step) -> str | None:
     session, ticket, request, actor, *_ = step
     missing = WorkflowError("case_required", f"no other ticket {request.case_code}")
-    case = await session.scalar(select(Ticket).where(Ticket.code == request.case_code))
-    # A case the actor may not see is, to them, no case at all: merging into another
-    # province's case would send its answer to this reporter.
-    if case is None or case.id == ticket.id or not await in_scope(session, actor, case):
+    # A case the actor may not see is, to them, no case at all (looked up as one, in one
+    # query): merging into another province's case would send its answer to this
+    # reporter.
+    case = await find_visible_ticket(session, actor, request.case_code or "")
+    if case is None or case.id == ticket.id:
         raise missing
     while case.case_id is not None:  # merge into the case itself, not into a member
         parent = await session.get(Ticket, case.case_id)

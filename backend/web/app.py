@@ -13,6 +13,7 @@ from backend.db import create_engine, session_factory
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
 from backend.services.geocoding import Geocoder
+from backend.services.logins import Logins
 from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.units import WardIndex
@@ -25,6 +26,7 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 POLICIES = web.AppKey("policies", Policies)
 WARDS = web.AppKey("wards", WardIndex)
 GEOCODER = web.AppKey("geocoder", Geocoder)
+LOGINS = web.AppKey("logins", Logins)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -32,6 +34,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE] = engine
     app[SESSIONS] = session_factory(engine)
     settings = app[SETTINGS]
+    app[LOGINS] = Logins(app[SESSIONS], demo=settings.demo)
     async with app[SESSIONS]() as session:
         app[WARDS] = await WardIndex.load(session, settings.served_provinces)
     app[GEOCODER] = Geocoder(

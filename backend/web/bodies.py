@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 from pydantic_core import from_json
 
@@ -83,5 +84,7 @@ async def read_form(
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
     try:
         return await request.post()
-    except (ValueError, LookupError) as exc:
+    except (ValueError, LookupError, HttpProcessingError, RuntimeError) as exc:
+        # A part whose headers do not parse, a charset no codec has, a "_charset_"
+        # field aiohttp cannot take as the form's charset: all the client's doing.
         raise web.HTTPBadRequest(text="not a form this service sends") from exc

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.services.accounts import (
-    LoginRefused,
-    LoginTry,
-    PasswordRefused,
-    begin_login,
-    change_password,
-    close_session,
-    finish_login,
-    login_lock,
-    open_session,
-    remember_device,
-)
-from backend.web.app import SESSIONS, SETTINGS
+from backend.services.accounts import PasswordRefused, close_session
+from backend.services.logins import ClientGone, LoginBusy, LoginRefused
+from backend.web.app import LOGINS, SESSIONS
 from backend.web.auth import (
     CHANGE_PAGE,
     COOKIE,
@@ -63,11 +54,15 @@ def _slowed_down(response: web.Response, seconds: int) -> web.Response:
     return response
 
 
-async def _begin(request: web.Request, session: AsyncSession, username: str) -> LoginTry:
-    """The attempt, judged against the failures before it (see begin_login)."""
-    return await begin_login(
-        session, username, address=client_address(request), device_tokens=device_tokens(request)
-    )
+def _client_left(request: web.Request) -> Callable[[], bool]:
+    """Whether the client is still there (a flood of logins sent and dropped is not
+    worth a password check)."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
+def _busy(request: web.Request, render_page: Callable[..., web.Response]) -> web.Response:
+    response = render_page(status=503, problem="login.busy", wait=None)
+    return _slowed_down(response, LoginBusy.retry_after)
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -87,23 +82,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     # Usernames are lower case (phones like to capitalise the first letter); NUL is
     # dropped as check_csrf drops it from the change-password form.
     username = _text(form.get("username")).strip().lower()[:64]
-    refused: LoginRefused | None = None
-    # The attempt's failure, if it is one, is committed before the account's next
-    # attempt is judged.
-    async with login_lock(username), request.app[SESSIONS]() as session, session.begin():
-        attempt = await _begin(request, session, username)
-        try:
-            user = await finish_login(
-                session, attempt, _text(form.get("password")), demo=request.app[SETTINGS].demo
-            )
-        except LoginRefused as exc:
-            refused = exc
-        else:
-            cookie, _ = await open_session(session, user)
-            device = await remember_device(session, user, attempt)
-            next_page = CHANGE_PAGE if user.must_change_password else "/queue"
-    if refused is not None:
-        page = {"login_token": token or "", "lang": _lang(request)}
+    page: dict[str, Any] = {"login_token": token or "", "lang": _lang(request)}
+    try:
+        done = await request.app[LOGINS].log_in(
+            username,
+            _text(form.get("password")),
+            address=client_address(request),
+            device_tokens=device_tokens(request),
+            still_wanted=_client_left(request),
+        )
+    except LoginRefused as refused:
         if not refused.throttled:
             return render(
                 request, "login.html", status=401, problem="login.wrong", wait=None, **page
@@ -113,10 +101,15 @@ async def login(request: web.Request) -> web.StreamResponse:
             request, "login.html", status=429, problem="login.slow_down", wait=wait, **page
         )
         return _slowed_down(response, refused.retry_after)
+    except LoginBusy:
+        return _busy(request, lambda **shown: render(request, "login.html", **shown, **page))
+    except ClientGone as exc:
+        raise web.HTTPBadRequest() from exc
+    next_page = CHANGE_PAGE if done.user.must_change_password else "/queue"
     response = web.HTTPSeeOther(next_page)
-    set_session_cookie(response, request, cookie)
-    if device is not None:
-        set_device_cookie(response, request, device)
+    set_session_cookie(response, request, done.session_token)
+    if done.device_token is not None:
+        set_device_cookie(response, request, done.device_token)
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     raise response
 
@@ -163,22 +156,20 @@ async def change_own_password(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/login")
     form = await check_csrf(request)
     refused: LoginRefused | PasswordRefused | None = None
-    async with login_lock(user.username), request.app[SESSIONS]() as session, session.begin():
-        # Committed whatever the outcome: a wrong current password is a failed login,
-        # and a right one clears the failures before the new one is judged.
-        attempt = await _begin(request, session, user.username)
-        try:
-            await change_password(
-                session,
-                attempt,
-                _text(form.get("current")),
-                _text(form.get("new")),
-                _text(form.get("again")),
-                keep_session=request[WEB_SESSION].token_hash,
-                demo=request.app[SETTINGS].demo,
-            )
-        except (LoginRefused, PasswordRefused) as exc:
-            refused = exc
+    try:
+        await request.app[LOGINS].change_password(
+            user.username,
+            _text(form.get("current")),
+            _text(form.get("new")),
+            _text(form.get("again")),
+            keep_session=request[WEB_SESSION].token_hash,
+            address=client_address(request),
+            device_tokens=device_tokens(request),
+        )
+    except (LoginRefused, PasswordRefused) as exc:
+        refused = exc
+    except LoginBusy:
+        return _busy(request, lambda **shown: _password_form(request, **shown))
     if isinstance(refused, PasswordRefused):
         return _password_form(request, status=422, problem=refused.key)
     if isinstance(refused, LoginRefused) and refused.throttled:

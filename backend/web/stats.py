@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, false, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Category, MonthlyRun, Province, Ward, utcnow
@@ -120,19 +120,18 @@ async def stats_page(request: web.Request) -> web.Response:
             if scope.province_code and actor.role in (*_PROVINCE_ROLES, "admin")
             else []
         )
-        saved = [
-            run
-            for run in await session.scalars(
+        saved = list(
+            await session.scalars(
                 select(MonthlyRun)
                 .where(
                     MonthlyRun.duty == "report",
                     MonthlyRun.province_code == (scope.province_code or ""),
+                    _visible_provinces(actor),
                 )
                 .order_by(MonthlyRun.period.desc())
                 .limit(12)
             )
-            if _sees_province(actor, run.province_code)
-        ]
+        )
     query = {k: v for k, v in request.query.items() if k != "lang" and v}
     query.setdefault("month", report.period.month)
     query.setdefault("period", report.period.kind)
@@ -190,11 +189,14 @@ def _cell(value: Any, kind: str) -> str:
     return str(value)
 
 
-def _sees_province(actor: Actor, province_code: str) -> bool:
-    """Whole-province reports (the kept ones) are for its operators and supervisors."""
+def _visible_provinces(actor: Actor) -> ColumnElement[bool]:
+    """The kept reports an actor may open, as a condition: whole-province reports are
+    for the province's operators and supervisors (and admins)."""
     if actor.role == "admin":
-        return True
-    return actor.role in _PROVINCE_ROLES and actor.province_code == province_code
+        return true()
+    if actor.role in _PROVINCE_ROLES and actor.province_code:
+        return MonthlyRun.province_code == actor.province_code
+    return false()
 
 
 async def stats_download(request: web.Request) -> web.Response:
@@ -227,9 +229,15 @@ async def saved_report(request: web.Request) -> web.Response:
     """A report kept by the monthly duty, for those who may see its province."""
     async with request.app[SESSIONS]() as session:
         _, actor = await require_user(request, session)
-        run = await session.get(MonthlyRun, int(request.match_info["id"]))
-    # Another province's report answers exactly as a missing one.
-    if run is None or run.xlsx is None or not _sees_province(actor, run.province_code):
+        # Another province's report answers exactly as a missing one (one query).
+        run = await session.scalar(
+            select(MonthlyRun).where(
+                MonthlyRun.id == int(request.match_info["id"]),
+                MonthlyRun.xlsx.is_not(None),
+                _visible_provinces(actor),
+            )
+        )
+    if run is None or run.xlsx is None:
         raise web.HTTPNotFound()
     kind = "ky25-" if run.period_kind == "cut25" else ""
     name = f"bao-cao-{run.period}-{kind}{run.province_code or 'toan-quoc'}.xlsx"

@@ -149,6 +149,12 @@ async def test_accounts_the_demo_admin_makes_are_demo_accounts(
             page = await r.text()
         once = re.search(r'class="ok secret".*?<code>([^<]+)</code>', page, re.DOTALL)
         assert r.status == 200 and once is not None
+        # A trainee uses it as given: a shared demo password is never to be changed.
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as newcomer:
+            await sign_in(newcomer, base, "trainee", once.group(1))
+            async with newcomer.get(f"{base}/queue", allow_redirects=False) as r:
+                assert r.status == 200
     async with sessions() as s:
         trainee = (await s.scalars(select(User).where(User.username == "trainee"))).one()
     assert trainee.demo and trainee.role == "admin"
@@ -230,3 +236,20 @@ def test_product_code_never_imports_the_tests() -> None:
                     else []
                 )
                 assert not any(n == "tests" or n.startswith("tests.") for n in names), path
+
+
+def test_the_demo_never_runs_beside_a_real_chat_channel() -> None:
+    """Real residents would reach a service whose shared demo accounts may unseal them."""
+    for channel in (
+        {"telegram_token": "123456:REAL-token"},
+        {"zalo_bot_token": "zalo-bot-token"},
+        {
+            "zalo_oa_app_id": "1",
+            "zalo_oa_secret_key": "k",
+            "zalo_app_secret": "s",
+            "zalo_oa_access_token": "t",
+        },
+    ):
+        with pytest.raises(ValidationError, match="simulated chat only"):
+            Settings(demo=True, **channel)  # type: ignore[arg-type]
+        Settings(demo=False, **channel)  # type: ignore[arg-type]

@@ -102,6 +102,13 @@ def bodies(csrf: str) -> list[tuple[bytes | aiohttp.FormData, str | None]]:
             b"Content-Type: text/plain; charset=bogus-charset\r\n\r\nabc\r\n--x--\r\n",
             MULTIPART,
         ),
+        (
+            b"--x\r\nContent-Disposition: form-data; name=_charset_\r\n\r\n"
+            + b"u" * 40 + b"\r\n--x--\r\n",
+            MULTIPART,
+        ),
+        (b"--x\r\nno colon in this header line\r\n\r\nabc\r\n--x--\r\n", MULTIPART),
+        (b"--x\r\nX-Long: " + b"h" * 9000 + b"\r\n\r\nabc\r\n--x--\r\n", MULTIPART),
     ]  # fmt: skip
     return made
 
