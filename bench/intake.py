@@ -166,9 +166,12 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def spawn(*args: str) -> subprocess.Popen[bytes]:
+def spawn(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """This script as a server; its standard error to log when given (the service's
+    access log writes a line a request there)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT)
+    stderr = log.open("wb") if log is not None else None
+    return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT, stderr=stderr)
 
 
 async def throughput(url: str, first: int, n: int) -> float:
@@ -196,7 +199,8 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
         ]
         try:
             await asyncio.sleep(1.0)
-            procs.append(spawn("--serve-intake", str(intake_port), db, str(api_port)))
+            log = Path(tmp) / "intake.log"
+            procs.append(spawn("--serve-intake", str(intake_port), db, str(api_port), log=log))
             bare_url = f"http://127.0.0.1:{bare_port}/telegram/webhook"
             intake_url = f"http://127.0.0.1:{intake_port}/telegram/webhook"
             await wait_up(bare_url)
@@ -214,6 +218,7 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
             for p in procs:
                 p.terminate()
                 p.wait(timeout=10)
+        logged = sum(1 for line in log.open("rb") if line.startswith(b'{"at"'))
     bare, intake = statistics.median(bare_rps), statistics.median(intake_rps)
     print(
         f"{rounds} rounds of {n} updates, {IN_FLIGHT} in flight;"
@@ -230,6 +235,7 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
     print(
         f"ratio intake/bare: {intake / bare:.2f}  (goal >= 0.5)   p99 goal <= 25 ms at {rate:g}/s"
     )
+    print(f"the intake server wrote {logged} access log lines (as in production)")
 
 
 def _fmt(values: list[float]) -> str:

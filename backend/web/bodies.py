@@ -62,6 +62,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+    if declared is not None:
+        # The usual case, in one read: the parser holds the body to its declared length.
+        return await request.read()
     body = bytearray()
     async for chunk in request.content.iter_chunked(64 * 1024):
         body += chunk
