@@ -448,7 +448,8 @@ class OutboxMessage(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
-    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    # The process sending it now (see Presence): a lease lasts while its owner lives.
+    lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -457,6 +458,8 @@ class OutboxMessage(Base):
 
     __table_args__ = (
         Index("ix_outbox_pending", "status", "next_attempt_at"),
+        # The first pending message of each chat, which is the next one it gets.
+        Index("ix_outbox_heads", "status", "channel", "chat_id", "id"),
         # A ticket's notices that could not reach the reporter (the ticket page lists them).
         Index("ix_outbox_ticket", "ticket_id", "status"),
     )
@@ -480,6 +483,8 @@ class InboundEvent(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     handled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The process handling it now (see Presence): a lease lasts while its owner lives.
+    lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
 
     __table_args__ = (
         UniqueConstraint("channel", "event_key"),
@@ -568,3 +573,30 @@ class MonthlyRun(Base):
     xlsx: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
     __table_args__ = (UniqueConstraint("duty", "period_kind", "period", "province_code"),)
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class ProcessBeat(Base):
+    """A running server process and when it last showed it was alive. A lease held by a
+    process whose beat is older than a few seconds is free for the others."""
+
+    __tablename__ = "processes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Duty(Base):
+    """A job one process runs for all (Telegram polling, a channel's sending): held by
+    its owner while the owner lives."""
+
+    __tablename__ = "duties"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    since: Mapped[datetime] = mapped_column(default=utcnow)

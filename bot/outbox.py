@@ -7,20 +7,22 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.models import OutboxMessage, utcnow
-from handlers.events import Ack, Capabilities, Outgoing
+from backend.services.presence import Presence
+from backend.services.quiet import Quiet
+from bot.tasks import cancel
+from handlers.events import Capabilities, Outgoing
 from handlers.notices import render_payload
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=60)
 MAX_BACKOFF = 600.0
 
 
@@ -98,11 +100,27 @@ class RateLimiter:
             await asyncio.sleep(at - now)
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A claimed outbox row: what sending it needs."""
+
+    id: int
+    channel: str
+    chat_id: str
+    payload: dict[str, Any]
+    attempts: int
+
+    @property
+    def is_ack(self) -> bool:
+        return self.payload.get("type") == "ack"
+
+
 @dataclass(slots=True)
 class _Outcome:
-    row_id: int
+    row: _Row
     error: DeliveryError | None
     message_id: str | None = None
+    at: datetime = field(default_factory=utcnow)
 
 
 def split_text(text: str, limit: int) -> list[str]:
@@ -123,16 +141,25 @@ def backoff_seconds(attempts: int) -> float:
 
 
 class OutboxWorker:
-    """Sends pending outbox rows in order per chat; safe to run in several processes."""
+    """Sends pending outbox rows in order per chat, from any number of processes.
+
+    One process sends for each channel (the duty `outbox:<channel>`, see Presence), so
+    the channel's limits hold for all processes together. Each row is leased by the
+    sending process for as long as that process lives, and its outcome is recorded as
+    soon as the platform answers. A process killed between the platform's answer and
+    that record leaves the row to be sent again: at most that one message per chat.
+    """
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        presence: Presence,
         *,
         max_attempts: int = 8,
         poll_interval: float = 1.0,
     ) -> None:
         self._sessions = sessions
+        self._presence = presence
         self._max_attempts = max_attempts
         self._poll_interval = poll_interval
         self._senders: dict[str, Sender] = {}
@@ -140,10 +167,16 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Sends under way, by chat: a chat has at most one.
+        self._flying: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Rows claimed whose delivery has not begun: their lease is handed back at stop.
+        self._unstarted: set[int] = set()
+        self._quiet = Quiet("outbox")
 
     def add_sender(self, sender: Sender) -> None:
         self._senders[sender.name] = sender
         self._limiters[sender.name] = RateLimiter(sender.rate_global, sender.rate_per_chat)
+        self._presence.want(duty(sender.name))
 
     def wake(self) -> None:
         self._wake.set()
@@ -153,136 +186,215 @@ class OutboxWorker:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Finish the sends under way (so their outcome is recorded), then stop."""
-        if self._task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
+        if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            await cancel(self._task)
+            self._task = None
+        flying = list(self._flying.values())
+        if flying:
+            _, late = await asyncio.wait(flying, timeout=grace)
+            for task in late:
+                await cancel(task)
+        await self._release_unstarted()
         self._stopping = False
 
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                sent, wait = await self.pump()
-            except Exception:
-                log.exception("outbox pump failed")
-                sent, wait = 0, self._poll_interval
-            if sent == 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, self._poll_interval))
-                self._wake.clear()
+                _, wait = await self._start_due()
+                self._quiet.recovered()
+            except Exception as exc:
+                self._quiet.failed(exc)
+                wait = self._poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(wait, self._poll_interval))
+            self._wake.clear()
 
     async def pump(self) -> tuple[int, float]:
-        """Send what is due now. Returns (rows tried, seconds until something may be due)."""
+        """Send what is due now and wait for the outcomes. Returns (rows tried, seconds
+        until something may be due)."""
+        started, wait = await self._start_due()
+        await asyncio.gather(*started)
+        return len(started), wait
+
+    async def _start_due(self) -> tuple[list[asyncio.Task[None]], float]:
+        """Claim the due head of each chat that may be sent to now, for the channels this
+        process sends, and start sending them."""
+        channels = [c for c in self._senders if self._presence.holds(duty(c))]
+        if not channels:
+            return [], self._poll_interval
         now = utcnow()
-        rows = await self._claim(now)
-        if not rows:
-            return 0, self._poll_interval
-        outcomes = await asyncio.gather(*(self._send(r) for r in rows))
-        await self._record(outcomes, rows)
-        return len(rows), 0.0
+        rows, wait = await self._claim(channels, now)
+        started = []
+        for row in rows:
+            task = asyncio.create_task(self._send(row))
+            self._flying[(row.channel, row.chat_id)] = task
+            started.append(task)
+        return started, wait
 
-    async def _claim(self, now: datetime) -> list[OutboxMessage]:
-        """Lease the first pending message of each chat that is due and may be sent now."""
+    async def _claim(self, channels: list[str], now: datetime) -> tuple[list[_Row], float]:
+        """Lease the first pending row of each chat that is due, not under way here and
+        whose chat may receive now: button answers first, then the oldest. A channel gets
+        no more than it can send within about a second, so that a late button answer is
+        not queued behind a backlog. Returns the rows and when to look again."""
+        heads = (
+            select(func.min(OutboxMessage.id))
+            .where(OutboxMessage.status == "pending", OutboxMessage.channel.in_(channels))
+            .group_by(OutboxMessage.channel, OutboxMessage.chat_id)
+        )
         async with self._sessions() as session, session.begin():
-            pending = await session.scalars(
-                select(OutboxMessage)
-                .where(
-                    OutboxMessage.status == "pending",
-                    OutboxMessage.channel.in_(list(self._senders)),
-                )
-                .order_by(OutboxMessage.id)
-                .limit(500)
+            result = await session.execute(
+                select(
+                    OutboxMessage.id,
+                    OutboxMessage.channel,
+                    OutboxMessage.chat_id,
+                    OutboxMessage.payload,
+                    OutboxMessage.attempts,
+                    OutboxMessage.next_attempt_at,
+                ).where(OutboxMessage.id.in_(heads))
             )
-            heads: dict[tuple[str, str], OutboxMessage] = {}
-            for row in pending:
-                heads.setdefault((row.channel, row.chat_id), row)
-            claimed = []
-            for row in heads.values():
-                if row.next_attempt_at > now:
+            wait = self._poll_interval
+            due: dict[str, list[_Row]] = {}
+            for row_id, channel, chat_id, payload, attempts, next_at in result:
+                row = _Row(row_id, channel, chat_id, payload, attempts)
+                if (channel, chat_id) in self._flying:
                     continue
-                if row.lease_until is not None and row.lease_until > now:
+                later = (next_at - now).total_seconds()
+                if not row.is_ack:
+                    later = max(later, self._limiters[channel].chat_ready_in(chat_id))
+                if later > 0:
+                    wait = min(wait, later)
                     continue
-                is_ack = row.payload.get("type") == "ack"
-                if not is_ack and self._limiters[row.channel].chat_ready_in(row.chat_id) > 0:
-                    continue
-                result = await session.execute(
-                    update(OutboxMessage)
-                    .where(
-                        OutboxMessage.id == row.id,
-                        OutboxMessage.status == "pending",
-                        or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until <= now),
-                    )
-                    .values(lease_until=now + LEASE)
-                    .execution_options(synchronize_session=False)
+                due.setdefault(channel, []).append(row)
+            chosen: dict[int, _Row] = {}
+            for channel, candidates in due.items():
+                room = max(1, int(self._senders[channel].rate_global)) - sum(
+                    1 for c, _ in self._flying if c == channel
                 )
-                if getattr(result, "rowcount", 0) == 1:
-                    claimed.append(row)
-            return claimed
+                candidates.sort(key=lambda r: (not r.is_ack, r.id))
+                chosen.update((r.id, r) for r in candidates[: max(0, room)])
+            if not chosen:
+                return [], wait
+            leased = await session.scalars(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id.in_(list(chosen)),
+                    OutboxMessage.status == "pending",
+                    self._presence.free_for_me(OutboxMessage.lease_owner),
+                )
+                .values(lease_owner=self._presence.id)
+                .returning(OutboxMessage.id)
+                .execution_options(synchronize_session=False)
+            )
+            rows = [chosen[i] for i in sorted(leased)]
+        self._unstarted.update(r.id for r in rows)
+        return rows, wait
 
-    async def _send(self, row: OutboxMessage) -> _Outcome:
+    async def _send(self, row: _Row) -> None:
+        try:
+            outcome = await self._deliver(row)
+            if outcome is not None:
+                await self._record(outcome)
+        finally:
+            self._flying.pop((row.channel, row.chat_id), None)
+            self._wake.set()
+
+    async def _deliver(self, row: _Row) -> _Outcome | None:
         sender = self._senders[row.channel]
         limiter = self._limiters[row.channel]
         message = render_payload(row.payload, sender.capabilities.inline_buttons)
-        await limiter.acquire(row.chat_id, per_chat=not isinstance(message, Ack))
+        await limiter.acquire(row.chat_id, per_chat=not row.is_ack)
+        if not self._presence.holds(duty(row.channel)):
+            # The others may count this process dead by now: leave the row to them.
+            return None
+        self._unstarted.discard(row.id)
         try:
             message_id = await sender.deliver(row.chat_id, message)
         except RetryLater as exc:
             limiter.pause(exc.seconds)
-            return _Outcome(row.id, exc)
+            return _Outcome(row, exc)
         except DeliveryError as exc:
-            return _Outcome(row.id, exc)
+            return _Outcome(row, exc)
         except Exception as exc:
             log.exception("unexpected error delivering outbox row %d", row.id)
-            return _Outcome(row.id, TransientError(type(exc).__name__))
-        return _Outcome(row.id, None, message_id)
+            return _Outcome(row, TransientError(type(exc).__name__))
+        return _Outcome(row, None, message_id)
 
-    async def _record(self, outcomes: list[_Outcome], rows: list[OutboxMessage]) -> None:
-        by_id = {r.id: r for r in rows}
-        now = utcnow()
-        async with self._sessions() as session, session.begin():
-            for outcome in outcomes:
-                row = by_id[outcome.row_id]
-                values: dict[str, object] = {"lease_until": None}
-                error = outcome.error
-                if error is None:
-                    values.update(
-                        status="sent",
-                        sent_at=now,
-                        last_error=None,
-                        sent_message_id=outcome.message_id,
+    async def _record(self, outcome: _Outcome) -> None:
+        """Record a send's outcome at once; while the database fails, keep trying: the
+        row stays leased by this process meanwhile, so no one sends it again."""
+        values = self._outcome_values(outcome)
+        delay = 0.2
+        while True:
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == outcome.row.id)
+                        .values(**values)
+                        .execution_options(synchronize_session=False)
                     )
-                elif isinstance(error, RetryLater):
-                    # Being told to wait is not a failed attempt.
-                    values.update(
-                        next_attempt_at=now + timedelta(seconds=error.seconds),
-                        last_error=str(error),
-                    )
-                else:
-                    attempts = row.attempts + 1
-                    values.update(attempts=attempts, last_error=str(error)[:500])
-                    if isinstance(error, Undeliverable):
-                        values.update(status="undeliverable")
-                        log.info("outbox row %d is undeliverable: %s", row.id, error)
-                    elif isinstance(error, PermanentError) or attempts >= self._max_attempts:
-                        values.update(status="failed")
-                        log.warning(
-                            "outbox row %d failed after %d attempt(s): %s",
-                            row.id,
-                            attempts,
-                            type(error).__name__,
-                        )
-                    else:
-                        delay = backoff_seconds(attempts)
-                        values.update(next_attempt_at=now + timedelta(seconds=delay))
+                self._quiet.recovered()
+                return
+            except Exception as exc:
+                self._quiet.failed(exc, "could not record a send")
+                if self._stopping and delay > 2:
+                    log.error("outbox row %d: its outcome is not recorded", outcome.row.id)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _outcome_values(self, outcome: _Outcome) -> dict[str, object]:
+        row, error, now = outcome.row, outcome.error, outcome.at
+        values: dict[str, object] = {"lease_owner": None}
+        if error is None:
+            values.update(
+                status="sent", sent_at=now, last_error=None, sent_message_id=outcome.message_id
+            )
+        elif isinstance(error, RetryLater):
+            # Being told to wait is not a failed attempt.
+            values.update(
+                next_attempt_at=now + timedelta(seconds=error.seconds), last_error=str(error)
+            )
+        else:
+            attempts = row.attempts + 1
+            values.update(attempts=attempts, last_error=str(error)[:500])
+            if isinstance(error, Undeliverable):
+                values.update(status="undeliverable")
+                log.info("outbox row %d is undeliverable: %s", row.id, error)
+            elif isinstance(error, PermanentError) or attempts >= self._max_attempts:
+                values.update(status="failed")
+                log.warning(
+                    "outbox row %d failed after %d attempt(s): %s",
+                    row.id,
+                    attempts,
+                    type(error).__name__,
+                )
+            else:
+                values.update(next_attempt_at=now + timedelta(seconds=backoff_seconds(attempts)))
+        return values
+
+    async def _release_unstarted(self) -> None:
+        """Hand back the leases of rows claimed but never begun, for the next sender."""
+        ids = list(self._unstarted)
+        self._unstarted.clear()
+        if not ids:
+            return
+        try:
+            async with self._sessions() as session, session.begin():
                 await session.execute(
                     update(OutboxMessage)
-                    .where(OutboxMessage.id == row.id)
-                    .values(**values)
+                    .where(
+                        OutboxMessage.id.in_(ids), OutboxMessage.lease_owner == self._presence.id
+                    )
+                    .values(lease_owner=None)
                     .execution_options(synchronize_session=False)
                 )
+        except Exception as exc:
+            log.warning("could not hand back %d outbox leases (%s)", len(ids), type(exc).__name__)
+
+
+def duty(channel: str) -> str:
+    """The duty of sending a channel's outbox."""
+    return f"outbox:{channel}"

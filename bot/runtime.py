@@ -10,7 +10,7 @@ from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
 from backend.services.duplicates import DuplicateRule
-from backend.web.app import ENGINE, GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
+from backend.web.app import ENGINE, GEOCODER, POLICIES, PRESENCE, SESSIONS, SETTINGS, WARDS
 from bot import zalo_bot, zalo_oa
 from bot.dispatcher import Dispatcher
 from bot.inbox import Inbox
@@ -57,6 +57,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     capabilities: dict[str, Capabilities] = {}
     outbox = OutboxWorker(
         sessions,
+        app[PRESENCE],
         max_attempts=settings.outbox_max_attempts,
         poll_interval=settings.outbox_poll_interval,
     )
@@ -100,6 +101,8 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     for channel in channels:
         capabilities[channel.name] = channel.capabilities
         outbox.add_sender(channel)
+    # Take the duties asked for now, rather than at the next beat.
+    await app[PRESENCE].beat()
     dispatcher.start()
     inbox.start()
     checkpoints = (

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,16 +162,25 @@ class BotApiStandIn(StandIn):
 
     async def wait_sent(self, chat_id: int | str, count: int, timeout: float = 15.0) -> list[Sent]:
         """Wait until at least count messages went to the chat; returns them all."""
+        await self._wait(lambda: self.sent_to(chat_id), count, f"to {chat_id}", timeout)
+        return self.sent_to(chat_id)
+
+    async def wait_total(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until at least count messages went out, to any chat."""
+        await self._wait(lambda: self.sent, count, "in all", timeout)
+
+    async def _wait(
+        self, sent: Callable[[], list[Sent]], count: int, where: str, timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.sent_to(chat_id)) < count:
+        while len(sent()) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                got = [s.text for s in self.sent_to(chat_id)]
-                raise TimeoutError(f"expected {count} messages to {chat_id}, got {got}")
+                got = [s.text for s in sent()]
+                raise TimeoutError(f"expected {count} messages {where}, got {got}")
             self._sent_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sent_event.wait(), remaining)
-        return self.sent_to(chat_id)
 
     # --- wire protocol -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from backend.services.geocoding import Geocoder
 from backend.services.logins import Logins
 from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
+from backend.services.presence import Presence
 from backend.services.units import WardIndex
 from backend.web import security
 from backend.web.bodies import upload_limit
@@ -27,6 +28,7 @@ POLICIES = web.AppKey("policies", Policies)
 WARDS = web.AppKey("wards", WardIndex)
 GEOCODER = web.AppKey("geocoder", Geocoder)
 LOGINS = web.AppKey("logins", Logins)
+PRESENCE = web.AppKey("presence", Presence)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -44,7 +46,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.geocoder_timeout,
         interval=settings.geocoder_interval,
     )
+    presence = app[PRESENCE] = Presence(app[SESSIONS])
+    await presence.beat()
+    presence.start()
     yield
+    await presence.stop()
     await app[GEOCODER].close()
     await engine.dispose()
     shutdown_pool()

@@ -14,13 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import OutboxMessage, utcnow
-from backend.services.units import WardIndex
-from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxWorker
-from bot.telegram import TelegramChannel
 from handlers.events import Reply
-from handlers.turn import Services
 from tests.fakes.telegram_api import FakeTelegram
+from tests.integration.outbox_process import start_outbox
 
 
 @pytest.fixture
@@ -30,17 +27,15 @@ async def worker(
     sessions: async_sessionmaker[AsyncSession],
     engine: AsyncEngine,
 ) -> AsyncIterator[OutboxWorker]:
-    tg_settings = settings.model_copy(
+    process = await start_outbox(telegram_settings(settings, api), engine, sessions, max_attempts=3)
+    yield process.outbox
+    await process.stop()
+
+
+def telegram_settings(settings: Settings, api: FakeTelegram) -> Settings:
+    return settings.model_copy(
         update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
     )
-    dispatcher = Dispatcher(engine, Services(WardIndex([])), {})
-    channel = TelegramChannel(tg_settings, dispatcher)
-    await channel.bot.initialize()
-    outbox = OutboxWorker(sessions, max_attempts=3)
-    outbox.add_sender(channel)
-    yield outbox
-    await outbox.stop()
-    await channel.bot.shutdown()
 
 
 async def enqueue(sessions: async_sessionmaker[AsyncSession], chat: str, *texts: str) -> None:
@@ -167,23 +162,18 @@ async def test_nothing_is_lost_or_repeated_across_a_restart(
     sessions: async_sessionmaker[AsyncSession],
     engine: AsyncEngine,
 ) -> None:
-    tg_settings = settings.model_copy(
-        update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
-    )
     await enqueue(sessions, "1", "một", "hai", "ba")
 
     async def serve_until(count: int) -> None:
         """One server's life: its own channel and worker, stopped after count messages."""
-        channel = TelegramChannel(tg_settings, Dispatcher(engine, Services(WardIndex([])), {}))
-        await channel.bot.initialize()
-        outbox = OutboxWorker(sessions, max_attempts=3)
-        outbox.add_sender(channel)
-        outbox.start()
+        process = await start_outbox(
+            telegram_settings(settings, api), engine, sessions, max_attempts=3
+        )
+        process.outbox.start()
         try:
             await api.wait_sent(1, count, timeout=10)
         finally:
-            await outbox.stop()
-            await channel.bot.shutdown()
+            await process.stop()
 
     await serve_until(1)
     await serve_until(3)  # the restarted server carries on where the first stopped
