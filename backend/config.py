@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/hotline.db"
     media_dir: Path = Path("./var/media")
+    # Where updates wait on local disk while the database is slower than Zalo waits.
+    spool_dir: Path = Path("./var/spool")
 
     telegram_token: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"

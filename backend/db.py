@@ -12,7 +12,7 @@ from sqlalchemy import event, pool
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,6 +70,27 @@ def is_busy(exc: BaseException) -> bool:
     """Whether exc is SQLite refusing a lock that another connection holds."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
+
+
+# PostgreSQL's SQLSTATEs for a transaction that may well work if run again: serialization
+# failure, deadlock, a lock or statement timeout, and the server going away.
+_RETRY_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether exc is a failure of the database, or of a race between processes, that a
+    later attempt may not meet: never a mistake in what was asked of it."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, OperationalError | IntegrityError):
+        # IntegrityError: another process inserted the same key first.
+        return True
+    for orig in (exc.orig, exc.orig.__cause__ if exc.orig is not None else None):
+        if getattr(orig, "sqlstate", None) in _RETRY_STATES or isinstance(orig, OSError):
+            return True
+    return False
 
 
 def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:

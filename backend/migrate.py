@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -20,3 +22,9 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at url to revision. Blocking: call it from a thread."""
     command.upgrade(alembic_config(url), revision)
+
+
+@cache
+def head_revision() -> str | None:
+    """The newest migration this code brings."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -19,14 +19,16 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Insert, Select, Table, bindparam, insert, select
+from sqlalchemy import Insert, Select, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.db import InlineSQLiteDialect, is_busy, sqlite_timestamp
-from backend.models import Conversation, OutboxMessage, ProcessedUpdate, utcnow
+from backend.db import InlineSQLiteDialect, is_busy, is_retryable, sqlite_timestamp
+from backend.models import Conversation, InboundEvent, OutboxMessage, ProcessedUpdate, utcnow
+from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
+from bot.batching import Batches, Pending
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
@@ -34,10 +36,11 @@ from handlers.turn import FollowUp, Services, Turn
 
 log = logging.getLogger(__name__)
 
-# Turns of the event loop a batch waits for more updates, while more keep arriving.
-LINGER_TURNS = 4
 # How long a batch waits for SQLite's write lock before it counts as failed (seconds).
 BUSY_PATIENCE = 30.0
+# More tries in the process for a transaction that failed on a lock, a race or a
+# serialization failure, before the update is left for a later attempt.
+RETRIES = 3
 
 _STATE_COLUMNS = ("channel", "chat_id", "state", "data", "language", "reporter_id", "updated_at")
 
@@ -55,6 +58,7 @@ class _Statements:
     states: Select[Any]
     save_states: Any
     outbox: Insert
+    handled: Any
 
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded:
         """Record the batch's updates as handled, and load the chats of the new ones.
@@ -80,11 +84,15 @@ class _Statements:
         conn: Connection,
         conversations: list[dict[str, Any]],
         outbox: list[dict[str, Any]],
+        handled: list[int],
+        now: datetime,
     ) -> None:
         if conversations:
             conn.execute(self.save_states, conversations)
         if outbox:
             conn.execute(self.outbox, outbox)
+        if handled:
+            conn.execute(self.handled, {"ids": handled, "now": now})
 
 
 class _SQLiteStatements:
@@ -113,6 +121,7 @@ class _SQLiteStatements:
         "INSERT INTO outbox (channel, chat_id, payload, status, attempts, created_at,"
         " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
+    _HANDLED = "UPDATE inbound_events SET handled_at = ?, lease_owner = NULL WHERE id IN ({})"
 
     @staticmethod
     def _raw(conn: Connection) -> sqlite3.Connection:
@@ -143,8 +152,15 @@ class _SQLiteStatements:
         conn: Connection,
         conversations: list[dict[str, Any]],
         outbox: list[dict[str, Any]],
+        handled: list[int],
+        now: datetime,
     ) -> None:
         raw = self._raw(conn)
+        if handled:
+            raw.execute(
+                self._HANDLED.format(", ".join("?" * len(handled))),
+                [sqlite_timestamp(now), *handled],
+            )
         if conversations:
             raw.executemany(
                 self._SAVE_STATE,
@@ -228,7 +244,12 @@ class _BatchSQL(Protocol):
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded: ...
 
     def save(
-        self, conn: Connection, conversations: list[dict[str, Any]], outbox: list[dict[str, Any]]
+        self,
+        conn: Connection,
+        conversations: list[dict[str, Any]],
+        outbox: list[dict[str, Any]],
+        handled: list[int],
+        now: datetime,
     ) -> None: ...
 
 
@@ -238,6 +259,7 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
         return _SQLiteStatements()
     processed = cast(Table, ProcessedUpdate.__table__)
     conversations = cast(Table, Conversation.__table__)
+    inbound = cast(Table, InboundEvent.__table__)
     c = conversations.c
     states = select(c.chat_id, c.state, c.language, c.data, c.reporter_id).where(
         c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True))
@@ -257,16 +279,20 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
             dialect, conversations, _STATE_COLUMNS, ("channel", "chat_id")
         ),
         outbox=insert(cast(Table, OutboxMessage.__table__)),
+        handled=update(inbound)
+        .where(inbound.c.id.in_(bindparam("ids", expanding=True)))
+        .values(handled_at=bindparam("now"), lease_owner=None),
     )
 
 
 StepFn = Callable[[Turn, Incoming], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class _Pending:
+@dataclass(frozen=True, slots=True)
+class _Item:
     event: Incoming
-    done: asyncio.Future[None]
+    # The stored inbound event it was read from, marked handled in the same transaction.
+    inbound_id: int | None
 
 
 class Dispatcher:
@@ -288,82 +314,46 @@ class Dispatcher:
         self._capabilities = capabilities
         self._on_commit = on_commit
         self._step = step
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._batches: Batches[_Item] = Batches("dispatcher", self._process, max_batch)
         self._follow_ups: set[asyncio.Task[None]] = set()
+        self._quiet = Quiet("dispatcher")
         self.batches = 0
 
-    def submit(self, event: Incoming) -> asyncio.Future[None]:
-        """Queue an event; the future resolves once its outcome is committed."""
-        if self._task is None or self._task.done():
-            raise RuntimeError("dispatcher is not running")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(event, done))
-        return done
+    def submit(self, event: Incoming, inbound_id: int | None = None) -> asyncio.Future[None]:
+        """Queue an event; the future resolves once its outcome is committed, and fails
+        when the database did not take it (the event is then not handled: try again)."""
+        return self._batches.submit(_Item(event, inbound_id))
 
     async def handle(self, event: Incoming) -> None:
         await self.submit(event)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatcher")
+        self._batches.start()
 
     async def stop(self) -> None:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.done.done():
-                pending.done.set_exception(RuntimeError("dispatcher stopped"))
+        await self._batches.stop()
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            # Let the loop read the requests already waiting on their sockets first: one
-            # commit then serves them all. Idle, this costs one turn of the loop.
-            waiting = -1
-            for _ in range(LINGER_TURNS):
-                if self._queue.qsize() == waiting:
-                    break
-                waiting = self._queue.qsize()
-                await asyncio.sleep(0)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._process(batch)
-            except asyncio.CancelledError:
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_exception(RuntimeError("dispatcher stopped"))
-                raise
-            except Exception as exc:
-                # The database itself is failing: the submitter answers 5xx, the
-                # platform redelivers later, and nothing was half-written.
-                log.exception("batch of %d updates failed", len(batch))
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_exception(exc)
-
-    async def _process(self, batch: Sequence[_Pending]) -> None:
+    async def _process(self, batch: Sequence[Pending[_Item]]) -> None:
+        items = [p.item for p in batch]
         follow_ups: list[FollowUp] = []
         try:
-            follow_ups = await self._commit([p.event for p in batch])
-        except Exception:
-            if len(batch) == 1:
-                await self._commit_failure(batch[0].event)
-            else:
-                # One bad update must not sink its neighbours: retry them one by one.
-                log.warning("batch of %d failed; retrying updates one by one", len(batch))
+            follow_ups = await self._commit(items)
+            self._quiet.recovered()
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad update must not sink its neighbours: try them one by one.
+                log.warning("batch of %d failed; trying updates one by one", len(batch))
                 for p in batch:
                     try:
-                        follow_ups.extend(await self._commit([p.event]))
-                    except Exception:
-                        await self._commit_failure(p.event)
+                        follow_ups.extend(await self._commit([p.item]))
+                    except Exception as one:
+                        await self._settle_failure(p, one)
+            else:
+                for p in batch:
+                    await self._settle_failure(p, exc)
         self.batches += 1
         for p in batch:
             if not p.done.done():
@@ -374,6 +364,25 @@ class Dispatcher:
             self._follow_ups.add(task)
             task.add_done_callback(self._follow_ups.discard)
 
+    async def _settle_failure(self, pending: Pending[_Item], exc: Exception) -> None:
+        """A failure the database may not meet again (a lock, a race, an outage) fails
+        the submitter, who tries again later; nothing is marked done. Any other failure
+        is the update's own: it is recorded as handled, with an apology to the resident."""
+        if is_retryable(exc):
+            self._quiet.failed(exc, "could not commit an update; it will be tried again")
+            pending.done.set_exception(exc)
+            return
+        log.error(
+            "update %s/%s could not be handled; state unchanged",
+            pending.item.event.channel,
+            pending.item.event.update_id,
+            exc_info=exc,
+        )
+        try:
+            await self._commit_failure(pending.item)
+        except Exception as failed:
+            pending.done.set_exception(failed)
+
     async def _follow(self, follow_up: FollowUp) -> None:
         """Run work left for after the commit; its event is handled like an update."""
         try:
@@ -382,35 +391,47 @@ class Dispatcher:
         except Exception:
             log.exception("follow-up failed")
 
-    async def _commit(self, events: Sequence[Incoming]) -> list[FollowUp]:
+    async def _commit(self, items: Sequence[_Item]) -> list[FollowUp]:
+        """Run the batch in one transaction. SQLite's write lock held by another connection
+        is waited for (BUSY_PATIENCE); other failures worth another try (a deadlock, a
+        serialization failure, a race on a new key) are tried RETRIES more times."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BUSY_PATIENCE
         delay = 0.001
+        retries = RETRIES
         while True:
             try:
                 async with self._engine.begin() as conn:
                     # The dialogue's services get a session on the same transaction.
                     session = AsyncSession(bind=conn, expire_on_commit=False)
                     try:
-                        follow_ups = await self._apply(conn, session, events)
+                        follow_ups = await self._apply(conn, session, items)
                     finally:
                         await session.close()
                 return follow_ups
             except DBAPIError as exc:
-                # Another connection holds SQLite's write lock: wait without blocking
-                # the loop, then run the batch again from the committed state.
-                if not is_busy(exc) or loop.time() > give_up:
+                if is_busy(exc):
+                    # Another connection holds SQLite's write lock: wait without blocking
+                    # the loop, then run the batch again from the committed state.
+                    if loop.time() > give_up:
+                        raise
+                elif is_retryable(exc) and retries > 0 and not exc.connection_invalidated:
+                    retries -= 1
+                    delay = max(delay, 0.05)
+                else:
                     raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.5)
 
     async def _apply(
-        self, conn: AsyncConnection, session: AsyncSession, events: Sequence[Incoming]
+        self, conn: AsyncConnection, session: AsyncSession, items: Sequence[_Item]
     ) -> list[FollowUp]:
         # A handful of statements per batch, whatever its size: each round trip to the
         # database costs more than the dialogue logic of one update.
         sql = _statements(conn.dialect.name, conn.dialect.driver)
         now = utcnow()
+        events = [item.event for item in items]
+        handled = [item.inbound_id for item in items if item.inbound_id is not None]
         loaded = await conn.run_sync(sql.load, events, now)
         states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
@@ -464,37 +485,36 @@ class Dispatcher:
         ]
         # The dialogue's ORM work goes first: outbox rows may refer to what it created.
         await session.flush()
-        await conn.run_sync(sql.save, conversations, outbox)
+        await conn.run_sync(sql.save, conversations, outbox, handled, now)
         return follow_ups
 
-    async def _commit_failure(self, event: Incoming) -> None:
+    async def _commit_failure(self, item: _Item) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""
-        log.exception(
-            "update %s/%s could not be handled; state unchanged", event.channel, event.update_id
-        )
-        try:
-            async with self._sessions() as session, session.begin():
-                exists = await session.get(ProcessedUpdate, (event.channel, event.update_id))
-                if exists is not None:
-                    return
-                conv = await session.scalar(
-                    select(Conversation).where(
-                        Conversation.channel == event.channel,
-                        Conversation.chat_id == event.chat_id,
-                    )
+        event = item.event
+        async with self._sessions() as session, session.begin():
+            if item.inbound_id is not None:
+                await session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id == item.inbound_id)
+                    .values(handled_at=utcnow(), lease_owner=None)
+                    .execution_options(synchronize_session=False)
                 )
-                language = conv.language if conv else pick_language(event.language)
-                replies: list[Ack | Reply] = []
-                if event.callback_id is not None:
-                    replies.append(Ack(event.callback_id))
-                replies.append(Reply(text=translate(language, "error.internal")))
-                session.add_all(
-                    OutboxMessage(
-                        channel=event.channel, chat_id=event.chat_id, payload=r.to_payload()
-                    )
-                    for r in replies
+            exists = await session.get(ProcessedUpdate, (event.channel, event.update_id))
+            if exists is not None:
+                return
+            conv = await session.scalar(
+                select(Conversation).where(
+                    Conversation.channel == event.channel,
+                    Conversation.chat_id == event.chat_id,
                 )
-                session.add(ProcessedUpdate(channel=event.channel, update_id=event.update_id))
-        except Exception:
-            log.exception("could not record the failed update %s", event.update_id)
-            raise
+            )
+            language = conv.language if conv else pick_language(event.language)
+            replies: list[Ack | Reply] = []
+            if event.callback_id is not None:
+                replies.append(Ack(event.callback_id))
+            replies.append(Reply(text=translate(language, "error.internal")))
+            session.add_all(
+                OutboxMessage(channel=event.channel, chat_id=event.chat_id, payload=r.to_payload())
+                for r in replies
+            )
+            session.add(ProcessedUpdate(channel=event.channel, update_id=event.update_id))

@@ -1,9 +1,18 @@
-"""Platform events stored as they arrive, answered at once, and handled after.
+"""Every channel's intake: store the platform's update, answer, and handle it after.
 
-Zalo drops a webhook that takes more than 2 seconds to answer. So the webhook only
-stores the event (once per platform id) and answers; a worker then reads the stored
-events in order, fetches their photos, and hands them to the dispatcher. A process that
-stops loses nothing: the next one handles what was left.
+A webhook (or a poller) stores the raw update, once per platform id, and answers the
+platform only when it is stored: the stores of the updates arriving together are one
+transaction (group commit). Workers in any process then take a chat's stored updates
+under a lease, read them (fetching their photos) and hand them to the dispatcher, in
+order. The dispatcher marks them handled in the transaction that handles them.
+
+A chat's updates are handled in order, by one process at a time: a process takes a chat
+only when it can lease the chat's oldest unhandled update, and then takes all of them.
+A lease lasts while its process lives (see Presence). An update that fails for a reason
+that may pass (a lock, a race, an outage) stays unhandled and is tried again, later.
+
+When the database is slower than a platform's patience (Zalo's 2 s), an update is made
+durable in a local spool file first (see Spool), answered, and stored when it can be.
 """
 
 from __future__ import annotations
@@ -11,65 +20,109 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from backend.models import InboundEvent, utcnow
-from backend.services.upsert import insert_for
+from backend.models import InboundEvent, ProcessBeat, utcnow
+from backend.services.presence import Presence
+from backend.services.quiet import Quiet
+from backend.services.upsert import dialect_insert
+from bot.batching import Batches, Pending
 from bot.dispatcher import Dispatcher
+from bot.spool import Spool, Stored
 from bot.tasks import cancel
 from handlers.events import Incoming
 
 log = logging.getLogger(__name__)
 
-# Reads a stored event into what the dialogue takes, through the channel's schema
-# (bot/updates.py), as its webhook does: None for nothing for it, or one that does not fit.
+# Reads a stored update into what the dialogue takes, through the channel's schema
+# (bot/updates.py): None for nothing for it, or one that does not fit.
 Reader = Callable[[Mapping[str, Any]], Awaitable[Incoming | None]]
 
-# How long a webhook waits for the event to be stored before it answers anyway.
+# How long a webhook waits for its update to be stored before the spool takes it.
 STORE_PATIENCE = 1.5
-# Handled events are kept this long: the newest one of a chat dates its last message.
+# How long a webhook without a spool waits before it answers 503 (the platform retries).
+STORE_LIMIT = 10.0
+# Handled updates are kept this long: the newest one of a chat dates its last message.
 KEEP = timedelta(days=8)
-BATCH = 100
+# Chats taken in one claim.
+CHATS = 100
+# Longest wait before a chat whose update failed is tried again (seconds).
+MAX_BACKOFF = 60.0
+
+
+class NotStored(Exception):
+    """The database did not store the update in time: answer so that the platform sends
+    it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Leased:
+    id: int
+    channel: str
+    chat_id: str
+    body: dict[str, Any]
 
 
 class Inbox:
-    """Stores events before they are answered; hands them to the dialogue in order."""
+    """Stores updates before they are answered; hands them to the dialogue in order."""
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
+        presence: Presence,
         dispatcher: Dispatcher,
         *,
+        spool: Spool | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        self._sessions = sessions
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._dialect = engine.dialect.name
+        self._presence = presence
         self._dispatcher = dispatcher
+        self._spool = spool
         self._poll_interval = poll_interval
         self._readers: dict[str, Reader] = {}
+        self._stores: Batches[Stored] = Batches("inbox-store", self._store)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._late: set[asyncio.Task[None]] = set()
+        self._drainer: asyncio.Task[None] | None = None
+        # Chats being handled in this process now, and chats to leave alone until then.
+        self._busy: set[tuple[str, str]] = set()
+        self._cooling: dict[tuple[str, str], tuple[float, float]] = {}
+        self._chats: set[asyncio.Task[None]] = set()
         self._pruned_at: datetime | None = None
+        self._quiet = Quiet("inbox")
+        self._store_quiet = Quiet("inbox store")
 
     def add_reader(self, channel: str, reader: Reader) -> None:
         self._readers[channel] = reader
 
     def start(self) -> None:
+        self._stores.start()
         self._task = asyncio.create_task(self._run(), name="inbox")
+        if self._spool is not None:
+            self._drainer = asyncio.create_task(
+                self._drain_forever(self._spool), name="inbox-spool"
+            )
 
     async def stop(self) -> None:
-        if self._late:
-            await asyncio.wait(self._late, timeout=5.0)
-            for task in list(self._late):
-                log.error("an event answered before it was stored is lost at stop")
-                await cancel(task)
+        await cancel(self._drainer)
+        self._drainer = None
         await cancel(self._task)
         self._task = None
+        if self._chats:
+            await asyncio.wait(self._chats, timeout=5.0)
+            for task in list(self._chats):
+                await cancel(task)
+        await self._stores.stop()
+
+    # --- storing ---------------------------------------------------------------------------
 
     async def accept(
         self,
@@ -77,47 +130,81 @@ class Inbox:
         key: str,
         chat_id: str,
         body: Mapping[str, Any],
-        patience: float = STORE_PATIENCE,
-    ) -> bool:
-        """Store an event (a repeated key is stored once). True once it is stored; False
-        when the database took longer than `patience` (or failed): it is then stored in
-        the background, trying again until it works, and the caller answers the platform
-        without waiting. Only a process that stops meanwhile loses it."""
-        task = asyncio.create_task(self._store(channel, key, chat_id, dict(body)))
-        try:
-            await asyncio.wait_for(asyncio.shield(task), patience)
-        except TimeoutError:
-            log.warning("%s event answered before it was stored: the database is slow", channel)
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
-            return False
-        return True
+        *,
+        spool: bool = False,
+    ) -> None:
+        """Store an update (a repeated key is stored once); return once it is durable.
 
-    async def _store(self, channel: str, key: str, chat_id: str, body: dict[str, Any]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(
-                        insert_for(session, InboundEvent)
-                        .values(
-                            channel=channel,
-                            event_key=key,
-                            chat_id=chat_id,
-                            body=body,
-                            received_at=utcnow(),
-                        )
-                        .on_conflict_do_nothing(index_elements=["channel", "event_key"])
-                    )
-                break
-            except Exception:
-                log.exception("could not store a %s event; trying again", channel)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        With `spool` (for a platform that neither waits long nor sends again), an update
+        the database does not take within STORE_PATIENCE (or while older ones wait in
+        the spool) is written to the spool, and the call returns. Without, the call waits
+        up to STORE_LIMIT and raises NotStored when the update is not stored: the webhook
+        then answers 503, and the platform sends it again.
+        """
+        item = Stored(channel, key, chat_id, dict(body))
+        local = self._spool if spool else None
+        if local is not None and local.waiting():
+            await local.append(item)
+            return
+        stored = self._stores.submit(item)
+        patience = STORE_PATIENCE if local is not None else STORE_LIMIT
+        try:
+            await asyncio.wait_for(asyncio.shield(stored), patience)
+            return
+        except TimeoutError:
+            stored.add_done_callback(_consume)
+            why = "the database is slow"
+        except Exception as exc:
+            self._store_quiet.failed(exc, "could not store an update")
+            why = "the database failed"
+        if local is None:
+            raise NotStored(why)
+        log.warning("a %s update went to the spool: %s", channel, why)
+        await local.append(item)
+
+    async def _store(self, batch: Sequence[Pending[Stored]]) -> None:
+        """Insert the batch's updates in one transaction, then wake the workers."""
+        rows = {(p.item.channel, p.item.key): p.item for p in batch}
+        await self.store_rows(rows.values())
+        self._store_quiet.recovered()
+        for p in batch:
+            p.done.set_result(None)
         self._wake.set()
 
+    async def store_rows(self, items: Iterable[Stored]) -> None:
+        now = utcnow()
+        values = [
+            {
+                "channel": i.channel,
+                "event_key": i.key,
+                "chat_id": i.chat_id,
+                "body": i.body,
+                "received_at": now,
+            }
+            for i in items
+        ]
+        if not values:
+            return
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                dialect_insert(self._dialect, InboundEvent)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["channel", "event_key"])
+            )
+
+    async def _drain_forever(self, spool: Spool) -> None:
+        while True:
+            try:
+                if await spool.drain(self.store_rows):
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._store_quiet.failed(exc, "could not store the spooled updates")
+            await asyncio.sleep(self._poll_interval)
+
     async def last_inbound(self, channel: str, chat_id: str) -> datetime | None:
-        """When this chat last sent anything (events are kept for KEEP)."""
+        """When this chat last sent anything (updates are kept for KEEP)."""
         async with self._sessions() as session:
             return await session.scalar(
                 select(func.max(InboundEvent.received_at)).where(
@@ -125,54 +212,188 @@ class Inbox:
                 )
             )
 
+    # --- handling --------------------------------------------------------------------------
+
     async def _run(self) -> None:
         while True:
             try:
-                handled = await self.pump()
-            except Exception:
-                log.exception("inbox pump failed")
-                handled = 0
-            if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-                self._wake.clear()
+                await self.pump()
+                self._quiet.recovered()
+            except Exception as exc:
+                self._quiet.failed(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
 
     async def pump(self) -> int:
-        """Hand the stored events not handled yet to the dialogue; returns how many."""
-        async with self._sessions() as session:
-            rows = list(
+        """Lease the chats whose updates wait and are free for this process, and start
+        handling them; returns how many chats."""
+        claimed = await self._claim()
+        for chat, rows in claimed.items():
+            self._busy.add(chat)
+            task = asyncio.create_task(self._handle_chat(chat, rows))
+            self._chats.add(task)
+            task.add_done_callback(self._chats.discard)
+        if not claimed and not self._busy:
+            await self._prune()
+        return len(claimed)
+
+    async def drain(self, within: float = 30.0) -> None:
+        """Handle everything waiting now (for tests and the benchmark)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while await self.pump() or self._chats:
+            if self._chats:
+                await asyncio.wait(self._chats, timeout=max(0.0, deadline - loop.time()))
+            if loop.time() > deadline:
+                raise TimeoutError("the inbox did not drain")
+
+    async def _claim(self) -> dict[tuple[str, str], list[_Leased]]:
+        """Lease the waiting updates of up to CHATS chats whose oldest waiting update is
+        free for this process (no one's, this process's, or a dead process's)."""
+        mono = asyncio.get_running_loop().time()
+        self._cooling = {c: v for c, v in self._cooling.items() if v[0] > mono}
+        me = self._presence.id
+        take_over = self._presence.may_take_over()
+        async with self._sessions() as session, session.begin():
+            heads = (
+                select(func.min(InboundEvent.id))
+                .where(
+                    InboundEvent.handled_at.is_(None),
+                    InboundEvent.channel.in_(list(self._readers)),
+                )
+                .group_by(InboundEvent.channel, InboundEvent.chat_id)
+            )
+            found = list(
                 await session.execute(
-                    select(InboundEvent.id, InboundEvent.channel, InboundEvent.body)
-                    .where(
-                        InboundEvent.handled_at.is_(None),
-                        InboundEvent.channel.in_(list(self._readers)),
+                    select(
+                        InboundEvent.id,
+                        InboundEvent.channel,
+                        InboundEvent.chat_id,
+                        InboundEvent.lease_owner,
                     )
+                    .where(InboundEvent.id.in_(heads))
                     .order_by(InboundEvent.id)
-                    .limit(BATCH)
                 )
             )
-        if not rows:
-            await self._prune()
-            return 0
-        # Photos download side by side; the dispatcher then keeps the arrival order.
-        events = await asyncio.gather(*(self._read(channel, body) for _, channel, body in rows))
-        await asyncio.gather(*(self._dispatcher.submit(e) for e in events if e is not None))
+            if not found:
+                return {}
+            alive = (
+                set(
+                    await session.scalars(
+                        select(ProcessBeat.id).where(
+                            ProcessBeat.seen_at > self._presence.alive_after()
+                        )
+                    )
+                )
+                if take_over
+                else set()
+            )
+            chosen: dict[tuple[str, str], int] = {}
+            for head, channel, chat_id, owner in found:
+                chat = (channel, chat_id)
+                if chat in self._busy or chat in self._cooling:
+                    continue
+                if owner is None or owner == me or (take_over and owner not in alive):
+                    chosen[chat] = head
+                if len(chosen) >= CHATS:
+                    break
+            if not chosen:
+                return {}
+            by_channel: dict[str, list[str]] = {}
+            for channel, chat_id in chosen:
+                by_channel.setdefault(channel, []).append(chat_id)
+            got: dict[tuple[str, str], list[_Leased]] = {}
+            for channel, chat_ids in by_channel.items():
+                leased = await session.execute(
+                    update(InboundEvent)
+                    .where(
+                        InboundEvent.handled_at.is_(None),
+                        InboundEvent.channel == channel,
+                        InboundEvent.chat_id.in_(chat_ids),
+                        self._presence.free_for_me(InboundEvent.lease_owner),
+                    )
+                    .values(lease_owner=me)
+                    .returning(
+                        InboundEvent.id,
+                        InboundEvent.channel,
+                        InboundEvent.chat_id,
+                        InboundEvent.body,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                for row_id, ch, chat_id, body in leased:
+                    got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body))
+            # A chat whose oldest update another process leased meanwhile is its: hand
+            # back the newer ones this claim took.
+            lost = [
+                r.id
+                for chat, rows in got.items()
+                if chosen.get(chat) not in {r.id for r in rows}
+                for r in rows
+            ]
+            if lost:
+                await session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id.in_(lost), InboundEvent.lease_owner == me)
+                    .values(lease_owner=None)
+                    .execution_options(synchronize_session=False)
+                )
+        return {
+            chat: sorted(rows, key=lambda r: r.id)
+            for chat, rows in got.items()
+            if chosen.get(chat) in {r.id for r in rows}
+        }
+
+    async def _handle_chat(self, chat: tuple[str, str], rows: list[_Leased]) -> None:
+        """Read a chat's updates (their photos fetched side by side), then hand them to
+        the dispatcher in order; stop at the first that fails, and try it again later."""
+        try:
+            events = await asyncio.gather(*(self._read(r) for r in rows))
+            nothing = [r.id for r, e in zip(rows, events, strict=True) if e is None]
+            handed = [
+                self._dispatcher.submit(e, r.id)
+                for r, e in zip(rows, events, strict=True)
+                if e is not None
+            ]
+            outcomes = await asyncio.gather(*handed, return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if nothing:
+                await self._mark_handled(nothing)
+            if failed is not None:
+                self._cool(chat)
+                self._quiet.failed(failed, "could not handle an update; it will be tried again")
+            else:
+                self._cooling.pop(chat, None)
+        except Exception as exc:
+            self._cool(chat)
+            self._quiet.failed(exc, "could not handle a chat's updates")
+        finally:
+            self._busy.discard(chat)
+            self._wake.set()
+
+    def _cool(self, chat: tuple[str, str]) -> None:
+        """Leave a chat whose update failed alone for a while: 0.5, 1, 2 … s."""
+        _, last = self._cooling.get(chat, (0.0, 0.25))
+        wait = min(MAX_BACKOFF, last * 2)
+        self._cooling[chat] = (asyncio.get_running_loop().time() + wait, wait)
+
+    async def _read(self, row: _Leased) -> Incoming | None:
+        try:
+            return await self._readers[row.channel](row.body)
+        except Exception:
+            # An update that cannot be read must not hold up the ones after it.
+            log.exception("a stored %s update could not be read; skipped", row.channel)
+            return None
+
+    async def _mark_handled(self, ids: list[int]) -> None:
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(InboundEvent)
-                .where(InboundEvent.id.in_([row_id for row_id, _, _ in rows]))
-                .values(handled_at=utcnow())
+                .where(InboundEvent.id.in_(ids))
+                .values(handled_at=utcnow(), lease_owner=None)
                 .execution_options(synchronize_session=False)
             )
-        return len(rows)
-
-    async def _read(self, channel: str, body: Mapping[str, Any]) -> Incoming | None:
-        try:
-            return await self._readers[channel](body)
-        except Exception:
-            # A malformed event must not hold up the ones after it.
-            log.exception("a stored %s event could not be read; skipped", channel)
-            return None
 
     async def _prune(self) -> None:
         now = utcnow()
@@ -185,3 +406,9 @@ class Inbox:
                     InboundEvent.handled_at.is_not(None), InboundEvent.received_at < now - KEEP
                 )
             )
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Read a late store's outcome, so that a failure is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()

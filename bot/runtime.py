@@ -10,11 +10,22 @@ from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
 from backend.services.duplicates import DuplicateRule
-from backend.web.app import ENGINE, GEOCODER, POLICIES, PRESENCE, SESSIONS, SETTINGS, WARDS
+from backend.services.quiet import Quiet
+from backend.web.app import (
+    CHANNELS_DOWN,
+    ENGINE,
+    GEOCODER,
+    POLICIES,
+    PRESENCE,
+    SESSIONS,
+    SETTINGS,
+    WARDS,
+)
 from bot import zalo_bot, zalo_oa
 from bot.dispatcher import Dispatcher
 from bot.inbox import Inbox
 from bot.outbox import OutboxWorker
+from bot.spool import Spool
 from bot.tasks import cancel
 from bot.telegram import WEBHOOK_PATH, TelegramChannel
 from bot.zalo_bot import ZaloBotChannel
@@ -24,7 +35,38 @@ from handlers.turn import Services
 
 log = logging.getLogger(__name__)
 
+
+class ChannelStatus:
+    """Which channels are up. Each starts on its own, and is tried again until it does,
+    so that a platform that is down stops neither the others nor the web service."""
+
+    def __init__(self, down: dict[str, str]) -> None:
+        self.down = down
+
+    async def start(self, channel: TelegramChannel | ZaloOAChannel | ZaloBotChannel) -> None:
+        delay = 1.0
+        quiet = Quiet(f"{channel.name} start")
+        self.down[channel.name] = "starting"
+        while True:
+            try:
+                await channel.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                quiet.failed(exc)
+                self.down[channel.name] = type(exc).__name__
+                await channel.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self.down.pop(channel.name, None)
+            log.info("%s started", channel.name)
+            return
+
+
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+# How long the service waits for its channels to start before it serves without them.
+FIRST_START = 10.0
 OUTBOX = web.AppKey("outbox", OutboxWorker)
 TELEGRAM = web.AppKey("telegram", TelegramChannel)
 INBOX = web.AppKey("inbox", Inbox)
@@ -80,13 +122,20 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     app[OUTBOX] = outbox
-    inbox = Inbox(sessions, dispatcher, poll_interval=settings.outbox_poll_interval)
+    presence = app[PRESENCE]
+    inbox = Inbox(
+        app[ENGINE],
+        presence,
+        dispatcher,
+        spool=Spool(settings.spool_dir, presence.id),
+        poll_interval=settings.outbox_poll_interval,
+    )
     app[INBOX] = inbox
     channels: list[TelegramChannel | ZaloOAChannel | ZaloBotChannel] = []
     if settings.telegram_token is None:
         log.warning("no HOTLINE_TELEGRAM_TOKEN: Telegram is off")
     else:
-        app[TELEGRAM] = TelegramChannel(settings, dispatcher)
+        app[TELEGRAM] = TelegramChannel(settings, inbox, presence)
         channels.append(app[TELEGRAM])
     if settings.zalo_oa_on:
         app[ZALO_OA] = ZaloOAChannel(settings, sessions, inbox)
@@ -102,7 +151,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
         capabilities[channel.name] = channel.capabilities
         outbox.add_sender(channel)
     # Take the duties asked for now, rather than at the next beat.
-    await app[PRESENCE].beat()
+    await presence.beat()
     dispatcher.start()
     inbox.start()
     checkpoints = (
@@ -112,11 +161,19 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     )
     if settings.outbox_enabled:
         outbox.start()
+    status = ChannelStatus(app[CHANNELS_DOWN])
+    starting = [
+        asyncio.create_task(status.start(channel), name=f"start-{channel.name}")
+        for channel in channels
+    ]
+    if starting:
+        # Serve with the channels up, unless one takes longer than this to start.
+        await asyncio.wait(starting, timeout=FIRST_START)
     try:
-        for channel in channels:
-            await channel.start()
         yield
     finally:
+        for task in starting:
+            await cancel(task)
         # Each stop is safe on a channel that did not start (or only half did).
         for channel in reversed(channels):
             await channel.stop()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -32,8 +34,9 @@ from telegram.request import HTTPXRequest
 
 from backend.config import Settings
 from backend.services.photos import find_media
+from backend.services.presence import Presence
 from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
-from bot.dispatcher import Dispatcher
+from bot.inbox import Inbox, NotStored
 from bot.media import Fetched, store_media
 from bot.outbox import PermanentError, RetryLater, TransientError
 from bot.parsing import has_secret, split_command, text_or_command
@@ -60,6 +63,8 @@ WEBHOOK_PATH = "/telegram/webhook"
 COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
 ALLOWED_UPDATES = ("message", "callback_query")
 GROUP_CHATS = ("group", "supergroup")
+# The duty of polling getUpdates: one process for all.
+POLL_DUTY = "poll:telegram"
 
 
 class PollRefused(Exception):
@@ -81,11 +86,13 @@ class TelegramChannel:
     name = CHANNEL
     capabilities = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, inbox: Inbox, presence: Presence) -> None:
         if settings.telegram_token is None:
             raise ValueError("TelegramChannel needs HOTLINE_TELEGRAM_TOKEN")
         self._settings = settings
-        self._dispatcher = dispatcher
+        self._inbox = inbox
+        self._presence = presence
+        inbox.add_reader(CHANNEL, self.read)
         self._secret = settings.webhook_secret().encode()
         api = settings.telegram_api_url.rstrip("/")
         self.bot = Bot(
@@ -119,9 +126,8 @@ class TelegramChannel:
             )
             log.info("Telegram webhook set")
         else:
-            await self.bot.delete_webhook()
+            self._presence.want(POLL_DUTY)
             self._polling = asyncio.create_task(self._poll(), name="telegram-polling")
-            log.info("Telegram polling started")
 
     async def stop(self) -> None:
         await cancel(self._polling)
@@ -143,14 +149,24 @@ class TelegramChannel:
             return web.Response(status=401, text="bad secret token")
         body = await read_body(request, WEBHOOK_LIMIT)
         try:
-            update = read(TelegramUpdate, parse_json(body))
+            await self._keep(parse_json(body))
+        except NotStored:
+            return web.Response(status=503, text="not stored; send it again")
         except (BadJSON, Malformed) as exc:  # their text names the problem, not the data
             log.warning("Telegram update ignored: %s", exc)
             return web.Response(text="ignored")
-        incoming = await self.to_incoming(update)
-        if incoming is not None:
-            await self._dispatcher.submit(incoming)
         return web.Response(text="ok")
+
+    async def _keep(self, data: Any) -> None:
+        """Store an update for the dialogue, when there is something in it for it."""
+        update = read(TelegramUpdate, data)
+        chat_id = self.chat_of(update)
+        if chat_id is not None:
+            await self._inbox.accept(CHANNEL, str(update.update_id), chat_id, data)
+
+    async def read(self, body: Mapping[str, Any]) -> Incoming | None:
+        """A stored update as the dialogue takes it, its photo fetched and stored first."""
+        return await self.to_incoming(read(TelegramUpdate, body))
 
     async def _get_updates(self, offset: int | None) -> list[Any]:
         """getUpdates, its answer read as raw JSON: PTB's own parsing raises on an update it
@@ -183,9 +199,18 @@ class TelegramChannel:
         return self._http
 
     async def _poll(self) -> None:
+        """getUpdates while this process holds the polling duty (one poller for all the
+        processes: Telegram refuses two). The offset moves past updates once stored."""
         offset: int | None = None
         failures = 0
         while True:
+            if not self._presence.holds(POLL_DUTY):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._presence.changed(), 1.0)
+                continue
+            if offset is None:
+                await self.bot.delete_webhook()
+                log.info("Telegram polling started")
             try:
                 raw = await self._get_updates(offset)
                 failures = 0
@@ -197,7 +222,7 @@ class TelegramChannel:
                 log.warning("getUpdates refused (HTTP %d); retrying", exc.status)
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
                 continue
-            except (aiohttp.ClientError, TimeoutError, BadJSON) as exc:
+            except (aiohttp.ClientError, TimeoutError, BadJSON, TelegramError) as exc:
                 failures += 1
                 log.warning("getUpdates failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
@@ -207,22 +232,40 @@ class TelegramChannel:
                 for u in raw
                 if isinstance(u, dict) and type(u.get("update_id")) is int and u["update_id"] >= 0
             ]
-            events = []
-            for item in raw:
-                try:
-                    update = read(TelegramUpdate, item)
-                except Malformed as exc:
-                    log.warning("Telegram update ignored: %s", exc)
-                    continue
-                events.append(await self.to_incoming(update))
-            # Submit all, then wait: the dispatcher commits them as one batch, in order.
-            await asyncio.gather(*(self._dispatcher.submit(e) for e in events if e is not None))
+            try:
+                await asyncio.gather(*(self._keep_polled(item) for item in raw))
+            except NotStored:
+                # Not moving the offset: Telegram gives the same updates again.
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                failures += 1
+                continue
             if ids:
                 offset = max(ids) + 1
             elif raw:
                 # Nothing here has an id to move past: Telegram never sends that.
                 log.warning("getUpdates answered %d items without an update_id", len(raw))
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+
+    async def _keep_polled(self, item: Any) -> None:
+        try:
+            await self._keep(item)
+        except Malformed as exc:
+            log.warning("Telegram update ignored: %s", exc)
+
+    @staticmethod
+    def chat_of(update: TelegramUpdate) -> str | None:
+        """The chat an update belongs to (its updates are handled in order), or None when
+        it holds nothing for the dialogue (see to_incoming)."""
+        query = update.callback_query
+        if query is not None:
+            chat = query.message.chat if query.message is not None else None
+            return str(chat.id if chat is not None else query.sender.id)
+        msg = update.message
+        if msg is None:
+            return None
+        if msg.chat.type in GROUP_CHATS:
+            return str(msg.chat.id) if (msg.text or "").startswith("/") else None
+        return str(msg.chat.id) if msg.chat.type == "private" else None
 
     async def to_incoming(self, update: TelegramUpdate) -> Incoming | None:
         """The neutral event for a Bot API update, or None for what the dialogue does not take.

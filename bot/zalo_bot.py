@@ -201,7 +201,7 @@ class ZaloBotChannel:
         if update is None:
             log.info("Zalo Bot update without a message ignored")
             return
-        await self._inbox.accept(CHANNEL, update.message_id, update.chat_id, data)
+        await self._inbox.accept(CHANNEL, update.message_id, update.chat_id, data, spool=True)
 
     async def _poll(self) -> None:
         failures = 0

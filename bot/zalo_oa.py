@@ -249,7 +249,7 @@ class ZaloOAChannel:
         if got is None:
             log.debug("Zalo OA event not for the dialogue ignored")
             return web.Response(text="ok")
-        await self._inbox.accept(CHANNEL, got.msg_id, got.user_id, event)
+        await self._inbox.accept(CHANNEL, got.msg_id, got.user_id, event, spool=True)
         return web.Response(text="ok")
 
     async def read(self, body: Mapping[str, Any]) -> Incoming | None:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.db import create_engine, session_factory
+from backend.migrate import head_revision
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
 from backend.services.geocoding import Geocoder
@@ -29,6 +30,8 @@ WARDS = web.AppKey("wards", WardIndex)
 GEOCODER = web.AppKey("geocoder", Geocoder)
 LOGINS = web.AppKey("logins", Logins)
 PRESENCE = web.AppKey("presence", Presence)
+# Channels that are not up (yet), with why: filled by the chat runtime.
+CHANNELS_DOWN = web.AppKey("channels_down", dict[str, str])
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -75,10 +78,32 @@ async def _monthly(app: web.Application) -> AsyncIterator[None]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and database reachability."""
-    async with request.app[SESSIONS]() as session:
-        await session.execute(text("SELECT 1"))
+    """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database answers and its schema is this code's; and which chat
+    channels are down. 503 when the database is not ready; a channel that is down is
+    reported (200): the rest of the service works without it."""
+    database = "ok"
+    try:
+        async with request.app[SESSIONS]() as session:
+            version = await session.scalar(text("SELECT version_num FROM alembic_version"))
+        if version != head_revision():
+            database = f"schema {version}, expected {head_revision()}: run hotline migrate"
+    except Exception as exc:
+        database = f"unreachable ({type(exc).__name__})"
+    ready = database == "ok"
+    down: dict[str, str] = request.app[CHANNELS_DOWN]
+    return web.json_response(
+        {
+            "status": "ok" if ready else "not ready",
+            "database": database,
+            "channels_down": dict(down),
+        },
+        status=200 if ready else 503,
+    )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -91,5 +116,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_deadlines)
     app.cleanup_ctx.append(_monthly)
     security.install(app, settings)
+    app[CHANNELS_DOWN] = {}
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

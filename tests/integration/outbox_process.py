@@ -10,6 +10,7 @@ from backend.config import Settings
 from backend.services.presence import Presence
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
+from bot.inbox import Inbox
 from bot.outbox import OutboxWorker
 from bot.tasks import cancel
 from bot.telegram import TelegramChannel
@@ -47,9 +48,10 @@ async def start_outbox(
     poll_interval: float = 1.0,
 ) -> Process:
     """A process's Telegram sender, beating, its worker not started yet."""
-    channel = TelegramChannel(settings, Dispatcher(engine, Services(WardIndex([])), {}))
-    await channel.bot.initialize()
     presence = Presence(sessions)
+    dispatcher = Dispatcher(engine, Services(WardIndex([])), {})
+    channel = TelegramChannel(settings, Inbox(engine, presence, dispatcher), presence)
+    await channel.bot.initialize()
     outbox = OutboxWorker(
         sessions, presence, max_attempts=max_attempts, poll_interval=poll_interval
     )
