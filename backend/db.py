@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, pool
 from sqlalchemy.dialects import registry
@@ -93,6 +94,34 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+T = TypeVar("T")
+
+
+async def write_retrying(
+    attempt: Callable[[], Awaitable[T]], *, busy_patience: float = 30.0, retries: int = 0
+) -> T:
+    """Run a write transaction (attempt), again while SQLite's write lock is held by
+    another connection (for up to busy_patience seconds, without blocking the loop), and
+    up to `retries` more times after a failure that may pass (is_retryable)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + busy_patience
+    delay = 0.001
+    while True:
+        try:
+            return await attempt()
+        except DBAPIError as exc:
+            if is_busy(exc):
+                if loop.time() > give_up:
+                    raise
+            elif is_retryable(exc) and retries > 0 and not exc.connection_invalidated:
+                retries -= 1
+                delay = max(delay, 0.05)
+            else:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -125,7 +154,10 @@ def create_writer_engine(url: str) -> AsyncEngine | None:
     engine = create_async_engine(
         inline,
         connect_args={"timeout": 0, "factory": _InlineConnection},
+        # One connection, taken in turns (awaited, not busy-polled): its users are the
+        # process's own writers, which would only make each other wait for the lock.
         pool_size=1,
+        max_overflow=0,
     )
     _sqlite_pragmas(engine, 0)
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -489,7 +490,15 @@ class InboundEvent(Base):
     __table_args__ = (
         UniqueConstraint("channel", "event_key"),
         Index("ix_inbound_events_chat", "channel", "chat_id", "received_at"),
-        Index("ix_inbound_events_pending", "handled_at", "id"),
+        # The updates waiting to be handled, by chat: a chat's oldest is found here.
+        Index(
+            "ix_inbound_events_waiting",
+            "channel",
+            "chat_id",
+            "id",
+            sqlite_where=text("handled_at IS NULL"),
+            postgresql_where=text("handled_at IS NULL"),
+        ),
     )
 
 

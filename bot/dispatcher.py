@@ -21,10 +21,9 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import Insert, Select, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.db import InlineSQLiteDialect, is_busy, is_retryable, sqlite_timestamp
+from backend.db import InlineSQLiteDialect, is_retryable, sqlite_timestamp, write_retrying
 from backend.models import Conversation, InboundEvent, OutboxMessage, ProcessedUpdate, utcnow
 from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
@@ -395,33 +394,17 @@ class Dispatcher:
         """Run the batch in one transaction. SQLite's write lock held by another connection
         is waited for (BUSY_PATIENCE); other failures worth another try (a deadlock, a
         serialization failure, a race on a new key) are tried RETRIES more times."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + BUSY_PATIENCE
-        delay = 0.001
-        retries = RETRIES
-        while True:
-            try:
-                async with self._engine.begin() as conn:
-                    # The dialogue's services get a session on the same transaction.
-                    session = AsyncSession(bind=conn, expire_on_commit=False)
-                    try:
-                        follow_ups = await self._apply(conn, session, items)
-                    finally:
-                        await session.close()
-                return follow_ups
-            except DBAPIError as exc:
-                if is_busy(exc):
-                    # Another connection holds SQLite's write lock: wait without blocking
-                    # the loop, then run the batch again from the committed state.
-                    if loop.time() > give_up:
-                        raise
-                elif is_retryable(exc) and retries > 0 and not exc.connection_invalidated:
-                    retries -= 1
-                    delay = max(delay, 0.05)
-                else:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+
+        async def attempt() -> list[FollowUp]:
+            async with self._engine.begin() as conn:
+                # The dialogue's services get a session on the same transaction.
+                session = AsyncSession(bind=conn, expire_on_commit=False)
+                try:
+                    return await self._apply(conn, session, items)
+                finally:
+                    await session.close()
+
+        return await write_retrying(attempt, busy_patience=BUSY_PATIENCE, retries=RETRIES)
 
     async def _apply(
         self, conn: AsyncConnection, session: AsyncSession, items: Sequence[_Item]

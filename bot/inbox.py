@@ -23,11 +23,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from backend.db import write_retrying
 from backend.models import InboundEvent, ProcessBeat, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
@@ -81,6 +84,7 @@ class Inbox:
         spool: Spool | None = None,
         poll_interval: float = 1.0,
     ) -> None:
+        self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._dialect = engine.dialect.name
         self._presence = presence
@@ -185,12 +189,15 @@ class Inbox:
         ]
         if not values:
             return
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                dialect_insert(self._dialect, InboundEvent)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["channel", "event_key"])
-            )
+
+        def insert(conn: Connection) -> None:
+            conn.execute(_insert(self._dialect), values)
+
+        async def attempt() -> None:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(insert)
+
+        await write_retrying(attempt, busy_patience=STORE_LIMIT)
 
     async def _drain_forever(self, spool: Spool) -> None:
         while True:
@@ -249,101 +256,18 @@ class Inbox:
                 raise TimeoutError("the inbox did not drain")
 
     async def _claim(self) -> dict[tuple[str, str], list[_Leased]]:
-        """Lease the waiting updates of up to CHATS chats whose oldest waiting update is
-        free for this process (no one's, this process's, or a dead process's)."""
+        return await write_retrying(self._claim_once, busy_patience=STORE_LIMIT)
+
+    async def _claim_once(self) -> dict[tuple[str, str], list[_Leased]]:
         mono = asyncio.get_running_loop().time()
         self._cooling = {c: v for c, v in self._cooling.items() if v[0] > mono}
-        me = self._presence.id
+        skip = self._busy | set(self._cooling)
         take_over = self._presence.may_take_over()
-        async with self._sessions() as session, session.begin():
-            heads = (
-                select(func.min(InboundEvent.id))
-                .where(
-                    InboundEvent.handled_at.is_(None),
-                    InboundEvent.channel.in_(list(self._readers)),
-                )
-                .group_by(InboundEvent.channel, InboundEvent.chat_id)
-            )
-            found = list(
-                await session.execute(
-                    select(
-                        InboundEvent.id,
-                        InboundEvent.channel,
-                        InboundEvent.chat_id,
-                        InboundEvent.lease_owner,
-                    )
-                    .where(InboundEvent.id.in_(heads))
-                    .order_by(InboundEvent.id)
-                )
-            )
-            if not found:
-                return {}
-            alive = (
-                set(
-                    await session.scalars(
-                        select(ProcessBeat.id).where(
-                            ProcessBeat.seen_at > self._presence.alive_after()
-                        )
-                    )
-                )
-                if take_over
-                else set()
-            )
-            chosen: dict[tuple[str, str], int] = {}
-            for head, channel, chat_id, owner in found:
-                chat = (channel, chat_id)
-                if chat in self._busy or chat in self._cooling:
-                    continue
-                if owner is None or owner == me or (take_over and owner not in alive):
-                    chosen[chat] = head
-                if len(chosen) >= CHATS:
-                    break
-            if not chosen:
-                return {}
-            by_channel: dict[str, list[str]] = {}
-            for channel, chat_id in chosen:
-                by_channel.setdefault(channel, []).append(chat_id)
-            got: dict[tuple[str, str], list[_Leased]] = {}
-            for channel, chat_ids in by_channel.items():
-                leased = await session.execute(
-                    update(InboundEvent)
-                    .where(
-                        InboundEvent.handled_at.is_(None),
-                        InboundEvent.channel == channel,
-                        InboundEvent.chat_id.in_(chat_ids),
-                        self._presence.free_for_me(InboundEvent.lease_owner),
-                    )
-                    .values(lease_owner=me)
-                    .returning(
-                        InboundEvent.id,
-                        InboundEvent.channel,
-                        InboundEvent.chat_id,
-                        InboundEvent.body,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                for row_id, ch, chat_id, body in leased:
-                    got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body))
-            # A chat whose oldest update another process leased meanwhile is its: hand
-            # back the newer ones this claim took.
-            lost = [
-                r.id
-                for chat, rows in got.items()
-                if chosen.get(chat) not in {r.id for r in rows}
-                for r in rows
-            ]
-            if lost:
-                await session.execute(
-                    update(InboundEvent)
-                    .where(InboundEvent.id.in_(lost), InboundEvent.lease_owner == me)
-                    .values(lease_owner=None)
-                    .execution_options(synchronize_session=False)
-                )
-        return {
-            chat: sorted(rows, key=lambda r: r.id)
-            for chat, rows in got.items()
-            if chosen.get(chat) in {r.id for r in rows}
-        }
+        me, after = self._presence.id, self._presence.alive_after()
+        sql = _claim_statements(self._dialect)
+        channels = list(self._readers)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(sql.claim, channels, skip, me, after, take_over)
 
     async def _handle_chat(self, chat: tuple[str, str], rows: list[_Leased]) -> None:
         """Read a chat's updates (their photos fetched side by side), then hand them to
@@ -387,25 +311,142 @@ class Inbox:
             return None
 
     async def _mark_handled(self, ids: list[int]) -> None:
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id.in_(ids))
-                .values(handled_at=utcnow(), lease_owner=None)
-                .execution_options(synchronize_session=False)
-            )
+        async def attempt() -> None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id.in_(ids))
+                    .values(handled_at=utcnow(), lease_owner=None)
+                    .execution_options(synchronize_session=False)
+                )
+
+        await write_retrying(attempt, busy_patience=STORE_LIMIT)
 
     async def _prune(self) -> None:
         now = utcnow()
         if self._pruned_at is not None and now - self._pruned_at < timedelta(hours=1):
             return
         self._pruned_at = now
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                delete(InboundEvent).where(
-                    InboundEvent.handled_at.is_not(None), InboundEvent.received_at < now - KEEP
+
+        async def attempt() -> None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    delete(InboundEvent).where(
+                        InboundEvent.handled_at.is_not(None),
+                        InboundEvent.received_at < now - KEEP,
+                    )
                 )
+
+        await write_retrying(attempt, busy_patience=STORE_LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimSQL:
+    """The claim's statements, built once (building costs more than running them)."""
+
+    heads: Any
+    alive: Any
+    lease: Any
+    lease_from_dead: Any
+    release: Any
+
+    def claim(
+        self,
+        conn: Connection,
+        channels: list[str],
+        skip: set[tuple[str, str]],
+        me: str,
+        after: datetime,
+        take_over: bool,
+    ) -> dict[tuple[str, str], list[_Leased]]:
+        """Lease the waiting updates of up to CHATS chats whose oldest waiting update is
+        free for this process (no one's, this process's, or a dead process's)."""
+        found = list(conn.execute(self.heads, {"channels": channels}))
+        if not found:
+            return {}
+        alive = set(conn.scalars(self.alive, {"after": after})) if take_over else set()
+        chosen: dict[tuple[str, str], int] = {}
+        for head, channel, chat_id, owner in found:
+            chat = (channel, chat_id)
+            if chat in skip:
+                continue
+            if owner is None or owner == me or (take_over and owner not in alive):
+                chosen[chat] = head
+                if len(chosen) >= CHATS:
+                    break
+        if not chosen:
+            return {}
+        by_channel: dict[str, list[str]] = {}
+        for channel, chat_id in chosen:
+            by_channel.setdefault(channel, []).append(chat_id)
+        lease = self.lease_from_dead if take_over else self.lease
+        got: dict[tuple[str, str], list[_Leased]] = {}
+        for channel, chat_ids in by_channel.items():
+            params = {"b_channel": channel, "b_ids": chat_ids, "b_me": me, "after": after}
+            for row_id, ch, chat_id, body in conn.execute(lease, params):
+                got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body))
+        # A chat whose oldest update another process leased meanwhile is that process's:
+        # hand back the newer ones this claim took.
+        mine: dict[tuple[str, str], list[_Leased]] = {}
+        lost: list[int] = []
+        for chat, rows in got.items():
+            rows.sort(key=lambda r: r.id)
+            if rows[0].id == chosen.get(chat):
+                mine[chat] = rows
+            else:
+                lost.extend(r.id for r in rows)
+        if lost:
+            conn.execute(self.release, {"b_ids": lost, "b_me": me})
+        return mine
+
+
+@cache
+def _claim_statements(dialect: str) -> _ClaimSQL:
+    e = cast(Table, InboundEvent.__table__).c
+    waiting = e.handled_at.is_(None)
+    heads = (
+        select(e.id, e.channel, e.chat_id, e.lease_owner)
+        .where(
+            e.id.in_(
+                select(func.min(e.id))
+                .where(waiting, e.channel.in_(bindparam("channels", expanding=True)))
+                .group_by(e.channel, e.chat_id)
             )
+        )
+        .order_by(e.id)
+    )
+    alive = select(ProcessBeat.id).where(ProcessBeat.seen_at > bindparam("after"))
+    chats = (
+        waiting,
+        e.channel == bindparam("b_channel"),
+        e.chat_id.in_(bindparam("b_ids", expanding=True)),
+    )
+    mine = or_(e.lease_owner.is_(None), e.lease_owner == bindparam("b_me"))
+    returning = (e.id, e.channel, e.chat_id, e.body)
+    table = cast(Table, InboundEvent.__table__)
+    return _ClaimSQL(
+        heads=heads,
+        alive=alive,
+        lease=update(table)
+        .where(*chats, mine)
+        .values(lease_owner=bindparam("b_me"))
+        .returning(*returning),
+        lease_from_dead=update(table)
+        .where(*chats, or_(mine, e.lease_owner.not_in(alive)))
+        .values(lease_owner=bindparam("b_me"))
+        .returning(*returning),
+        release=update(table)
+        .where(e.id.in_(bindparam("b_ids", expanding=True)), e.lease_owner == bindparam("b_me"))
+        .values(lease_owner=None),
+    )
+
+
+@cache
+def _insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING of updates, built once: run as an executemany."""
+    return dialect_insert(dialect, cast(Table, InboundEvent.__table__)).on_conflict_do_nothing(
+        index_elements=["channel", "event_key"]
+    )
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

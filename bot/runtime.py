@@ -124,7 +124,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     app[OUTBOX] = outbox
     presence = app[PRESENCE]
     inbox = Inbox(
-        app[ENGINE],
+        writer if writer is not None else app[ENGINE],
         presence,
         dispatcher,
         spool=Spool(settings.spool_dir, presence.id),

@@ -12,6 +12,9 @@ to record what they did before anyone else takes their work.
 
 The clocks of the machines must agree to well under a second (NTP): beats are stamped
 by the process that writes them.
+
+On SQLite there is one process (see DESIGN.md): it holds every duty, any lease another
+owner left is a dead process's, and nothing is written for a beat.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, false, or_, select, update
+from sqlalchemy import ColumnElement, delete, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -51,7 +54,9 @@ class Presence:
         beat: float = BEAT,
         dead_after: float = DEAD_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        alone: bool | None = None,
     ) -> None:
+        """alone: the only process there can be (by default, on SQLite)."""
         self.id = secrets.token_hex(8)
         self._sessions = sessions
         self._beat = beat
@@ -65,6 +70,10 @@ class Presence:
         self._changed = asyncio.Event()
         self._quiet = Quiet("presence")
         self._started_at = utcnow()
+        if alone is None:
+            bind = sessions.kw.get("bind")
+            alone = bind is not None and bind.dialect.name == "sqlite"
+        self._alone = alone
 
     # --- what the others ask ---------------------------------------------------------------
 
@@ -81,10 +90,14 @@ class Presence:
         )
 
     def holds(self, duty: str) -> bool:
+        if self._alone:
+            return duty in self._wanted
         return duty in self._held and self.alive()
 
     def may_take_over(self) -> bool:
         """Whether this process has beaten long enough without a gap to judge others dead."""
+        if self._alone:
+            return True
         return (
             self.alive()
             and self._steady_since is not None
@@ -94,6 +107,8 @@ class Presence:
     def free_for_me(self, owner: InstrumentedAttribute[str | None]) -> ColumnElement[bool]:
         """SQL: the row's lease (its owner column) is free for this process: no owner,
         this process, or (once it may take over) an owner that is dead."""
+        if self._alone:
+            return true()
         mine = or_(owner.is_(None), owner == self.id)
         if not self.may_take_over():
             return mine
@@ -128,6 +143,8 @@ class Presence:
     async def beat(self) -> None:
         """Show this process is alive; take the wanted duties that are free; learn which
         duties it holds."""
+        if self._alone:
+            return
         take_over = self.may_take_over()
         now = utcnow()
         async with self._sessions() as session, session.begin():
@@ -191,6 +208,8 @@ class Presence:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         self._held = frozenset()
+        if self._alone:
+            return
         try:
             async with self._sessions() as session, session.begin():
                 await session.execute(

@@ -45,10 +45,22 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("inbound_events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_owner", sa.String(length=32), nullable=True))
+        batch_op.drop_index(batch_op.f("ix_inbound_events_pending"))
+        batch_op.create_index(
+            batch_op.f("ix_inbound_events_waiting"),
+            ["channel", "chat_id", "id"],
+            unique=False,
+            sqlite_where=sa.text("handled_at IS NULL"),
+            postgresql_where=sa.text("handled_at IS NULL"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("inbound_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_inbound_events_waiting"))
+        batch_op.create_index(
+            batch_op.f("ix_inbound_events_pending"), ["handled_at", "id"], unique=False
+        )
         batch_op.drop_column("lease_owner")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_heads"))

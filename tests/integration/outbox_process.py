@@ -46,9 +46,11 @@ async def start_outbox(
     *,
     max_attempts: int = 8,
     poll_interval: float = 1.0,
+    alone: bool | None = None,
 ) -> Process:
-    """A process's Telegram sender, beating, its worker not started yet."""
-    presence = Presence(sessions)
+    """A process's Telegram sender, beating, its worker not started yet. alone=False: one
+    of several processes, as on PostgreSQL, whatever the database."""
+    presence = Presence(sessions, alone=alone)
     dispatcher = Dispatcher(engine, Services(WardIndex([])), {})
     channel = TelegramChannel(settings, Inbox(engine, presence, dispatcher), presence)
     await channel.bot.initialize()

@@ -41,7 +41,10 @@ async def test_a_duty_has_one_holder_and_passes_on_only_from_the_dead(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = Clock()
-    first, second = Presence(sessions, clock=clock), Presence(sessions, clock=clock)
+    first, second = (
+        Presence(sessions, clock=clock, alone=False),
+        Presence(sessions, clock=clock, alone=False),
+    )
     for p in (first, second):
         p.want("poll")
     await first.beat()
@@ -63,7 +66,10 @@ async def test_after_an_outage_no_one_takes_over_at_once(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = Clock()
-    holder, other = Presence(sessions, clock=clock), Presence(sessions, clock=clock)
+    holder, other = (
+        Presence(sessions, clock=clock, alone=False),
+        Presence(sessions, clock=clock, alone=False),
+    )
     holder.want("poll")
     other.want("poll")
     await holder.beat()
@@ -83,7 +89,7 @@ async def test_after_an_outage_no_one_takes_over_at_once(
 async def test_a_process_that_stops_hands_its_duties_back(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    first, second = Presence(sessions), Presence(sessions)
+    first, second = Presence(sessions, alone=False), Presence(sessions, alone=False)
     first.want("poll")
     second.want("poll")
     await first.beat()
