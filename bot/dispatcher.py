@@ -19,7 +19,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Insert, Select, Table, bindparam, insert, select, update
+from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,12 +28,15 @@ from backend.models import Conversation, InboundEvent, OutboxMessage, ProcessedU
 from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
 from bot.batching import Batches, Pending
+from bot.spool import Stored
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
 from handlers.turn import FollowUp, Services, Turn
 
 log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
 
 # How long a batch waits for SQLite's write lock before it counts as failed (seconds).
 BUSY_PATIENCE = 30.0
@@ -58,6 +61,22 @@ class _Statements:
     save_states: Any
     outbox: Insert
     handled: Any
+    store_rows: Any
+    heads: Any
+    # PostgreSQL: a new chat's row made before it is locked, so that two processes
+    # starting the same chat take turns on it (a lock needs a row).
+    placeholder: Any | None
+
+    def store(self, conn: Connection, items: Sequence[Stored], now: datetime) -> dict[Key, int]:
+        rows = conn.execute(self.store_rows, [_stored_row(i, now) for i in items])
+        return {(str(c), str(k)): int(i) for i, c, k in rows}
+
+    def waiting_heads(self, conn: Connection, chats: Mapping[str, list[str]]) -> dict[Key, int]:
+        heads: dict[Key, int] = {}
+        for channel, chat_ids in chats.items():
+            for chat_id, head in conn.execute(self.heads, {"b_channel": channel, "ids": chat_ids}):
+                heads[(channel, str(chat_id))] = int(head)
+        return heads
 
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded:
         """Record the batch's updates as handled, and load the chats of the new ones.
@@ -72,7 +91,26 @@ class _Statements:
             [{"channel": c, "update_id": u, "processed_at": now} for c, u in keys],
         )
         loaded = _Loaded(fresh={(c, u) for c, u in claimed})
-        for channel, chat_ids in loaded.chats_to_load(events):
+        to_load = loaded.chats_to_load(events)
+        if self.placeholder is not None and to_load:
+            languages = {(e.channel, e.chat_id): pick_language(e.language) for e in events}
+            conn.execute(
+                self.placeholder,
+                [
+                    {
+                        "channel": channel,
+                        "chat_id": chat_id,
+                        "state": "idle",
+                        "data": {},
+                        "language": languages[(channel, chat_id)],
+                        "updated_at": now,
+                    }
+                    # In one order everywhere, so that two batches never wait on each other.
+                    for channel, chat_ids in sorted(to_load)
+                    for chat_id in sorted(chat_ids)
+                ],
+            )
+        for channel, chat_ids in to_load:
             rows = conn.execute(self.states, {"channel": channel, "ids": chat_ids})
             for chat_id, state, language, data, reporter_id in rows:
                 loaded.add(channel, chat_id, state, language, data, reporter_id)
@@ -121,6 +159,33 @@ class _SQLiteStatements:
         " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     _HANDLED = "UPDATE inbound_events SET handled_at = ?, lease_owner = NULL WHERE id IN ({})"
+    _STORE = (
+        "INSERT INTO inbound_events (channel, event_key, chat_id, body, received_at) VALUES {}"
+        " ON CONFLICT DO NOTHING RETURNING id, channel, event_key"
+    )
+    _HEADS = (
+        "SELECT chat_id, min(id) FROM inbound_events WHERE handled_at IS NULL AND channel = ?"
+        " AND chat_id IN ({}) GROUP BY chat_id"
+    )
+
+    def store(self, conn: Connection, items: Sequence[Stored], now: datetime) -> dict[Key, int]:
+        stamp = sqlite_timestamp(now)
+        rows = self._raw(conn).execute(
+            self._STORE.format(", ".join(["(?, ?, ?, ?, ?)"] * len(items))),
+            [v for i in items for v in (i.channel, i.key, i.chat_id, json.dumps(i.body), stamp)],
+        )
+        return {(str(c), str(k)): int(i) for i, c, k in rows}
+
+    def waiting_heads(self, conn: Connection, chats: Mapping[str, list[str]]) -> dict[Key, int]:
+        raw = self._raw(conn)
+        heads: dict[Key, int] = {}
+        for channel, chat_ids in chats.items():
+            rows = raw.execute(
+                self._HEADS.format(", ".join("?" * len(chat_ids))), [channel, *chat_ids]
+            )
+            for chat_id, head in rows:
+                heads[(channel, str(chat_id))] = int(head)
+        return heads
 
     @staticmethod
     def _raw(conn: Connection) -> sqlite3.Connection:
@@ -232,6 +297,16 @@ class _Loaded:
         return self.before.get(chat) != (st.state, st.language, st.data, st.reporter_id)
 
 
+def _stored_row(item: Stored, now: datetime) -> dict[str, Any]:
+    return {
+        "channel": item.channel,
+        "event_key": item.key,
+        "chat_id": item.chat_id,
+        "body": item.body,
+        "received_at": now,
+    }
+
+
 def _by_channel(events: Sequence[Incoming]) -> dict[str, list[Incoming]]:
     groups: dict[str, list[Incoming]] = {}
     for event in events:
@@ -240,6 +315,14 @@ def _by_channel(events: Sequence[Incoming]) -> dict[str, list[Incoming]]:
 
 
 class _BatchSQL(Protocol):
+    def store(self, conn: Connection, items: Sequence[Stored], now: datetime) -> dict[Key, int]:
+        """Insert the updates not stored before: {(channel, key): id} of those."""
+        ...
+
+    def waiting_heads(self, conn: Connection, chats: Mapping[str, list[str]]) -> dict[Key, int]:
+        """The oldest waiting update of each chat ({channel: chat ids})."""
+        ...
+
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded: ...
 
     def save(
@@ -259,6 +342,7 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
     processed = cast(Table, ProcessedUpdate.__table__)
     conversations = cast(Table, Conversation.__table__)
     inbound = cast(Table, InboundEvent.__table__)
+    e = inbound.c
     c = conversations.c
     states = select(c.chat_id, c.state, c.language, c.data, c.reporter_id).where(
         c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True))
@@ -281,6 +365,21 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
         handled=update(inbound)
         .where(inbound.c.id.in_(bindparam("ids", expanding=True)))
         .values(handled_at=bindparam("now"), lease_owner=None),
+        store_rows=dialect_insert(dialect, inbound)
+        .on_conflict_do_nothing(index_elements=["channel", "event_key"])
+        .returning(e.id, e.channel, e.event_key),
+        heads=select(e.chat_id, func.min(e.id))
+        .where(
+            e.handled_at.is_(None),
+            e.channel == bindparam("b_channel"),
+            e.chat_id.in_(bindparam("ids", expanding=True)),
+        )
+        .group_by(e.chat_id),
+        placeholder=dialect_insert(dialect, conversations).on_conflict_do_nothing(
+            index_elements=["channel", "chat_id"]
+        )
+        if dialect == "postgresql"
+        else None,
     )
 
 
@@ -289,9 +388,14 @@ StepFn = Callable[[Turn, Incoming], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    event: Incoming
+    # What the dialogue takes; None for an update only to store (its photo is fetched
+    # first, by the inbox's worker).
+    event: Incoming | None
     # The stored inbound event it was read from, marked handled in the same transaction.
     inbound_id: int | None
+    # An update to store in the same transaction, handled there too when its chat has
+    # nothing older waiting.
+    stored: Stored | None = None
 
 
 class Dispatcher:
@@ -304,6 +408,7 @@ class Dispatcher:
         capabilities: Mapping[str, Capabilities],
         *,
         on_commit: Callable[[], None] = lambda: None,
+        on_waiting: Callable[[], None] = lambda: None,
         step: StepFn = dialogue_step,
         max_batch: int = 256,
     ) -> None:
@@ -312,6 +417,8 @@ class Dispatcher:
         self._services = services
         self._capabilities = capabilities
         self._on_commit = on_commit
+        self.on_waiting = on_waiting
+        self._left_waiting = False
         self._step = step
         self._batches: Batches[_Item] = Batches("dispatcher", self._process, max_batch)
         self._follow_ups: set[asyncio.Task[None]] = set()
@@ -322,6 +429,12 @@ class Dispatcher:
         """Queue an event; the future resolves once its outcome is committed, and fails
         when the database did not take it (the event is then not handled: try again)."""
         return self._batches.submit(_Item(event, inbound_id))
+
+    def submit_stored(self, stored: Stored, ready: Incoming | None) -> asyncio.Future[None]:
+        """Store an update, and handle it in the same transaction when it is ready (read
+        without fetching anything) and its chat has no older update waiting; otherwise
+        it waits for the inbox's worker. The future resolves once it is stored."""
+        return self._batches.submit(_Item(ready, None, stored))
 
     async def handle(self, event: Incoming) -> None:
         await self.submit(event)
@@ -351,13 +464,15 @@ class Dispatcher:
                     except Exception as one:
                         await self._settle_failure(p, one)
             else:
-                for p in batch:
-                    await self._settle_failure(p, exc)
+                await self._settle_failure(batch[0], exc)
         self.batches += 1
         for p in batch:
             if not p.done.done():
                 p.done.set_result(None)
         self._on_commit()
+        if self._left_waiting:
+            self._left_waiting = False
+            self.on_waiting()
         for follow_up in follow_ups:
             task = asyncio.create_task(self._follow(follow_up))
             self._follow_ups.add(task)
@@ -366,21 +481,39 @@ class Dispatcher:
     async def _settle_failure(self, pending: Pending[_Item], exc: Exception) -> None:
         """A failure the database may not meet again (a lock, a race, an outage) fails
         the submitter, who tries again later; nothing is marked done. Any other failure
-        is the update's own: it is recorded as handled, with an apology to the resident."""
-        if is_retryable(exc):
+        is the update's own: it is recorded as handled, with an apology to the resident.
+        An update to store is then stored alone, for the worker to try."""
+        stored = pending.item.stored
+        if stored is not None and not is_retryable(exc):
+            try:
+                await self._store_alone(stored)
+                pending.done.set_result(None)
+            except Exception as failed:
+                pending.done.set_exception(failed)
+            return
+        if is_retryable(exc) or pending.item.event is None:
             self._quiet.failed(exc, "could not commit an update; it will be tried again")
             pending.done.set_exception(exc)
             return
+        event = pending.item.event
         log.error(
             "update %s/%s could not be handled; state unchanged",
-            pending.item.event.channel,
-            pending.item.event.update_id,
+            event.channel,
+            event.update_id,
             exc_info=exc,
         )
         try:
             await self._commit_failure(pending.item)
         except Exception as failed:
             pending.done.set_exception(failed)
+
+    async def _store_alone(self, stored: Stored) -> None:
+        async def attempt() -> None:
+            async with self._engine.begin() as conn:
+                sql = _statements(conn.dialect.name, conn.dialect.driver)
+                await conn.run_sync(sql.store, [stored], utcnow())
+
+        await write_retrying(attempt, busy_patience=BUSY_PATIENCE, retries=RETRIES)
 
     async def _follow(self, follow_up: FollowUp) -> None:
         """Run work left for after the commit; its event is handled like an update."""
@@ -413,8 +546,11 @@ class Dispatcher:
         # database costs more than the dialogue logic of one update.
         sql = _statements(conn.dialect.name, conn.dialect.driver)
         now = utcnow()
-        events = [item.event for item in items]
-        handled = [item.inbound_id for item in items if item.inbound_id is not None]
+        runnable = await self._store(conn, sql, items, now)
+        events = [item.event for item in runnable if item.event is not None]
+        handled = [item.inbound_id for item in runnable if item.inbound_id is not None]
+        if not events:
+            return []
         loaded = await conn.run_sync(sql.load, events, now)
         states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
@@ -471,9 +607,49 @@ class Dispatcher:
         await conn.run_sync(sql.save, conversations, outbox, handled, now)
         return follow_ups
 
+    async def _store(
+        self, conn: AsyncConnection, sql: _BatchSQL, items: Sequence[_Item], now: datetime
+    ) -> list[_Item]:
+        """Store the batch's updates to store; return what to handle now: the events
+        submitted as such, and the stored updates that are ready and first in their chat
+        (each chat's, in order, up to the first that is not ready)."""
+        to_store = [item for item in items if item.stored is not None]
+        if not to_store:
+            return list(items)
+        ids = await conn.run_sync(sql.store, [i.stored for i in to_store if i.stored], now)
+        new: dict[Key, list[tuple[int, _Item]]] = {}
+        for item in to_store:
+            assert item.stored is not None  # noqa: S101 - filtered above
+            row_id = ids.pop((item.stored.channel, item.stored.key), None)
+            if row_id is not None:
+                chat = (item.stored.channel, item.stored.chat_id)
+                new.setdefault(chat, []).append((row_id, item))
+        chats: dict[str, list[str]] = {}
+        for channel, chat_id in new:
+            chats.setdefault(channel, []).append(chat_id)
+        heads = await conn.run_sync(sql.waiting_heads, chats) if chats else {}
+        now_ready: dict[int, _Item] = {}
+        for chat, rows in new.items():
+            rows.sort(key=lambda r: r[0])
+            if rows[0][0] != heads.get(chat):
+                continue  # older updates of this chat wait: the worker takes it
+            for row_id, item in rows:
+                if item.event is None:
+                    break
+                now_ready[id(item)] = _Item(item.event, row_id)
+        if new and len(now_ready) < sum(len(rows) for rows in new.values()):
+            self._left_waiting = True
+        return [
+            now_ready[id(item)] if item.stored is not None else item
+            for item in items
+            if item.stored is None or id(item) in now_ready
+        ]
+
     async def _commit_failure(self, item: _Item) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""
         event = item.event
+        if event is None:
+            return
         async with self._sessions() as session, session.begin():
             if item.inbound_id is not None:
                 await session.execute(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -35,7 +35,6 @@ from backend.models import InboundEvent, ProcessBeat, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert
-from bot.batching import Batches, Pending
 from bot.dispatcher import Dispatcher
 from bot.spool import Spool, Stored
 from bot.tasks import cancel
@@ -92,7 +91,6 @@ class Inbox:
         self._spool = spool
         self._poll_interval = poll_interval
         self._readers: dict[str, Reader] = {}
-        self._stores: Batches[Stored] = Batches("inbox-store", self._store)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -107,8 +105,11 @@ class Inbox:
     def add_reader(self, channel: str, reader: Reader) -> None:
         self._readers[channel] = reader
 
+    def wake(self) -> None:
+        """Look for waiting updates now (some were stored and left for the worker)."""
+        self._wake.set()
+
     def start(self) -> None:
-        self._stores.start()
         self._task = asyncio.create_task(self._run(), name="inbox")
         if self._spool is not None:
             self._drainer = asyncio.create_task(
@@ -124,7 +125,6 @@ class Inbox:
             await asyncio.wait(self._chats, timeout=5.0)
             for task in list(self._chats):
                 await cancel(task)
-        await self._stores.stop()
 
     # --- storing ---------------------------------------------------------------------------
 
@@ -136,8 +136,11 @@ class Inbox:
         body: Mapping[str, Any],
         *,
         spool: bool = False,
+        ready: Incoming | None = None,
     ) -> None:
         """Store an update (a repeated key is stored once); return once it is durable.
+        ready: the update as the dialogue takes it, when reading it fetches nothing: it
+        is then handled in the transaction that stores it, when its chat can be.
 
         With `spool` (for a platform that neither waits long nor sends again), an update
         the database does not take within STORE_PATIENCE (or while older ones wait in
@@ -150,7 +153,7 @@ class Inbox:
         if local is not None and local.waiting():
             await local.append(item)
             return
-        stored = self._stores.submit(item)
+        stored = self._dispatcher.submit_stored(item, ready)
         patience = STORE_PATIENCE if local is not None else STORE_LIMIT
         try:
             await asyncio.wait_for(asyncio.shield(stored), patience)
@@ -165,15 +168,6 @@ class Inbox:
             raise NotStored(why)
         log.warning("a %s update went to the spool: %s", channel, why)
         await local.append(item)
-
-    async def _store(self, batch: Sequence[Pending[Stored]]) -> None:
-        """Insert the batch's updates in one transaction, then wake the workers."""
-        rows = {(p.item.channel, p.item.key): p.item for p in batch}
-        await self.store_rows(rows.values())
-        self._store_quiet.recovered()
-        for p in batch:
-            p.done.set_result(None)
-        self._wake.set()
 
     async def store_rows(self, items: Iterable[Stored]) -> None:
         now = utcnow()

@@ -131,6 +131,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
         poll_interval=settings.outbox_poll_interval,
     )
     app[INBOX] = inbox
+    dispatcher.on_waiting = inbox.wake
     channels: list[TelegramChannel | ZaloOAChannel | ZaloBotChannel] = []
     if settings.telegram_token is None:
         log.warning("no HOTLINE_TELEGRAM_TOKEN: Telegram is off")

@@ -161,8 +161,12 @@ class TelegramChannel:
         """Store an update for the dialogue, when there is something in it for it."""
         update = read(TelegramUpdate, data)
         chat_id = self.chat_of(update)
-        if chat_id is not None:
-            await self._inbox.accept(CHANNEL, str(update.update_id), chat_id, data)
+        if chat_id is None:
+            return
+        msg = update.message
+        fetches = msg is not None and bool(msg.photo or msg.document)
+        ready = None if fetches else await self.to_incoming(update)
+        await self._inbox.accept(CHANNEL, str(update.update_id), chat_id, data, ready=ready)
 
     async def read(self, body: Mapping[str, Any]) -> Incoming | None:
         """A stored update as the dialogue takes it, its photo fetched and stored first."""

@@ -29,16 +29,18 @@ async def inbox(
 ) -> AsyncIterator[Inbox]:
     presence = Presence(sessions)
     await presence.beat()
+    dispatcher = Dispatcher(writer, Services(wards=WardIndex([])), {})
     box = Inbox(
         engine,
         presence,
-        Dispatcher(writer, Services(wards=WardIndex([])), {}),
+        dispatcher,
         spool=Spool(tmp_path / "spool", presence.id),
         poll_interval=0.1,
     )
-    box._stores.start()
+    dispatcher.start()
     yield box
     await box.stop()
+    await dispatcher.stop()
 
 
 async def stored(sessions: async_sessionmaker[AsyncSession]) -> int:
