@@ -114,15 +114,21 @@ async def error_replies(engine: AsyncEngine) -> int:
 CHATS = range(7000, 7050)
 
 
+async def race(start_process: Start, engine: AsyncEngine, first: str, second: str) -> None:
+    """Each chat's first update to one process, its second to another, at the same moment;
+    wait until all are handled."""
+    one, other = await start_process(), await start_process()
+    await asyncio.gather(
+        *(one.send(2 * chat, chat, first) for chat in CHATS),
+        *(other.send(2 * chat + 1, chat, second) for chat in CHATS),
+    )
+    await settle(engine, 2 * len(CHATS))
+
+
 async def test_start_and_a_language_change_on_two_processes_both_take_effect(
     start_process: Start, engine: AsyncEngine
 ) -> None:
-    first, second = await start_process(), await start_process()
-    await asyncio.gather(
-        *(first.send(2 * chat, chat, "/start") for chat in CHATS),
-        *(second.send(2 * chat + 1, chat, "/lang en") for chat in CHATS),
-    )
-    await settle(engine, 2 * len(CHATS))
+    await race(start_process, engine, "/start", "/lang en")
     async with session_factory(engine)() as session:
         languages = list(await session.scalars(select(Conversation.language)))
     assert len(languages) == len(CHATS)
@@ -133,12 +139,7 @@ async def test_start_and_a_language_change_on_two_processes_both_take_effect(
 async def test_two_starts_of_one_new_chat_on_two_processes_give_no_error(
     start_process: Start, engine: AsyncEngine
 ) -> None:
-    first, second = await start_process(), await start_process()
-    await asyncio.gather(
-        *(first.send(2 * chat, chat, "/start") for chat in CHATS),
-        *(second.send(2 * chat + 1, chat, "/start") for chat in CHATS),
-    )
-    await settle(engine, 2 * len(CHATS))
+    await race(start_process, engine, "/start", "/start")
     async with session_factory(engine)() as session:
         chats = await session.scalar(select(func.count()).select_from(Conversation))
     assert chats == len(CHATS)
