@@ -22,7 +22,24 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/hotline.db"
+    # PostgreSQL behind PgBouncer in transaction mode: no prepared-statement cache.
+    database_pgbouncer: bool = False
+    # PostgreSQL: how long the intake path waits for a lock, and for any one statement,
+    # before it gives up (the platform then redelivers), in milliseconds.
+    database_lock_timeout_ms: int = 2000
+    database_statement_timeout_ms: int = 10000
+    # How often a process looks whether another changed the reference data (boundaries,
+    # the deadline policy), in seconds.
+    reference_check_interval: float = 5.0
     media_dir: Path = Path("./var/media")
+    # Where photos are kept: empty for media_dir on local disk, a local folder
+    # (file:///path or a plain path), or s3://bucket/prefix for an S3-compatible store
+    # (MinIO, Ceph, cloud object storage) reached at s3_endpoint_url with these keys.
+    media_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     # Where updates wait on local disk while the database is slower than Zalo waits.
     spool_dir: Path = Path("./var/spool")
 
