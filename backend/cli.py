@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
-from backend.db import create_engine, session_factory
+from backend.db import engine_for, session_factory
 from backend.migrate import upgrade
 from backend.models import utcnow
 from backend.services.accounts import ROLES, create_user
@@ -171,7 +171,7 @@ T = TypeVar("T")
 
 async def in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run one command's database work in a transaction on a short-lived engine."""
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with session_factory(engine)() as session, session.begin():
             return await work(session)

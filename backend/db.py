@@ -9,17 +9,20 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, pool
+from sqlalchemy import event, pool, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from backend.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +136,62 @@ def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         cur.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for the URL, with the SQLite pragmas this app relies on."""
+def create_engine(
+    url: str, *, pgbouncer: bool = False, intake_timeouts: tuple[int, int] = (2000, 10_000)
+) -> AsyncEngine:
+    """An async engine for the URL, with the SQLite pragmas this app relies on.
+
+    PostgreSQL: behind PgBouncer in transaction mode (pgbouncer), a server connection
+    serves another client after each transaction, so no statement is prepared for
+    later (asyncpg's cache and SQLAlchemy's are off). intake_timeouts: the lock and
+    statement timeouts (ms) that limit_waits() sets on the intake path's transactions.
+    """
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _sqlite_pragmas(engine, 30_000)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if pgbouncer:
+        connect_args = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    engine = create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _remember_timeouts(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_INTAKE_TIMEOUTS] = intake_timeouts
+
+    return engine
+
+
+def engine_for(settings: Settings) -> AsyncEngine:
+    """The configured database's engine."""
+    return create_engine(
+        settings.database_url,
+        pgbouncer=settings.database_pgbouncer,
+        intake_timeouts=(
+            settings.database_lock_timeout_ms,
+            settings.database_statement_timeout_ms,
+        ),
+    )
+
+
+_INTAKE_TIMEOUTS = "hotline_intake_timeouts"
+# Transaction-local (the third argument), so it holds behind PgBouncer too.
+_SET_TIMEOUTS = text(
+    "SELECT set_config('lock_timeout', :lock, true), "
+    "set_config('statement_timeout', :statement, true)"
+)
+
+
+async def limit_waits(conn: AsyncConnection) -> None:
+    """On PostgreSQL, bound how long this transaction waits for a lock and runs one
+    statement (the intake path): a lock held elsewhere then gives a fast failure, and
+    the platform sends the update again, rather than a stalled webhook."""
+    limits = conn.info.get(_INTAKE_TIMEOUTS)
+    if limits is not None:
+        lock, statement = limits
+        await conn.execute(_SET_TIMEOUTS, {"lock": str(lock), "statement": str(statement)})
 
 
 def create_writer_engine(url: str) -> AsyncEngine | None:

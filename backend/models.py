@@ -451,6 +451,8 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The process sending it now (see Presence): a lease lasts while its owner lives.
     lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The request id of the update that made it (logs follow an update to its replies).
+    request_id: Mapped[str | None] = mapped_column(String(32), default=None)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -486,6 +488,8 @@ class InboundEvent(Base):
     handled_at: Mapped[datetime | None] = mapped_column(default=None)
     # The process handling it now (see Presence): a lease lasts while its owner lives.
     lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The webhook request that stored it (logs follow an update to its replies).
+    request_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
     __table_args__ = (
         UniqueConstraint("channel", "event_key"),
@@ -609,3 +613,27 @@ class Duty(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(32), default=None)
     since: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SharedLimit(Base):
+    """A rate limit every process keeps together (the geocoder's one request a second):
+    the next free slot and the end of a pause after a failure, in epoch seconds."""
+
+    __tablename__ = "shared_limits"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float, default=0.0)
+    down_until: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ReferenceVersion(Base):
+    """A version per kind of reference data (ward boundaries, the deadline policy): a
+    process that sees a newer one reloads it, without a restart. The deadline policy's
+    TOML is kept here too, so a file changed on one machine reaches every process."""
+
+    __tablename__ = "reference_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    content: Mapped[str | None] = mapped_column(Text, default=None)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)

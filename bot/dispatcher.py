@@ -23,7 +23,13 @@ from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select, u
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.db import InlineSQLiteDialect, is_retryable, sqlite_timestamp, write_retrying
+from backend.db import (
+    InlineSQLiteDialect,
+    is_retryable,
+    limit_waits,
+    sqlite_timestamp,
+    write_retrying,
+)
 from backend.models import Conversation, InboundEvent, OutboxMessage, ProcessedUpdate, utcnow
 from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
@@ -32,7 +38,8 @@ from bot.spool import Stored
 from handlers.core import step as dialogue_step
 from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
 from handlers.i18n import pick_language, translate
-from handlers.turn import FollowUp, Services, Turn
+from handlers.jobs import job_body, run_job
+from handlers.turn import Services, Turn
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +163,12 @@ class _SQLiteStatements:
     )
     _OUTBOX = (
         "INSERT INTO outbox (channel, chat_id, payload, status, attempts, created_at,"
-        " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " next_attempt_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
     _HANDLED = "UPDATE inbound_events SET handled_at = ?, lease_owner = NULL WHERE id IN ({})"
     _STORE = (
-        "INSERT INTO inbound_events (channel, event_key, chat_id, body, received_at) VALUES {}"
-        " ON CONFLICT DO NOTHING RETURNING id, channel, event_key"
+        "INSERT INTO inbound_events (channel, event_key, chat_id, body, received_at,"
+        " request_id) VALUES {} ON CONFLICT DO NOTHING RETURNING id, channel, event_key"
     )
     _HEADS = (
         "SELECT chat_id, min(id) FROM inbound_events WHERE handled_at IS NULL AND channel = ?"
@@ -171,8 +178,12 @@ class _SQLiteStatements:
     def store(self, conn: Connection, items: Sequence[Stored], now: datetime) -> dict[Key, int]:
         stamp = sqlite_timestamp(now)
         rows = self._raw(conn).execute(
-            self._STORE.format(", ".join(["(?, ?, ?, ?, ?)"] * len(items))),
-            [v for i in items for v in (i.channel, i.key, i.chat_id, json.dumps(i.body), stamp)],
+            self._STORE.format(", ".join(["(?, ?, ?, ?, ?, ?)"] * len(items))),
+            [
+                v
+                for i in items
+                for v in (i.channel, i.key, i.chat_id, json.dumps(i.body), stamp, i.request_id)
+            ],
         )
         return {(str(c), str(k)): int(i) for i, c, k in rows}
 
@@ -253,6 +264,7 @@ class _SQLiteStatements:
                         o["attempts"],
                         sqlite_timestamp(o["created_at"]),
                         sqlite_timestamp(o["next_attempt_at"]),
+                        o["request_id"],
                     )
                     for o in outbox
                 ],
@@ -304,6 +316,7 @@ def _stored_row(item: Stored, now: datetime) -> dict[str, Any]:
         "chat_id": item.chat_id,
         "body": item.body,
         "received_at": now,
+        "request_id": item.request_id,
     }
 
 
@@ -396,6 +409,8 @@ class _Item:
     # An update to store in the same transaction, handled there too when its chat has
     # nothing older waiting.
     stored: Stored | None = None
+    # The request that brought the update: its replies carry it (see backend.logs).
+    request_id: str | None = None
 
 
 class Dispatcher:
@@ -418,23 +433,32 @@ class Dispatcher:
         self._capabilities = capabilities
         self._on_commit = on_commit
         self.on_waiting = on_waiting
-        self._left_waiting = False
         self._step = step
         self._batches: Batches[_Item] = Batches("dispatcher", self._process, max_batch)
-        self._follow_ups: set[asyncio.Task[None]] = set()
         self._quiet = Quiet("dispatcher")
         self.batches = 0
 
-    def submit(self, event: Incoming, inbound_id: int | None = None) -> asyncio.Future[None]:
+    @property
+    def channels(self) -> list[str]:
+        """The channels whose updates this dispatcher handles."""
+        return list(self._capabilities)
+
+    def submit(
+        self, event: Incoming, inbound_id: int | None = None, request_id: str | None = None
+    ) -> asyncio.Future[None]:
         """Queue an event; the future resolves once its outcome is committed, and fails
         when the database did not take it (the event is then not handled: try again)."""
-        return self._batches.submit(_Item(event, inbound_id))
+        return self._batches.submit(_Item(event, inbound_id, request_id=request_id))
 
     def submit_stored(self, stored: Stored, ready: Incoming | None) -> asyncio.Future[None]:
         """Store an update, and handle it in the same transaction when it is ready (read
         without fetching anything) and its chat has no older update waiting; otherwise
         it waits for the inbox's worker. The future resolves once it is stored."""
-        return self._batches.submit(_Item(ready, None, stored))
+        return self._batches.submit(_Item(ready, None, stored, stored.request_id))
+
+    async def run_job(self, channel: str, chat_id: str, body: Mapping[str, Any]) -> Incoming:
+        """Do a job a turn stored (see handlers.turn.Job): its outcome, to submit."""
+        return await run_job(self._services, channel, chat_id, body)
 
     async def handle(self, event: Incoming) -> None:
         await self.submit(event)
@@ -443,16 +467,13 @@ class Dispatcher:
         self._batches.start()
 
     async def stop(self) -> None:
-        for task in list(self._follow_ups):
-            task.cancel()
-        await asyncio.gather(*self._follow_ups, return_exceptions=True)
         await self._batches.stop()
 
     async def _process(self, batch: Sequence[Pending[_Item]]) -> None:
         items = [p.item for p in batch]
-        follow_ups: list[FollowUp] = []
+        waiting = False
         try:
-            follow_ups = await self._commit(items)
+            waiting = await self._commit(items)
             self._quiet.recovered()
         except Exception as exc:
             if len(batch) > 1:
@@ -460,29 +481,25 @@ class Dispatcher:
                 log.warning("batch of %d failed; trying updates one by one", len(batch))
                 for p in batch:
                     try:
-                        follow_ups.extend(await self._commit([p.item]))
+                        waiting = await self._commit([p.item]) or waiting
                     except Exception as one:
-                        await self._settle_failure(p, one)
+                        waiting = await self._settle_failure(p, one) or waiting
             else:
-                await self._settle_failure(batch[0], exc)
+                waiting = await self._settle_failure(batch[0], exc)
         self.batches += 1
         for p in batch:
             if not p.done.done():
                 p.done.set_result(None)
         self._on_commit()
-        if self._left_waiting:
-            self._left_waiting = False
+        if waiting:
             self.on_waiting()
-        for follow_up in follow_ups:
-            task = asyncio.create_task(self._follow(follow_up))
-            self._follow_ups.add(task)
-            task.add_done_callback(self._follow_ups.discard)
 
-    async def _settle_failure(self, pending: Pending[_Item], exc: Exception) -> None:
+    async def _settle_failure(self, pending: Pending[_Item], exc: Exception) -> bool:
         """A failure the database may not meet again (a lock, a race, an outage) fails
         the submitter, who tries again later; nothing is marked done. Any other failure
         is the update's own: it is recorded as handled, with an apology to the resident.
-        An update to store is then stored alone, for the worker to try."""
+        An update to store is then stored alone, for the worker to try; returns whether
+        one was (it waits)."""
         stored = pending.item.stored
         if stored is not None and not is_retryable(exc):
             try:
@@ -490,11 +507,12 @@ class Dispatcher:
                 pending.done.set_result(None)
             except Exception as failed:
                 pending.done.set_exception(failed)
-            return
+                return False
+            return True
         if is_retryable(exc) or pending.item.event is None:
             self._quiet.failed(exc, "could not commit an update; it will be tried again")
             pending.done.set_exception(exc)
-            return
+            return False
         event = pending.item.event
         log.error(
             "update %s/%s could not be handled; state unchanged",
@@ -506,30 +524,33 @@ class Dispatcher:
             await self._commit_failure(pending.item)
         except Exception as failed:
             pending.done.set_exception(failed)
+        return False
 
     async def _store_alone(self, stored: Stored) -> None:
+        await self.store_rows([stored])
+
+    async def store_rows(self, items: Sequence[Stored]) -> None:
+        """Store updates (each once) for the inbox's worker, in one transaction."""
+        if not items:
+            return
+
         async def attempt() -> None:
             async with self._engine.begin() as conn:
+                await limit_waits(conn)
                 sql = _statements(conn.dialect.name, conn.dialect.driver)
-                await conn.run_sync(sql.store, [stored], utcnow())
+                await conn.run_sync(sql.store, items, utcnow())
 
         await write_retrying(attempt, busy_patience=BUSY_PATIENCE, retries=RETRIES)
 
-    async def _follow(self, follow_up: FollowUp) -> None:
-        """Run work left for after the commit; its event is handled like an update."""
-        try:
-            event = await follow_up()
-            await self.submit(event)
-        except Exception:
-            log.exception("follow-up failed")
+    async def _commit(self, items: Sequence[_Item]) -> bool:
+        """Run the batch in one transaction; returns whether it left updates waiting for
+        the inbox's worker. SQLite's write lock held by another connection is waited for
+        (BUSY_PATIENCE); other failures worth another try (a deadlock, a serialization
+        failure, a race on a new key, a lock timeout) are tried RETRIES more times."""
 
-    async def _commit(self, items: Sequence[_Item]) -> list[FollowUp]:
-        """Run the batch in one transaction. SQLite's write lock held by another connection
-        is waited for (BUSY_PATIENCE); other failures worth another try (a deadlock, a
-        serialization failure, a race on a new key) are tried RETRIES more times."""
-
-        async def attempt() -> list[FollowUp]:
+        async def attempt() -> bool:
             async with self._engine.begin() as conn:
+                await limit_waits(conn)
                 # The dialogue's services get a session on the same transaction.
                 session = AsyncSession(bind=conn, expire_on_commit=False)
                 try:
@@ -541,22 +562,24 @@ class Dispatcher:
 
     async def _apply(
         self, conn: AsyncConnection, session: AsyncSession, items: Sequence[_Item]
-    ) -> list[FollowUp]:
+    ) -> bool:
+        """The batch's work in its transaction; returns whether updates were left waiting
+        for the inbox's worker (stored ones not ready, or jobs)."""
         # A handful of statements per batch, whatever its size: each round trip to the
         # database costs more than the dialogue logic of one update.
         sql = _statements(conn.dialect.name, conn.dialect.driver)
         now = utcnow()
-        runnable = await self._store(conn, sql, items, now)
-        events = [item.event for item in runnable if item.event is not None]
+        runnable, waiting = await self._store(conn, sql, items, now)
+        events = [(item.event, item.request_id) for item in runnable if item.event is not None]
         handled = [item.inbound_id for item in runnable if item.inbound_id is not None]
         if not events:
-            return []
-        loaded = await conn.run_sync(sql.load, events, now)
+            return waiting
+        loaded = await conn.run_sync(sql.load, [e for e, _ in events], now)
         states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
         outbox: list[dict[str, Any]] = []
-        follow_ups: list[FollowUp] = []
-        for event in events:
+        jobs: list[Stored] = []
+        for event, request_id in events:
             key = (event.channel, event.update_id)
             if key not in loaded.fresh:
                 continue  # handled before, or twice in this batch
@@ -575,7 +598,10 @@ class Dispatcher:
                 update_id=event.update_id,
             )
             await self._step(turn, event)
-            follow_ups.extend(turn.follow_ups)
+            for job in turn.jobs:
+                job_key = f"{event.update_id}:{job.kind}"
+                body = job_body(job.kind, job_key, job.args)
+                jobs.append(Stored(event.channel, job_key, event.chat_id, body, request_id))
             states[chat] = touched[chat] = state
             outbox.extend(
                 {
@@ -586,6 +612,7 @@ class Dispatcher:
                     "attempts": 0,
                     "created_at": now,
                     "next_attempt_at": now,
+                    "request_id": request_id,
                 }
                 for reply in turn.out
             )
@@ -605,17 +632,20 @@ class Dispatcher:
         # The dialogue's ORM work goes first: outbox rows may refer to what it created.
         await session.flush()
         await conn.run_sync(sql.save, conversations, outbox, handled, now)
-        return follow_ups
+        if jobs:
+            await conn.run_sync(sql.store, jobs, now)
+        return waiting or bool(jobs)
 
     async def _store(
         self, conn: AsyncConnection, sql: _BatchSQL, items: Sequence[_Item], now: datetime
-    ) -> list[_Item]:
+    ) -> tuple[list[_Item], bool]:
         """Store the batch's updates to store; return what to handle now: the events
         submitted as such, and the stored updates that are ready and first in their chat
-        (each chat's, in order, up to the first that is not ready)."""
+        (each chat's, in order, up to the first that is not ready); and whether any
+        stored update was left waiting for the worker."""
         to_store = [item for item in items if item.stored is not None]
         if not to_store:
-            return list(items)
+            return list(items), False
         ids = await conn.run_sync(sql.store, [i.stored for i in to_store if i.stored], now)
         new: dict[Key, list[tuple[int, _Item]]] = {}
         for item in to_store:
@@ -636,14 +666,14 @@ class Dispatcher:
             for row_id, item in rows:
                 if item.event is None:
                     break
-                now_ready[id(item)] = _Item(item.event, row_id)
-        if new and len(now_ready) < sum(len(rows) for rows in new.values()):
-            self._left_waiting = True
-        return [
+                now_ready[id(item)] = _Item(item.event, row_id, request_id=item.request_id)
+        waiting = len(now_ready) < sum(len(rows) for rows in new.values())
+        runnable = [
             now_ready[id(item)] if item.stored is not None else item
             for item in items
             if item.stored is None or id(item) in now_ready
         ]
+        return runnable, waiting
 
     async def _commit_failure(self, item: _Item) -> None:
         """Record an update that cannot be handled, and say so, leaving the state as it was."""

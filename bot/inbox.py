@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -30,15 +30,16 @@ from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from backend.db import write_retrying
+from backend.db import limit_waits, write_retrying
+from backend.logs import request_id
 from backend.models import InboundEvent, ProcessBeat, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
-from backend.services.upsert import dialect_insert
 from bot.dispatcher import Dispatcher
 from bot.spool import Spool, Stored
 from bot.tasks import cancel
 from handlers.events import Incoming
+from handlers.jobs import JOB
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class _Leased:
     channel: str
     chat_id: str
     body: dict[str, Any]
+    request_id: str | None
 
 
 class Inbox:
@@ -148,7 +150,7 @@ class Inbox:
         up to STORE_LIMIT and raises NotStored when the update is not stored: the webhook
         then answers 503, and the platform sends it again.
         """
-        item = Stored(channel, key, chat_id, dict(body))
+        item = Stored(channel, key, chat_id, dict(body), request_id.get())
         local = self._spool if spool else None
         if local is not None and local.waiting():
             await local.append(item)
@@ -169,34 +171,10 @@ class Inbox:
         log.warning("a %s update went to the spool: %s", channel, why)
         await local.append(item)
 
-    async def store_rows(self, items: Iterable[Stored]) -> None:
-        now = utcnow()
-        values = [
-            {
-                "channel": i.channel,
-                "event_key": i.key,
-                "chat_id": i.chat_id,
-                "body": i.body,
-                "received_at": now,
-            }
-            for i in items
-        ]
-        if not values:
-            return
-
-        def insert(conn: Connection) -> None:
-            conn.execute(_insert(self._dialect), values)
-
-        async def attempt() -> None:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(insert)
-
-        await write_retrying(attempt, busy_patience=STORE_LIMIT)
-
     async def _drain_forever(self, spool: Spool) -> None:
         while True:
             try:
-                if await spool.drain(self.store_rows):
+                if await spool.drain(self._dispatcher.store_rows):
                     self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -259,8 +237,9 @@ class Inbox:
         take_over = self._presence.may_take_over()
         me, after = self._presence.id, self._presence.alive_after()
         sql = _claim_statements(self._dialect)
-        channels = list(self._readers)
+        channels = list({*self._readers, *self._dispatcher.channels})
         async with self._engine.begin() as conn:
+            await limit_waits(conn)
             return await conn.run_sync(sql.claim, channels, skip, me, after, take_over)
 
     async def _handle_chat(self, chat: tuple[str, str], rows: list[_Leased]) -> None:
@@ -270,7 +249,7 @@ class Inbox:
             events = await asyncio.gather(*(self._read(r) for r in rows))
             nothing = [r.id for r, e in zip(rows, events, strict=True) if e is None]
             handed = [
-                self._dispatcher.submit(e, r.id)
+                self._dispatcher.submit(e, r.id, r.request_id)
                 for r, e in zip(rows, events, strict=True)
                 if e is not None
             ]
@@ -297,8 +276,16 @@ class Inbox:
         self._cooling[chat] = (asyncio.get_running_loop().time() + wait, wait)
 
     async def _read(self, row: _Leased) -> Incoming | None:
+        request_id.set(row.request_id)  # this task's own context
+        if JOB in row.body:
+            # A job left by a turn: one that fails (the database, say) is tried again.
+            return await self._dispatcher.run_job(row.channel, row.chat_id, row.body)
+        reader = self._readers.get(row.channel)
+        if reader is None:
+            log.warning("a stored %s update has no reader; skipped", row.channel)
+            return None
         try:
-            return await self._readers[row.channel](row.body)
+            return await reader(row.body)
         except Exception:
             # An update that cannot be read must not hold up the ones after it.
             log.exception("a stored %s update could not be read; skipped", row.channel)
@@ -377,8 +364,8 @@ class _ClaimSQL:
         got: dict[tuple[str, str], list[_Leased]] = {}
         for channel, chat_ids in by_channel.items():
             params = {"b_channel": channel, "b_ids": chat_ids, "b_me": me, "after": after}
-            for row_id, ch, chat_id, body in conn.execute(lease, params):
-                got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body))
+            for row_id, ch, chat_id, body, rid in conn.execute(lease, params):
+                got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body, rid))
         # A chat whose oldest update another process leased meanwhile is that process's:
         # hand back the newer ones this claim took.
         mine: dict[tuple[str, str], list[_Leased]] = {}
@@ -416,7 +403,7 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
         e.chat_id.in_(bindparam("b_ids", expanding=True)),
     )
     mine = or_(e.lease_owner.is_(None), e.lease_owner == bindparam("b_me"))
-    returning = (e.id, e.channel, e.chat_id, e.body)
+    returning = (e.id, e.channel, e.chat_id, e.body, e.request_id)
     table = cast(Table, InboundEvent.__table__)
     return _ClaimSQL(
         heads=heads,
@@ -432,14 +419,6 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
         release=update(table)
         .where(e.id.in_(bindparam("b_ids", expanding=True)), e.lease_owner == bindparam("b_me"))
         .values(lease_owner=None),
-    )
-
-
-@cache
-def _insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING of updates, built once: run as an executemany."""
-    return dialect_insert(dialect, cast(Table, InboundEvent.__table__)).on_conflict_do_nothing(
-        index_elements=["channel", "event_key"]
     )
 
 

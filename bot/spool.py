@@ -15,7 +15,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,8 @@ class Stored:
     key: str
     chat_id: str
     body: dict[str, Any]
+    # The webhook request that brought it (see backend.logs).
+    request_id: str | None = None
 
 
 class Spool:
@@ -52,7 +54,13 @@ class Spool:
 
     async def append(self, item: Stored) -> None:
         line = json.dumps(
-            {"channel": item.channel, "key": item.key, "chat_id": item.chat_id, "body": item.body},
+            {
+                "channel": item.channel,
+                "key": item.key,
+                "chat_id": item.chat_id,
+                "body": item.body,
+                "request_id": item.request_id,
+            },
             ensure_ascii=False,
         ).encode()
         async with self._lock:
@@ -71,7 +79,7 @@ class Spool:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    async def drain(self, store: Callable[[Iterable[Stored]], Awaitable[None]]) -> int:
+    async def drain(self, store: Callable[[Sequence[Stored]], Awaitable[None]]) -> int:
         """Store every spooled update nobody is writing; returns how many."""
         if not self._dir.is_dir():
             return 0
@@ -134,6 +142,7 @@ def _records(path: Path, content: bytes) -> list[Stored]:
                     key=str(data["key"]),
                     chat_id=str(data["chat_id"]),
                     body=dict(data["body"]),
+                    request_id=data.get("request_id"),
                 )
             )
         except (ValueError, KeyError, TypeError):

@@ -18,7 +18,7 @@ from backend.services.workflow import WorkflowError
 from backend.text import parse_point, search_key
 from backend.timeutil import format_local, local
 from handlers.events import Button, GeocodeOutcome, Incoming
-from handlers.turn import FollowUp, Turn
+from handlers.turn import Job, Services, Turn
 
 MAX_PHOTOS = 5
 MAX_DESCRIPTION = 2000
@@ -219,9 +219,11 @@ class Location(Step):
         geocoder = turn.services.geocoder
         if geocoder is not None and geocoder.online:
             turn.say("location.searching", address=query)
-            turn.follow_ups.append(_look_up(turn, query))
+            turn.jobs.append(Job(GEOCODE, {"query": query}))
             return True
-        return await self.geocoded(turn, await _look_up(turn, query)())
+        update_id = f"{turn.update_id}:{GEOCODE}"
+        found = await look_up(turn.services, turn.channel, turn.chat_id, update_id, query)
+        return await self.geocoded(turn, found)
 
     async def geocoded(self, turn: Turn, event: Incoming) -> bool:
         if event.text is None or turn.data.get("geocoding") != event.text:
@@ -286,31 +288,30 @@ class Location(Step):
         return True
 
 
-def _look_up(turn: Turn, query: str) -> FollowUp:
+GEOCODE = "geocoded"
+
+
+async def look_up(
+    services: Services, channel: str, chat_id: str, update_id: str, query: str
+) -> Incoming:
     """The geocoder's answer for an address, as an event for the chat that typed it."""
-    services, channel, chat_id = turn.services, turn.channel, turn.chat_id
-    update_id = f"{turn.update_id}:geocoded"
-
-    async def run() -> Incoming:
-        outcome: GeocodeOutcome
-        try:
-            found = await find_place(services.geocoder, services.wards, query)
-        except GeocoderDown:
-            found, outcome = None, "unavailable"
-        else:
-            outcome = found.source if found is not None else "not_found"
-        return Incoming(
-            channel=channel,
-            chat_id=chat_id,
-            update_id=update_id,
-            kind="geocoded",
-            text=query,
-            location=(found.lat, found.lon) if found else None,
-            address=found.address if found else None,
-            geocoded=outcome,
-        )
-
-    return run
+    outcome: GeocodeOutcome
+    try:
+        found = await find_place(services.geocoder, services.wards, query)
+    except GeocoderDown:
+        found, outcome = None, "unavailable"
+    else:
+        outcome = found.source if found is not None else "not_found"
+    return Incoming(
+        channel=channel,
+        chat_id=chat_id,
+        update_id=update_id,
+        kind="geocoded",
+        text=query,
+        location=(found.lat, found.lon) if found else None,
+        address=found.address if found else None,
+        geocoded=outcome,
+    )
 
 
 class WardChoice(Step):

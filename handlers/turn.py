@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -14,12 +14,19 @@ from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
 from backend.services.units import WardIndex
-from handlers.events import Ack, Button, Capabilities, ConversationState, Incoming, Reply
+from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
 from handlers.i18n import translate
 
-# Work that must not hold the batch's transaction (a geocoder call): it runs after the
-# commit, and the event it returns goes through the dispatcher like any update.
-FollowUp = Callable[[], Awaitable[Incoming]]
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Work that must not hold the batch's transaction (a geocoder call): stored in the
+    turn's transaction as the chat's next update, done by the inbox's worker in any
+    process (again, if a process dies doing it), and its outcome (handlers.jobs) handled
+    like an update of the chat."""
+
+    kind: str
+    args: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -47,7 +54,7 @@ class Turn:
     chat_id: str
     update_id: str = ""
     out: list[Reply | Ack] = field(default_factory=list)
-    follow_ups: list[FollowUp] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
 
     @property
     def state(self) -> str:

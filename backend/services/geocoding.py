@@ -1,7 +1,8 @@
 """Addresses to points and back, through Nominatim (geopy), cached in the database.
 
-Requests are spaced at least `interval` seconds apart across the process (public
+Requests are spaced at least `interval` seconds apart across all processes (public
 Nominatim allows one a second), carry an identifying user agent and a real timeout.
+After a failure no process asks for a while (SharedPace, in the database).
 Without a geocoder URL, or when it is down, typed "Phường X, Tỉnh Y" is still understood
 from the imported ward and province names.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,11 +21,13 @@ from urllib.parse import urlsplit
 from geopy.adapters import AioHTTPAdapter
 from geopy.exc import GeopyError
 from geopy.geocoders import Nominatim
+from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.models import GeocodeCache, utcnow
+from backend.db import write_retrying
+from backend.models import GeocodeCache, SharedLimit, utcnow
 from backend.services.units import WardIndex, WardInfo
-from backend.services.upsert import upsert
+from backend.services.upsert import dialect_insert, upsert
 from backend.text import search_key
 
 log = logging.getLogger(__name__)
@@ -53,8 +58,80 @@ def point_key(lat: float, lon: float) -> str:
     return f"{lat:.5f},{lon:.5f}"
 
 
+class Paused(Exception):
+    """The service failed a moment ago: no process asks it until the pause ends."""
+
+
+class SharedPace:
+    """Slots `interval` apart for one outside service, shared by every process through
+    the database (a row of shared_limits), and a pause after a failure. Times are epoch
+    seconds: the machines' clocks are assumed to agree (NTP) to well under a second.
+    Slots are MARGIN more than `interval` apart, so that a request sent a little late
+    (a new connection, a busy loop) still reaches the service `interval` after the one
+    before."""
+
+    MARGIN = 0.1
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        name: str,
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sessions = sessions
+        self._name = name
+        self._interval = interval + self.MARGIN if interval > 0 else 0.0
+        self._clock = clock
+        self._created = False
+
+    async def wait_turn(self) -> None:
+        """Take the next free slot and wait for it. Raises Paused during a pause."""
+        at = await write_retrying(self._take)
+        delay = at - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _take(self) -> float:
+        now = self._clock()
+        t = SharedLimit
+        async with self._sessions() as session, session.begin():
+            if not self._created:
+                dialect = session.get_bind().dialect.name
+                await session.execute(
+                    dialect_insert(dialect, SharedLimit)
+                    .values(name=self._name, next_at=0.0, down_until=0.0)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+            start = case((t.next_at > now, t.next_at), else_=now)
+            slot = await session.scalar(
+                update(SharedLimit)
+                .where(t.name == self._name, t.down_until <= now)
+                .values(next_at=start + self._interval)
+                .returning(t.next_at - self._interval)
+                .execution_options(synchronize_session=False)
+            )
+        self._created = True
+        if slot is None:
+            raise Paused(self._name)
+        return float(slot)
+
+    async def pause(self, seconds: float) -> None:
+        """No process asks for `seconds` from now."""
+
+        async def attempt() -> None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(SharedLimit)
+                    .where(SharedLimit.name == self._name)
+                    .values(down_until=self._clock() + seconds)
+                )
+
+        await write_retrying(attempt)
+
+
 class Geocoder:
-    """Nominatim behind a process-wide rate limit and a database cache."""
+    """Nominatim behind a rate limit shared by all processes and a database cache."""
 
     PAUSE_AFTER_FAILURE = 30.0
 
@@ -69,13 +146,10 @@ class Geocoder:
         country: str = "vn",
     ) -> None:
         self._sessions = sessions
-        self._interval = interval
         self._country = country
-        self._lock = asyncio.Lock()
-        self._next_at = 0.0
         # After a failure the geocoder is not asked again for a while: residents get
         # "send a pin" at once rather than after another timeout.
-        self._down_until = 0.0
+        self._pace = SharedPace(sessions, "geocoder", interval)
         self._background: set[asyncio.Task[str | None]] = set()
         self._client: Nominatim | None = None
         if url:
@@ -118,21 +192,16 @@ class Geocoder:
     async def _call(self, method: str, query: Any, **options: Any) -> Any:
         if self._client is None:
             raise GeocoderDown("no geocoder configured")
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._down_until:
-            raise GeocoderDown("failed a moment ago")
-        async with self._lock:
-            wait = self._next_at - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            try:
-                return await getattr(self._client, method)(query, **options)
-            except (GeopyError, TimeoutError, OSError) as exc:
-                log.warning("geocoder %s failed: %s", method, type(exc).__name__)
-                self._down_until = loop.time() + self.PAUSE_AFTER_FAILURE
-                raise GeocoderDown(type(exc).__name__) from exc
-            finally:
-                self._next_at = loop.time() + self._interval
+        try:
+            await self._pace.wait_turn()
+        except Paused as exc:
+            raise GeocoderDown("failed a moment ago") from exc
+        try:
+            return await getattr(self._client, method)(query, **options)
+        except (GeopyError, TimeoutError, OSError) as exc:
+            log.warning("geocoder %s failed: %s", method, type(exc).__name__)
+            await self._pace.pause(self.PAUSE_AFTER_FAILURE)
+            raise GeocoderDown(type(exc).__name__) from exc
 
     async def search(self, text: str) -> Found | None:
         """The point for a typed address in Vietnam, or None when nothing matches.

@@ -64,7 +64,7 @@ async def test_an_update_the_database_refuses_is_spooled_then_stored_once_it_can
     async with engine.begin() as conn:
         await conn.execute(text("ALTER TABLE inbound_events_away RENAME TO inbound_events"))
     assert inbox._spool is not None
-    assert await inbox._spool.drain(inbox.store_rows) == 2
+    assert await inbox._spool.drain(inbox._dispatcher.store_rows) == 2
     async with sessions() as session:
         keys = list(await session.scalars(select(InboundEvent.event_key).order_by(InboundEvent.id)))
     assert keys == ["msg-1", "msg-2"]
@@ -84,6 +84,6 @@ async def test_a_spool_left_by_a_killed_process_is_stored_by_the_next(
         b'{"channel": "zalo_oa", "key": "m2", "chat_id": "u1", "bo'
     )
     assert inbox._spool is not None
-    assert await inbox._spool.drain(inbox.store_rows) == 1
+    assert await inbox._spool.drain(inbox._dispatcher.store_rows) == 1
     assert await stored(sessions) == 1
     assert list(spool_dir.iterdir()) == []

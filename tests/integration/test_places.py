@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.cli import main
+from backend.db import create_engine
 from backend.models import (
     AuditEvent,
     GeocodeCache,
+    InboundEvent,
     OutboxMessage,
     Ticket,
     Ward,
@@ -27,10 +30,13 @@ from backend.models import (
 )
 from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule, nearby_cases
-from backend.services.geocoding import Geocoder, match_ward_name
+from backend.services.geocoding import Geocoder, GeocoderDown, match_ward_name
+from backend.services.presence import Presence
 from backend.services.units import WardIndex
 from backend.services.workflow import Action, Actor, apply
 from bot.dispatcher import Dispatcher
+from bot.inbox import Inbox
+from bot.tasks import cancel
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, Chat, texts
 from tests.factories import PHOTO, actor, make_ticket
@@ -44,23 +50,33 @@ MakeChat = Callable[..., Awaitable[Chat]]
 
 @pytest.fixture
 async def make_chat(
-    sessions: async_sessionmaker[AsyncSession], writer: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, writer: AsyncEngine
 ) -> AsyncIterator[MakeChat]:
-    """A chat on a dispatcher with the given services (wards loaded from the database)."""
-    dispatchers: list[Dispatcher] = []
+    """A chat on a dispatcher with the given services (wards loaded from the database),
+    whose jobs (address look-ups) the inbox's worker does."""
+    running: list[tuple[Dispatcher, Inbox, Presence]] = []
     numbers = iter(range(9100, 9200))
 
     async def make(served: tuple[str, ...] = (), **services: Any) -> Chat:
         async with sessions() as session:
             wards = await WardIndex.load(session, served)
+        # Each chat's dispatcher is a process of its own: its inbox leases as one.
+        presence = Presence(sessions, alone=False)
+        await presence.beat()
+        presence.start()
         d = Dispatcher(writer, Services(wards=wards, **services), {"telegram": TELEGRAM_LIKE})
+        inbox = Inbox(engine, presence, d, poll_interval=0.1)
+        d.on_waiting = inbox.wake
         d.start()
-        dispatchers.append(d)
+        inbox.start()
+        running.append((d, inbox, presence))
         return Chat(d, sessions, chat_id=str(next(numbers)))
 
     yield make
-    for d in dispatchers:
+    for d, inbox, presence in running:
+        await inbox.stop()
         await d.stop()
+        await presence.stop()
 
 
 async def to_location(chat: Chat) -> None:
@@ -407,3 +423,106 @@ async def test_the_ticket_page_does_not_wait_for_a_slow_geocoder_but_the_answer_
     await asyncio.sleep(0.8)
     assert await coder.reverse_within(*here, seconds=0.05) == BIM_SON_MARKET.display_name
     assert len(nominatim.requests) == 1
+
+
+async def test_an_address_look_up_outlives_the_process_that_began_it(
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    writer: AsyncEngine,
+    nominatim: FakeNominatim,
+    geocoder: MakeGeocoder,
+) -> None:
+    """Process A says "looking up…" and dies in the middle of the look-up; process B
+    does the look-up, and the resident gets the answer once."""
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+
+    def process(coder: Geocoder) -> tuple[Presence, Dispatcher, Inbox]:
+        presence = Presence(sessions, beat=0.2, dead_after=1.0, alone=False)
+        d = Dispatcher(writer, Services(wards=wards, geocoder=coder), {"telegram": TELEGRAM_LIKE})
+        inbox = Inbox(engine, presence, d, poll_interval=0.1)
+        d.on_waiting = inbox.wake
+        return presence, d, inbox
+
+    presence_a, dispatcher_a, inbox_a = process(geocoder())
+    await presence_a.beat()
+    presence_a.start()
+    dispatcher_a.start()
+    inbox_a.start()
+    chat = Chat(dispatcher_a, sessions, chat_id="9300")
+    await to_location(chat)
+    nominatim.delay = 3.0  # A's look-up is under way when it dies
+    said = texts(await chat.say("Chợ Bỉm Sơn, Thanh Hóa"))
+    assert "Đang tìm địa chỉ «Chợ Bỉm Sơn, Thanh Hóa»" in said
+    for _ in range(250):
+        if nominatim.requests:
+            break
+        await asyncio.sleep(0.02)
+    assert nominatim.requests, "A never asked the geocoder"
+    # kill -9: no more beats, the look-up cut off, nothing handed back.
+    await cancel(presence_a._task)
+    await cancel(inbox_a._task)
+    for task in list(inbox_a._chats):
+        await cancel(task)
+    await dispatcher_a.stop()
+    nominatim.delay = 0.0
+
+    presence_b, dispatcher_b, inbox_b = process(geocoder())
+    await presence_b.beat()
+    presence_b.start()
+    dispatcher_b.start()
+    inbox_b.start()
+    try:
+        replies = await chat.wait_replies(timeout=10)
+        assert f"Đã tìm thấy: {BIM_SON_MARKET.display_name}" in texts(replies)
+        assert await chat.state() == "ward"
+        async with sessions() as session:
+            waiting = await session.scalar(
+                select(func.count())
+                .select_from(InboundEvent)
+                .where(InboundEvent.handled_at.is_(None))
+            )
+        assert waiting == 0
+        await asyncio.sleep(0.5)
+        assert await chat.replies() == []  # answered once
+    finally:
+        await inbox_b.stop()
+        await dispatcher_b.stop()
+        await presence_b.stop()
+
+
+async def test_two_processes_keep_one_pace_and_one_pause_with_the_geocoder(
+    database_url: str, nominatim: FakeNominatim
+) -> None:
+    """Two processes' geocoders (each its own engine) ask a second apart, all told, and
+    after one of them meets a failure neither asks until the pause ends."""
+    engines = [create_engine(database_url) for _ in range(2)]
+    coders = [
+        Geocoder(
+            async_sessionmaker(e, expire_on_commit=False),
+            nominatim.url,
+            user_agent="hotline-tests/1 (ops@example.vn)",
+            timeout=0.3,
+            interval=1.0,
+        )
+        for e in engines
+    ]
+    try:
+        queries = [f"Đường số {n}, Bỉm Sơn" for n in range(4)]
+        await asyncio.gather(*(coders[n % 2].search(q) for n, q in enumerate(queries)))
+        times = sorted(r.at for r in nominatim.requests)
+        assert len(times) == 4
+        assert all(b - a >= 0.95 for a, b in pairwise(times)), times
+
+        nominatim.delay = 1.0  # longer than the timeout: the first process meets a failure
+        with pytest.raises(GeocoderDown):
+            await coders[0].search("Đường số 10, Bỉm Sơn")
+        asked = len(nominatim.requests)
+        with pytest.raises(GeocoderDown):
+            await coders[1].search("Đường số 11, Bỉm Sơn")
+        assert len(nominatim.requests) == asked  # the other process did not ask
+    finally:
+        for coder in coders:
+            await coder.close()
+        for e in engines:
+            await e.dispose()
