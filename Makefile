@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/photos.py
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/stats.py
+	$(BIN)/python bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

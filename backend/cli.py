@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
 from backend.db import engine_for, session_factory
+from backend.logs import setup as setup_logging
 from backend.migrate import upgrade
 from backend.models import utcnow
 from backend.services.accounts import ROLES, create_user
@@ -31,6 +32,14 @@ from backend.services.boundaries import (
 )
 from backend.services.categories import seed_categories
 from backend.services.demo import DemoRefused, check_demo_database, seed_demo_accounts
+from backend.services.media_store import (
+    Copied,
+    LocalStore,
+    MediaUnavailable,
+    S3Store,
+    copy_store,
+    media_store,
+)
 from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
 from backend.services.stats import (
@@ -118,7 +127,6 @@ async def _seed_demo_staff(app: web.Application) -> None:
 def server_app(settings: Settings) -> web.Application:
     """The app `hotline serve` runs; with the demo switched on, its training accounts and
     the chat simulator on the built-in Bot API stand-in."""
-    settings.media_dir.mkdir(parents=True, exist_ok=True)
     stand_in = None
     if settings.demo:  # never with a real channel: Settings refuses that
         settings, stand_in = _with_stand_in(settings)
@@ -260,6 +268,25 @@ def save_report(report: Report, file_format: str, out: str | None) -> None:
         print("totals check failed: " + "; ".join(report.problems), file=sys.stderr)
 
 
+async def migrate_media(settings: Settings, source_dir: Path | None) -> Copied:
+    """`hotline migrate-media`: copy a local media folder into the configured bucket,
+    skipping what is already there at the same size (so a second run resumes)."""
+    target = media_store(settings)
+    if not isinstance(target, S3Store):
+        raise ValueError(
+            "migrate-media copies into a bucket: set HOTLINE_MEDIA_URL=s3://bucket/prefix"
+        )
+    source = LocalStore(source_dir or settings.media_dir)
+    if not source.root.is_dir():
+        raise ValueError(f"no media folder at {source.root}")
+    print(f"copying {source} to {target}", flush=True)
+    await target.start()
+    try:
+        return await copy_store(source, target)
+    finally:
+        await target.close()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotline", description="Pollution hotline service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,17 +323,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     monthly.add_argument("--category", help="category code, e.g. dumping")
     monthly.add_argument("--format", choices=("xlsx", "csv", "json"), default="xlsx")
     monthly.add_argument("--out", help="file to write ('-': standard output)")
+    media = sub.add_parser(
+        "migrate-media", help="copy the local photo folder into the S3 bucket (resumable)"
+    )
+    media.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="the folder to copy (default: HOTLINE_MEDIA_DIR)",
+    )
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()  # JSON lines with the request id (backend/logs.py)
     try:
         settings = Settings(demo=True) if getattr(args, "demo", False) else Settings()
     except ValidationError as exc:
         parser.error("; ".join(str(e["msg"]) for e in exc.errors()))
     if args.command == "serve":
+        try:
+            media_store(settings)
+        except ValueError as exc:
+            parser.error(str(exc))
         if settings.demo:
             try:
                 asyncio.run(in_transaction(settings, check_demo_database))
@@ -339,3 +376,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(add_user(settings, args))
         except ValueError as exc:
             parser.error(str(exc))
+    elif args.command == "migrate-media":
+        try:
+            copied = asyncio.run(migrate_media(settings, args.source))
+        except ValueError as exc:
+            parser.error(str(exc))
+        except MediaUnavailable as exc:
+            print(f"the media store did not answer ({exc}): nothing copied", file=sys.stderr)
+            sys.exit(1)
+        print(f"copied {copied.copied}, skipped {copied.skipped}, failed {copied.failed}")
+        if copied.left:
+            print(
+                f"stopped after {copied.failed} failures, {copied.left} not tried: "
+                "run it again to resume",
+                file=sys.stderr,
+            )
+        if copied.failed or copied.left:
+            sys.exit(1)

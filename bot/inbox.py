@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from secrets import token_hex
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, or_, select, update
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from backend.db import limit_waits, write_retrying
 from backend.logs import request_id
 from backend.models import InboundEvent, ProcessBeat, utcnow
+from backend.services.media_store import MediaUnavailable
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
 from bot.dispatcher import Dispatcher
@@ -150,7 +152,9 @@ class Inbox:
         up to STORE_LIMIT and raises NotStored when the update is not stored: the webhook
         then answers 503, and the platform sends it again.
         """
-        item = Stored(channel, key, chat_id, dict(body), request_id.get())
+        # A polled update has no request of its own: it gets an id here, which its
+        # handling and its replies carry.
+        item = Stored(channel, key, chat_id, dict(body), request_id.get() or token_hex(8))
         local = self._spool if spool else None
         if local is not None and local.waiting():
             await local.append(item)
@@ -286,6 +290,8 @@ class Inbox:
             return None
         try:
             return await reader(row.body)
+        except MediaUnavailable:
+            raise  # the photo store is down: the update waits and is tried again
         except Exception:
             # An update that cannot be read must not hold up the ones after it.
             log.exception("a stored %s update could not be read; skipped", row.channel)

@@ -1,4 +1,7 @@
-"""Photos from chats: store what a platform sent (or fetch it from its URL first)."""
+"""Photos from chats: store what a platform sent (or fetch it from its URL first).
+
+A media store that does not answer raises MediaUnavailable: the update is then left to
+be tried again, not taken as a photo that failed."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import aiohttp
 
 from backend.config import Settings
+from backend.services.media_store import MediaStore
 from backend.services.photos import NotAnImage, TooLarge, image_fields, store_photo
 from handlers.events import Incoming, MediaError, MediaRef
 
@@ -15,10 +19,10 @@ log = logging.getLogger(__name__)
 Fetched = tuple[MediaRef | None, MediaError | None]
 
 
-async def store_media(settings: Settings, data: bytes) -> Fetched:
-    """Sanitise and store an image (in the process pool): its reference, or why not."""
+async def store_media(media: MediaStore, settings: Settings, data: bytes) -> Fetched:
+    """Sanitise an image (in the process pool) and store it: its reference, or why not."""
     try:
-        stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
+        stored = await store_photo(media, data, settings.max_photo_bytes)
     except TooLarge:
         return None, "too_large"
     except NotAnImage:
@@ -29,7 +33,9 @@ async def store_media(settings: Settings, data: bytes) -> Fetched:
     )
 
 
-async def fetch_media(http: aiohttp.ClientSession, url: str, settings: Settings) -> Fetched:
+async def fetch_media(
+    http: aiohttp.ClientSession, url: str, settings: Settings, media: MediaStore
+) -> Fetched:
     """Download an image a platform links to (Zalo's CDN), within the size limit, and store it."""
     limit = settings.max_photo_bytes
     try:
@@ -47,25 +53,26 @@ async def fetch_media(http: aiohttp.ClientSession, url: str, settings: Settings)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("photo download failed: %s", type(exc).__name__)
         return None, "download_failed"
-    return await store_media(settings, bytes(data))
+    return await store_media(media, settings, bytes(data))
 
 
 async def photo_event(
     http: aiohttp.ClientSession,
     url: str,
     settings: Settings,
+    media: MediaStore,
     *,
     channel: str,
     chat_id: str,
     update_id: str,
 ) -> Incoming:
     """The dialogue's photo event for an image a platform links to, fetched and stored."""
-    media, error = await fetch_media(http, url, settings)
+    ref, error = await fetch_media(http, url, settings, media)
     return Incoming(
         channel=channel,
         chat_id=chat_id,
         update_id=update_id,
         kind="photo",
-        media=media,
+        media=ref,
         media_error=error,
     )

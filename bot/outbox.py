@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import aiohttp
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from telegram import error as telegram_error
 
+from backend.logs import request_id
+from backend.metrics import OUTBOX_SENT, SEND_FAILURE_REASONS, SEND_FAILURES
 from backend.models import OutboxMessage, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
@@ -27,7 +31,13 @@ MAX_BACKOFF = 600.0
 
 
 class DeliveryError(Exception):
-    """A message could not be delivered this time."""
+    """A message could not be delivered this time. `reason` (one of
+    SEND_FAILURE_REASONS) says why for the metrics; without it, it is worked out from
+    the error (see failure_reason)."""
+
+    def __init__(self, *args: object, reason: str | None = None) -> None:
+        super().__init__(*args)
+        self.reason = reason
 
 
 class RetryLater(DeliveryError):
@@ -109,6 +119,8 @@ class _Row:
     chat_id: str
     payload: dict[str, Any]
     attempts: int
+    # The request that made it (see backend.logs): the send's log lines carry it.
+    request_id: str | None = None
 
     @property
     def is_ack(self) -> bool:
@@ -176,6 +188,10 @@ class OutboxWorker:
     def add_sender(self, sender: Sender) -> None:
         self._senders[sender.name] = sender
         self._limiters[sender.name] = RateLimiter(sender.rate_global, sender.rate_per_chat)
+        # Every series from the start, so that the first failure is an increase.
+        OUTBOX_SENT.labels(channel=sender.name)
+        for reason in SEND_FAILURE_REASONS:
+            SEND_FAILURES.labels(channel=sender.name, reason=reason)
         self._presence.want(duty(sender.name))
 
     def wake(self) -> None:
@@ -252,12 +268,13 @@ class OutboxWorker:
                     OutboxMessage.payload,
                     OutboxMessage.attempts,
                     OutboxMessage.next_attempt_at,
+                    OutboxMessage.request_id,
                 ).where(OutboxMessage.id.in_(heads))
             )
             wait = self._poll_interval
             due: dict[str, list[_Row]] = {}
-            for row_id, channel, chat_id, payload, attempts, next_at in result:
-                row = _Row(row_id, channel, chat_id, payload, attempts)
+            for row_id, channel, chat_id, payload, attempts, next_at, rid in result:
+                row = _Row(row_id, channel, chat_id, payload, attempts, rid)
                 if (channel, chat_id) in self._flying:
                     continue
                 later = (next_at - now).total_seconds()
@@ -292,9 +309,12 @@ class OutboxWorker:
         return rows, wait
 
     async def _send(self, row: _Row) -> None:
+        # Each send runs in a task of its own: the id is set for this task alone.
+        request_id.set(row.request_id)
         try:
             outcome = await self._deliver(row)
             if outcome is not None:
+                _count(outcome)
                 await self._record(outcome)
         finally:
             self._flying.pop((row.channel, row.chat_id), None)
@@ -318,7 +338,7 @@ class OutboxWorker:
             return _Outcome(row, exc)
         except Exception as exc:
             log.exception("unexpected error delivering outbox row %d", row.id)
-            return _Outcome(row, TransientError(type(exc).__name__))
+            return _Outcome(row, TransientError(type(exc).__name__, reason="other"))
         return _Outcome(row, None, message_id)
 
     async def _record(self, outcome: _Outcome) -> None:
@@ -352,6 +372,7 @@ class OutboxWorker:
             values.update(
                 status="sent", sent_at=now, last_error=None, sent_message_id=outcome.message_id
             )
+            log.info("outbox row %d sent on %s", row.id, row.channel)
         elif isinstance(error, RetryLater):
             # Being told to wait is not a failed attempt.
             values.update(
@@ -393,6 +414,53 @@ class OutboxWorker:
                 )
         except Exception as exc:
             log.warning("could not hand back %d outbox leases (%s)", len(ids), type(exc).__name__)
+
+
+def failure_reason(error: DeliveryError) -> str:
+    """Why a send failed, as a word of SEND_FAILURE_REASONS: the one the channel gave,
+    else read from the error and what it came from (the platform's client error)."""
+    if error.reason is not None:
+        return error.reason if error.reason in SEND_FAILURE_REASONS else "other"
+    if isinstance(error, RetryLater):
+        return "retry_after"
+    if isinstance(error, Undeliverable):
+        return "undeliverable"
+    cause = error.__cause__
+    status = _status_of(cause)
+    if isinstance(cause, telegram_error.Forbidden) or status == 403:
+        return "blocked"
+    if isinstance(cause, telegram_error.BadRequest) or status == 400:
+        return "bad_request"
+    if status is not None and 500 <= status < 600:
+        return "http_5xx"
+    if isinstance(cause, telegram_error.NetworkError):
+        # PTB raises NetworkError of its own for an HTTP error status (a 5xx), and from
+        # the HTTP client's error (or as TimedOut) when the network failed.
+        connection = isinstance(cause, telegram_error.TimedOut) or cause.__cause__ is not None
+        return "network" if connection else "http_5xx"
+    if isinstance(cause, aiohttp.ClientError | OSError | TimeoutError):
+        return "network"
+    if str(error).startswith("HTTP 5"):
+        return "http_5xx"
+    return "other"
+
+
+def _status_of(cause: BaseException | None) -> int | None:
+    """The HTTP status a platform client's error carries (aiohttp's `status`, the Zalo
+    Bot client's `code`), if any."""
+    for name in ("status", "code"):
+        value = getattr(cause, name, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    return None
+
+
+def _count(outcome: _Outcome) -> None:
+    channel = outcome.row.channel
+    if outcome.error is None:
+        OUTBOX_SENT.labels(channel=channel).inc()
+    else:
+        SEND_FAILURES.labels(channel=channel, reason=failure_reason(outcome.error)).inc()
 
 
 def duty(channel: str) -> str:

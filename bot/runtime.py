@@ -15,12 +15,14 @@ from backend.web.app import (
     CHANNELS_DOWN,
     ENGINE,
     GEOCODER,
+    MEDIA,
     POLICIES,
     PRESENCE,
     SESSIONS,
     SETTINGS,
     WARDS,
 )
+from backend.web.metrics import webhook_route
 from bot import zalo_bot, zalo_oa
 from bot.dispatcher import Dispatcher
 from bot.inbox import Inbox
@@ -136,15 +138,15 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
     if settings.telegram_token is None:
         log.warning("no HOTLINE_TELEGRAM_TOKEN: Telegram is off")
     else:
-        app[TELEGRAM] = TelegramChannel(settings, inbox, presence)
+        app[TELEGRAM] = TelegramChannel(settings, inbox, presence, media=app[MEDIA])
         channels.append(app[TELEGRAM])
     if settings.zalo_oa_on:
-        app[ZALO_OA] = ZaloOAChannel(settings, sessions, inbox)
+        app[ZALO_OA] = ZaloOAChannel(settings, sessions, inbox, media=app[MEDIA])
         channels.append(app[ZALO_OA])
     else:
         log.info("no HOTLINE_ZALO_OA_* credentials: Zalo OA is off")
     if settings.zalo_bot_token is not None:
-        app[ZALO_BOT] = ZaloBotChannel(settings, inbox)
+        app[ZALO_BOT] = ZaloBotChannel(settings, inbox, media=app[MEDIA])
         channels.append(app[ZALO_BOT])
     else:
         log.info("no HOTLINE_ZALO_BOT_TOKEN: Zalo Bot is off")
@@ -190,11 +192,13 @@ def mount_chat(app: web.Application) -> None:
     """Add the chat runtime (and the channels' webhook routes when configured) to app."""
     settings = app[SETTINGS]
     if settings.telegram_token is not None and settings.telegram_mode == "webhook":
-        app.router.add_post(WEBHOOK_PATH, _telegram_webhook)
+        app.router.add_post(WEBHOOK_PATH, _telegram_webhook, name=webhook_route("telegram"))
     if settings.zalo_oa_on:
-        app.router.add_post(zalo_oa.WEBHOOK_PATH, _zalo_oa_webhook)
+        app.router.add_post(zalo_oa.WEBHOOK_PATH, _zalo_oa_webhook, name=webhook_route("zalo_oa"))
     if settings.zalo_bot_token is not None:
         app.router.add_get(zalo_bot.MEDIA_ROUTE, _zalo_bot_media)
         if settings.zalo_bot_mode == "webhook":
-            app.router.add_post(zalo_bot.WEBHOOK_PATH, _zalo_bot_webhook)
+            app.router.add_post(
+                zalo_bot.WEBHOOK_PATH, _zalo_bot_webhook, name=webhook_route("zalo_bot")
+            )
     app.cleanup_ctx.append(_chat_runtime)

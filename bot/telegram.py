@@ -33,7 +33,8 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from backend.config import Settings
-from backend.services.photos import find_media
+from backend.services.media_store import MediaStore, MediaUnavailable, local_media
+from backend.services.photos import read_photo
 from backend.services.presence import Presence
 from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox, NotStored
@@ -86,10 +87,18 @@ class TelegramChannel:
     name = CHANNEL
     capabilities = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
 
-    def __init__(self, settings: Settings, inbox: Inbox, presence: Presence) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inbox: Inbox,
+        presence: Presence,
+        *,
+        media: MediaStore | None = None,
+    ) -> None:
         if settings.telegram_token is None:
             raise ValueError("TelegramChannel needs HOTLINE_TELEGRAM_TOKEN")
         self._settings = settings
+        self._media = media if media is not None else local_media(settings)
         self._inbox = inbox
         self._presence = presence
         inbox.add_reader(CHANNEL, self.read)
@@ -164,7 +173,7 @@ class TelegramChannel:
         if chat_id is None:
             return
         msg = update.message
-        fetches = msg is not None and bool(msg.photo or msg.document)
+        fetches = msg is not None and _media_of(msg) is not None
         ready = None if fetches else await self.to_incoming(update)
         await self._inbox.accept(CHANNEL, str(update.update_id), chat_id, data, ready=ready)
 
@@ -314,7 +323,7 @@ class TelegramChannel:
             return Incoming(kind="location", location=point.pair, **base)
         if msg.contact is not None:
             return Incoming(kind="contact", phone=msg.contact.phone_number, **base)
-        source = msg.photo[-1] if msg.photo else msg.document
+        source = _media_of(msg)
         if source is not None:
             media, error = await self._fetch_media(source)
             return Incoming(
@@ -358,7 +367,7 @@ class TelegramChannel:
         except TelegramError as exc:
             log.warning("photo download failed: %s", type(exc).__name__)
             return None, "download_failed"
-        return await store_media(self._settings, data)
+        return await store_media(self._media, self._settings, data)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -402,18 +411,18 @@ class TelegramChannel:
                     await self.bot.edit_message_text(message.text, chat_id, int(message.message_id))
                 return message.message_id
             if message.photo_sha256 is not None:
-                path = find_media(
-                    self._settings.media_dir, message.photo_sha256, thumbnail=message.thumbnail
+                photo = await read_photo(
+                    self._media, message.photo_sha256, thumbnail=message.thumbnail
                 )
-                if path is None:
+                if photo is None:
                     raise PermanentError("photo no longer stored")
-                with path.open("rb") as photo:
-                    sent = await self.bot.send_photo(
-                        chat_id,
-                        photo,
-                        caption=message.text[:1024],
-                        reply_markup=self.markup(message),
-                    )
+                sent = await self.bot.send_photo(
+                    chat_id,
+                    photo.data,
+                    filename=photo.name,
+                    caption=message.text[:1024],
+                    reply_markup=self.markup(message),
+                )
             else:
                 sent = await self.bot.send_message(
                     chat_id, message.text, reply_markup=self.markup(message)
@@ -425,3 +434,11 @@ class TelegramChannel:
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
         except (TimedOut, NetworkError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc.message}") from exc
+        except MediaUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+
+
+def _media_of(msg: TelegramMessage) -> TelegramFile | None:
+    """The file a message brings to fetch (the largest size of a photo, or a document
+    sent as a file), or None."""
+    return msg.photo[-1] if msg.photo else msg.document

@@ -20,7 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from backend.config import Settings
-from backend.services.photos import find_media
+from backend.services.media_store import MediaStore, MediaUnavailable, local_media
+from backend.services.photos import read_photo
 from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox
 from bot.media import photo_event
@@ -111,11 +112,14 @@ class ZaloBotChannel:
     name = CHANNEL
     capabilities = Capabilities(inline_buttons=False, request_location=False)
 
-    def __init__(self, settings: Settings, inbox: Inbox) -> None:
+    def __init__(
+        self, settings: Settings, inbox: Inbox, *, media: MediaStore | None = None
+    ) -> None:
         if settings.zalo_bot_token is None:
             raise ValueError("ZaloBotChannel needs HOTLINE_ZALO_BOT_TOKEN")
         token = settings.zalo_bot_token.get_secret_value()
         self._settings = settings
+        self._media = media if media is not None else local_media(settings)
         self._inbox = inbox
         self._base = f"{settings.zalo_bot_api_url.rstrip('/')}/bot{token}"
         self._secret = settings.zalo_bot_webhook_secret_value().encode()
@@ -243,6 +247,7 @@ class ZaloBotChannel:
             self.http(),
             update.photo_url,
             self._settings,
+            self._media,
             channel=CHANNEL,
             chat_id=update.chat_id,
             update_id=update.message_id,
@@ -299,10 +304,17 @@ class ZaloBotChannel:
         want = self._signature(sha256, kind, expires)
         if not hmac.compare_digest(want, request.match_info["signature"]) or expires < time.time():
             raise web.HTTPNotFound()
-        path = find_media(self._settings.media_dir, sha256, thumbnail=kind == "thumb")
-        if path is None:
+        try:
+            photo = await read_photo(self._media, sha256, thumbnail=kind == "thumb")
+        except MediaUnavailable as exc:
+            raise web.HTTPServiceUnavailable(headers={"Retry-After": "5"}) from exc
+        if photo is None:
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        return web.Response(
+            body=photo.data,
+            content_type=photo.content_type,
+            headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{photo.name}"'},
+        )
 
 
 def _message_id(result: Any) -> str | None:

@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import User, utcnow
+from backend.services.media_store import MediaStore, MediaUnavailable, local_media
 from backend.services.notify import tell_staff
-from backend.services.photos import find_media
+from backend.services.photos import read_photo
 from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox
 from bot.media import photo_event
@@ -196,10 +197,13 @@ class ZaloOAChannel:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         inbox: Inbox,
+        *,
+        media: MediaStore | None = None,
     ) -> None:
         if not settings.zalo_oa_on or settings.zalo_oa_secret_key is None:
             raise ValueError("ZaloOAChannel needs the HOTLINE_ZALO_OA_* settings")
         self._settings = settings
+        self._media = media if media is not None else local_media(settings)
         self._sessions = sessions
         self._inbox = inbox
         self._app_id = str(settings.zalo_oa_app_id)
@@ -268,6 +272,7 @@ class ZaloOAChannel:
             self.http(),
             event.image_url,
             self._settings,
+            self._media,
             channel=CHANNEL,
             chat_id=event.user_id,
             update_id=event.msg_id,
@@ -304,17 +309,19 @@ class ZaloOAChannel:
         """Upload the reply's photo (the thumbnail when over Zalo's 1 MB) for its id."""
         if message.photo_sha256 is None:
             return None
-        media_dir = self._settings.media_dir
-        path = find_media(media_dir, message.photo_sha256, thumbnail=message.thumbnail)
-        if path is not None and path.stat().st_size > UPLOAD_LIMIT:
-            path = find_media(media_dir, message.photo_sha256, thumbnail=True)
-        if path is None:
+        try:
+            photo = await read_photo(self._media, message.photo_sha256, thumbnail=message.thumbnail)
+            if photo is not None and len(photo.data) > UPLOAD_LIMIT:
+                photo = await read_photo(self._media, message.photo_sha256, thumbnail=True)
+        except MediaUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+        if photo is None:
             raise PermanentError("photo no longer stored")
-        image = path.read_bytes()
+        image = photo  # narrowed, for the closure
 
         def form() -> aiohttp.FormData:
             data = aiohttp.FormData()
-            data.add_field("file", image, filename=path.name, content_type="image/jpeg")
+            data.add_field("file", image.data, filename=image.name, content_type=image.content_type)
             return data
 
         uploaded = await self._call(UPLOAD_PATH, form=form)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from backend.cli import load_units, migrate
 from backend.config import Settings
 from backend.db import create_engine, create_writer_engine, session_factory
+from tests.fakes.s3 import MotoS3
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.zalo_bot import FakeZaloBot
 from tests.fakes.zalo_oa import FakeZaloOA
@@ -136,3 +137,20 @@ async def zbot() -> AsyncIterator[FakeZaloBot]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1, started once for the session."""
+    server = MotoS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoS3) -> str:
+    """A new, empty bucket on the S3 stand-in."""
+    name = f"media-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(name)
+    return name

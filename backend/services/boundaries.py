@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Ward, WardBoundary, utcnow
 from backend.services.upsert import upsert
+from backend.services.versions import WARDS as WARDS_DATA
+from backend.services.versions import bump
 
 
 class BoundaryFileError(ValueError):
@@ -84,12 +86,14 @@ async def import_boundaries(
             continue
         rows.append({"ward_code": code, "geometry": shapely.to_wkb(geom), "imported_at": utcnow()})
     await upsert(session, WardBoundary, rows, ["ward_code"])
+    await bump(session, WARDS_DATA)
     result.imported = len(rows)
     return result
 
 
 async def clear_boundaries(session: AsyncSession) -> None:
     await session.execute(delete(WardBoundary))
+    await bump(session, WARDS_DATA)
 
 
 class BoundaryIndex:

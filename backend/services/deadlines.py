@@ -142,17 +142,38 @@ class Policies:
     def overrides(self) -> list[DeadlinePolicy]:
         return list(self._provinces.values())
 
+    def replace_with(self, other: Policies) -> None:
+        """Take another's policies in place (every holder of this object sees them)."""
+        self.default = other.default
+        self._provinces = dict(other._provinces)
+
     @classmethod
     def load(cls, *files: Path | None) -> Policies:
         """The shipped defaults, then each file's [default] and [province.<code>] on top."""
-        default = DeadlinePolicy()
-        overrides: dict[str, dict[str, Any]] = {}
+        docs: list[tuple[dict[str, Any], str]] = []
         for path in (DEFAULT_POLICY_FILE, *files):
             if path is None:
                 continue
             with path.open("rb") as f:
-                doc = tomllib.load(f)
-            default = _apply(default, doc.get("default", {}), str(path))
+                docs.append((tomllib.load(f), str(path)))
+        return cls._from_docs(docs)
+
+    @classmethod
+    def from_text(cls, content: str, where: str) -> Policies:
+        """The shipped defaults with a policy file's text on top. Raises ValueError (or
+        tomllib's error, a ValueError too) when it is not a valid policy."""
+        with DEFAULT_POLICY_FILE.open("rb") as f:
+            shipped = tomllib.load(f)
+        return cls._from_docs(
+            [(shipped, str(DEFAULT_POLICY_FILE)), (tomllib.loads(content), where)]
+        )
+
+    @classmethod
+    def _from_docs(cls, docs: Iterable[tuple[dict[str, Any], str]]) -> Policies:
+        default = DeadlinePolicy()
+        overrides: dict[str, dict[str, Any]] = {}
+        for doc, where in docs:
+            default = _apply(default, doc.get("default", {}), where)
             for code, values in doc.get("province", {}).items():
                 overrides.setdefault(str(code), {}).update(values)
         provinces = {

@@ -4,7 +4,9 @@ Overdue is not a state: it is `due_at < now` on a ticket that still has a step t
 (tickets with nothing pending have no due time). Each pass takes a batch under row
 locks (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer at a time) and marks
 what it escalates in the same transaction, so no ticket is escalated twice by two
-processes, and it is escalated again only after the policy's interval.
+processes, and it is escalated again only after the policy's interval. What it decides
+on is read under the lock (workflow.lock_tickets): a ticket a staff member claimed a
+moment before is not overdue any more, and one answered is not closed under a reopen.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from backend.services.deadlines import Policies
 from backend.services.notify import tell_staff
 from backend.services.periodic import Periodic
 from backend.services.units import province_unit_code
-from backend.services.workflow import Action, Actor, apply, audit_note, overdue_filter
+from backend.services.workflow import (
+    Action,
+    Actor,
+    apply,
+    audit_note,
+    is_overdue,
+    lock_tickets,
+    overdue_filter,
+)
 from backend.timeutil import format_local
 
 log = logging.getLogger(__name__)
@@ -63,11 +73,16 @@ async def escalate_overdue(
     ids = list(await session.scalars(_locked(session, query)))
     if not ids:
         return []
-    found = await session.execute(
-        select(Ticket, Ward).join(Ward, Ward.code == Ticket.ward_code).where(Ticket.id.in_(ids))
-    )
+    tickets = [t for t in await lock_tickets(session, ids) if is_overdue(t, now)]
+    wards = {
+        w.code: w
+        for w in await session.scalars(
+            select(Ward).where(Ward.code.in_({t.ward_code for t in tickets}))
+        )
+    }
     by_cutoff: dict[datetime, list[tuple[Ticket, Ward]]] = {}
-    for ticket, ward in found:
+    for ticket in tickets:
+        ward = wards[ticket.ward_code]
         hours = policies.for_province(ward.province_code).escalate_again_hours
         cutoff = now - timedelta(hours=hours)
         if ticket.escalated_at is None or ticket.escalated_at < cutoff:
@@ -167,10 +182,14 @@ async def close_expired(
         .order_by(Ticket.reopen_until)
         .limit(limit)
     )
+    ids = list(await session.scalars(_locked(session, query)))
+    locked = {t.id: t for t in await lock_tickets(session, ids)}
     closed: list[int] = []
-    for ticket_id in list(await session.scalars(_locked(session, query))):
-        ticket = await session.get(Ticket, ticket_id)
+    for ticket_id in ids:
+        ticket = locked.get(ticket_id)
         if ticket is None or ticket.state != "answered":
+            continue  # reopened (or closed) since the scan read it
+        if ticket.reopen_until is None or ticket.reopen_until >= now:
             continue
         await apply(
             session,

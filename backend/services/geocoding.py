@@ -10,10 +10,11 @@ from the imported ward and province names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -21,10 +22,11 @@ from urllib.parse import urlsplit
 from geopy.adapters import AioHTTPAdapter
 from geopy.exc import GeopyError
 from geopy.geocoders import Nominatim
-from sqlalchemy import case, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import write_retrying
+from backend.metrics import GEOCODER_CALLS
 from backend.models import GeocodeCache, SharedLimit, utcnow
 from backend.services.units import WardIndex, WardInfo
 from backend.services.upsert import dialect_insert, upsert
@@ -63,36 +65,53 @@ class Paused(Exception):
 
 
 class SharedPace:
-    """Slots `interval` apart for one outside service, shared by every process through
-    the database (a row of shared_limits), and a pause after a failure. Times are epoch
-    seconds: the machines' clocks are assumed to agree (NTP) to well under a second.
-    Slots are MARGIN more than `interval` apart, so that a request sent a little late
-    (a new connection, a busy loop) still reaches the service `interval` after the one
-    before."""
+    """One request at a time to an outside service, `interval` after the previous one
+    ended, across every process (a row of shared_limits), and a pause after a failure.
 
-    MARGIN = 0.1
+    A process takes its turn by moving next_at past `now + hold` (so that a process
+    that dies holding it stalls the others for `hold` at most), makes its request, and
+    sets next_at to `interval` after the request ended. Counting from the end, not the
+    start, keeps two requests `interval` apart at the service whatever the network's
+    delays. Others look again every POLL seconds at most. Times are epoch seconds: the
+    machines' clocks are assumed to agree (NTP) to well under a second.
+    """
+
+    POLL = 0.25
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         name: str,
         interval: float,
+        hold: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
         self._name = name
-        self._interval = interval + self.MARGIN if interval > 0 else 0.0
+        self._interval = interval
+        self._hold = hold
         self._clock = clock
         self._created = False
+        # This process's callers take turns here first, so that only one of them asks
+        # the database at a time.
+        self._local = asyncio.Lock()
 
-    async def wait_turn(self) -> None:
-        """Take the next free slot and wait for it. Raises Paused during a pause."""
-        at = await write_retrying(self._take)
-        delay = at - self._clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold the turn for one request. Raises Paused during a pause."""
+        async with self._local:
+            while True:
+                wait = await write_retrying(self._take)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(min(wait, self.POLL))
+            try:
+                yield
+            finally:
+                await write_retrying(self._release)
 
     async def _take(self) -> float:
+        """0 when the turn was taken; else how long until it may be free."""
         now = self._clock()
         t = SharedLimit
         async with self._sessions() as session, session.begin():
@@ -103,18 +122,30 @@ class SharedPace:
                     .values(name=self._name, next_at=0.0, down_until=0.0)
                     .on_conflict_do_nothing(index_elements=["name"])
                 )
-            start = case((t.next_at > now, t.next_at), else_=now)
-            slot = await session.scalar(
+                self._created = True
+            taken = await session.scalar(
                 update(SharedLimit)
-                .where(t.name == self._name, t.down_until <= now)
-                .values(next_at=start + self._interval)
-                .returning(t.next_at - self._interval)
+                .where(t.name == self._name, t.next_at <= now, t.down_until <= now)
+                .values(next_at=now + self._hold)
+                .returning(t.name)
                 .execution_options(synchronize_session=False)
             )
-        self._created = True
-        if slot is None:
+            if taken is not None:
+                return 0.0
+            row = (
+                await session.execute(select(t.next_at, t.down_until).where(t.name == self._name))
+            ).one()
+        if row.down_until > now:
             raise Paused(self._name)
-        return float(slot)
+        return max(float(row.next_at) - now, 0.01)
+
+    async def _release(self) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(SharedLimit)
+                .where(SharedLimit.name == self._name)
+                .values(next_at=self._clock() + self._interval)
+            )
 
     async def pause(self, seconds: float) -> None:
         """No process asks for `seconds` from now."""
@@ -149,7 +180,8 @@ class Geocoder:
         self._country = country
         # After a failure the geocoder is not asked again for a while: residents get
         # "send a pin" at once rather than after another timeout.
-        self._pace = SharedPace(sessions, "geocoder", interval)
+        # A process that dies mid-request holds the others up for this long at most.
+        self._pace = SharedPace(sessions, "geocoder", interval, hold=timeout + interval + 1)
         self._background: set[asyncio.Task[str | None]] = set()
         self._client: Nominatim | None = None
         if url:
@@ -192,16 +224,20 @@ class Geocoder:
     async def _call(self, method: str, query: Any, **options: Any) -> Any:
         if self._client is None:
             raise GeocoderDown("no geocoder configured")
+        kind = "search" if method == "geocode" else "reverse"
         try:
-            await self._pace.wait_turn()
+            async with self._pace.turn():
+                try:
+                    location = await getattr(self._client, method)(query, **options)
+                except (GeopyError, TimeoutError, OSError) as exc:
+                    GEOCODER_CALLS.labels(kind=kind, outcome="failed").inc()
+                    log.warning("geocoder %s failed: %s", method, type(exc).__name__)
+                    await self._pace.pause(self.PAUSE_AFTER_FAILURE)
+                    raise GeocoderDown(type(exc).__name__) from exc
         except Paused as exc:
             raise GeocoderDown("failed a moment ago") from exc
-        try:
-            return await getattr(self._client, method)(query, **options)
-        except (GeopyError, TimeoutError, OSError) as exc:
-            log.warning("geocoder %s failed: %s", method, type(exc).__name__)
-            await self._pace.pause(self.PAUSE_AFTER_FAILURE)
-            raise GeocoderDown(type(exc).__name__) from exc
+        GEOCODER_CALLS.labels(kind=kind, outcome="ok" if location else "not_found").inc()
+        return location
 
     async def search(self, text: str) -> Found | None:
         """The point for a typed address in Vietnam, or None when nothing matches.

@@ -7,8 +7,8 @@ upright, converted to RGB, shrunk to at most 2048 px (JPEG draft decoding does m
 that while decoding) and written as a fresh JPEG at quality 85, with a 320 px
 thumbnail. Nothing of the original file's metadata (EXIF, comments, profiles) survives.
 
-The work is CPU-bound: callers run it in the process pool (`store_photo`), never on the
-event loop.
+The work is CPU-bound: `store_photo` runs it in the process pool, never on the event
+loop, then writes the two files to the media store (a folder or a bucket).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import io
 import multiprocessing
 import os
 import re
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
+
+from backend.services.media_store import MediaStore, content_type
 
 # iPhones save HEIC: pillow-heif teaches Pillow to read it (in every pool process too,
 # since each imports this module).
@@ -94,21 +94,39 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and SHA256.fullmatch(value) is not None
 
 
-def media_path(media_dir: Path, sha256: str, suffix: str = "jpg") -> Path:
+def photo_key(sha256: str, *, thumbnail: bool = False, suffix: str = "jpg") -> str:
+    """The media store's key for a photo (or its thumbnail); ValueError for anything that
+    is not a digest, so no key is ever built from other text."""
     if not is_digest(sha256):
         raise ValueError("not a photo id")
-    return media_dir / sha256[:2] / f"{sha256}.{suffix}"
+    return f"{sha256[:2]}/{sha256}.{'thumb.jpg' if thumbnail else suffix}"
 
 
-def find_media(media_dir: Path, sha256: str, *, thumbnail: bool = False) -> Path | None:
-    """The stored file (or its thumbnail) for a digest; None for anything that is not a
-    digest, so no path is ever built from other text."""
+@dataclass(frozen=True, slots=True)
+class PhotoFile:
+    """A stored photo as read back: its file name, bytes and media type."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
+async def read_photo(
+    media: MediaStore, sha256: str, *, thumbnail: bool = False
+) -> PhotoFile | None:
+    """The stored photo (or its thumbnail) for a digest; None for anything that is not a
+    digest or is not stored. MediaUnavailable when the store does not answer."""
     if not is_digest(sha256):
         return None
-    for ext in ("thumb.jpg",) if thumbnail else ("jpg", "png", "webp"):
-        path = media_path(media_dir, sha256, ext)
-        if path.exists():
-            return path
+    if thumbnail:
+        keys = [photo_key(sha256, thumbnail=True)]
+    else:
+        # Photos stored by the first versions kept their PNG or WebP original.
+        keys = [photo_key(sha256, suffix=suffix) for suffix in ("jpg", "png", "webp")]
+    for key in keys:
+        data = await media.get(key)
+        if data is not None:
+            return PhotoFile(key.rsplit("/", 1)[1], data, content_type(key))
     return None
 
 
@@ -223,32 +241,11 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write then rename, so a crash never leaves a half-written file under its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def store_image(media_dir: Path, data: bytes, max_bytes: int) -> StoredImage:
-    """Sanitise and store an image once per content. Blocking and CPU-bound."""
+def prepare(data: bytes, max_bytes: int) -> tuple[str, Sanitised]:
+    """The sanitised image and its digest (the sha256 of the clean JPEG). CPU-bound: run
+    in the process pool."""
     clean = sanitise(data, max_bytes)
-    digest = hashlib.sha256(clean.jpeg).hexdigest()
-    path = media_path(media_dir, digest)
-    if not path.exists():
-        _write(media_path(media_dir, digest, "thumb.jpg"), clean.thumbnail)
-        _write(path, clean.jpeg)
-    return StoredImage(
-        digest, STORED_TYPE, clean.width, clean.height, len(clean.jpeg), clean.gps, clean.taken_at
-    )
+    return hashlib.sha256(clean.jpeg).hexdigest(), clean
 
 
 _pool: ProcessPoolExecutor | None = None
@@ -266,10 +263,18 @@ def _executor() -> ProcessPoolExecutor:
     return _pool
 
 
-async def store_photo(media_dir: Path, data: bytes, max_bytes: int) -> StoredImage:
-    """store_image in the process pool: the event loop never decodes an image."""
+async def store_photo(media: MediaStore, data: bytes, max_bytes: int) -> StoredImage:
+    """Sanitise an image in the process pool (the event loop never decodes one) and store
+    it once per content: the thumbnail first, so a stored photo always has one."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor(), store_image, media_dir, data, max_bytes)
+    digest, clean = await loop.run_in_executor(_executor(), prepare, data, max_bytes)
+    key = photo_key(digest)
+    if not await media.exists(key):
+        await media.put(photo_key(digest, thumbnail=True), clean.thumbnail)
+        await media.put(key, clean.jpeg)
+    return StoredImage(
+        digest, STORED_TYPE, clean.width, clean.height, len(clean.jpeg), clean.gps, clean.taken_at
+    )
 
 
 def shutdown_pool() -> None:

@@ -90,7 +90,9 @@ async def claim_from_card(
     policies: Policies,
 ) -> ClaimOutcome:
     """A press on a card's claim button: linked staff of the unit claim the ticket, and
-    every card of it is edited to say who; anyone else changes nothing."""
+    every card of it is edited to say who; anyone else changes nothing. Of two presses at
+    once, the second waits for the first (workflow.apply locks the ticket) and is told who
+    claimed it."""
     ticket = await session.scalar(select(Ticket).where(Ticket.code == code))
     if ticket is None:
         return ClaimOutcome("card.gone", {"code": code})
@@ -105,8 +107,13 @@ async def claim_from_card(
         actor = await Actor.of_user(session, user)
         await apply(session, ticket, Action("claim"), actor, policies)
     except WorkflowError as exc:
-        key = "card.not_yours" if exc.code in ("out_of_scope", "forbidden") else "card.taken"
-        return ClaimOutcome(key, {"code": code})
+        if exc.code in ("out_of_scope", "forbidden"):
+            return ClaimOutcome("card.not_yours", {"code": code})
+        # apply() read the ticket under its lock: claimed_by is whoever claimed it.
+        claimer = await session.get(User, ticket.claimed_by) if ticket.claimed_by else None
+        if claimer is None:
+            return ClaimOutcome("card.not_waiting", {"code": code})
+        return ClaimOutcome("card.taken", {"code": code, "name": claimer.display_name})
     cards = await session.execute(
         select(StaffCard, OutboxMessage)
         .join(OutboxMessage, OutboxMessage.id == StaffCard.outbox_id)

@@ -14,6 +14,8 @@ from backend.geo import haversine_km
 from backend.models import Province, Unit, Ward
 from backend.services.boundaries import BoundaryIndex
 from backend.services.upsert import upsert
+from backend.services.versions import WARDS as WARDS_DATA
+from backend.services.versions import bump
 from backend.text import search_key
 
 MINISTRY_CODE = "MOAE"
@@ -135,6 +137,7 @@ async def import_units(session: AsyncSession) -> ImportCounts:
     await upsert(session, Province, list(provinces.values()), ["code"])
     await upsert(session, Ward, wards, ["code"])
     await upsert(session, Unit, units, ["code"])
+    await bump(session, WARDS_DATA)
     return ImportCounts(len(provinces), len(wards), len(units))
 
 
@@ -220,6 +223,10 @@ class WardIndex:
             for w, pname in rows
         ]
         return cls(wards, await BoundaryIndex.load(session), served_provinces)
+
+    def replace_with(self, other: WardIndex) -> None:
+        """Take another index's data in place (every holder of this object sees it)."""
+        self.__dict__.update(other.__dict__)
 
     def __len__(self) -> int:
         return len(self._wards)

@@ -7,14 +7,15 @@ reject, transfer, merge into a case, extension (gia hạn) and reopen beside the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, Select, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.metrics import TRANSITIONS as TRANSITIONS_MADE
 from backend.models import AuditEvent, Ticket, Unit, User, Ward, utcnow
 from backend.services.cards import post_cards
 from backend.services.deadlines import DeadlinePolicy, Policies
@@ -151,6 +152,11 @@ TRANSITIONS: tuple[Transition, ...] = (
 TABLE: dict[str, Transition] = {t.action: t for t in TRANSITIONS}
 
 
+# How many more times a staff action runs when the database refused its transaction for a
+# race with another (a deadlock, a lock timeout; see backend.db.write_retrying).
+ACTION_RETRIES = 3
+
+
 class WorkflowError(Exception):
     """An action the table does not allow; `code` names the reason for the caller."""
 
@@ -262,11 +268,16 @@ async def apply(
     now: datetime | None = None,
 ) -> Ticket:
     """Apply one action to a ticket: check it, change it, audit it, set the due time and
-    tell the reporter. Raises WorkflowError and changes nothing when it is not allowed."""
+    tell the reporter. Raises WorkflowError and changes nothing when it is not allowed.
+
+    The ticket (and a merge's case) is locked and read afresh first, in the caller's
+    transaction: of two actions at once, the second sees what the first did.
+    """
     now = now or utcnow()
     rule = TABLE.get(request.action)
     if rule is None:
         raise WorkflowError("unknown_action", request.action)
+    await _lock_for(session, ticket, request, actor)
     if ticket.state not in rule.sources:
         raise WorkflowError("wrong_state", f"{request.action} from {ticket.state}")
     if actor.role not in rule.roles:
@@ -297,6 +308,9 @@ async def apply(
         )
     )
     await session.flush()
+    # Counted when made, so a transaction that then fails (and is tried again) counts
+    # more than once: the metric's help says so.
+    TRANSITIONS_MADE.labels(action=request.action).inc()
     return ticket
 
 
@@ -314,6 +328,21 @@ async def act(
     if ticket.state == "classified":
         await apply(session, ticket, Action("assign"), Actor.system(), policies, now=now)
     return ticket
+
+
+async def _lock_for(session: AsyncSession, ticket: Ticket, request: Action, actor: Actor) -> None:
+    """Lock what the action changes or relies on: the ticket, and for a merge the case
+    (with the case it was merged into, if any), all in one call, so in id order."""
+    if ticket.id is None:
+        await session.flush()
+    ids = [ticket.id]
+    if request.action == "merge" and request.case_code:
+        # Found without a lock, only to know which rows to lock; _merge reads them again.
+        case = await find_visible_ticket(session, actor, request.case_code)
+        while case is not None and case.id not in ids:
+            ids.append(case.id)
+            case = await session.get(Ticket, case.case_id) if case.case_id else None
+    await lock_tickets(session, ids)
 
 
 def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: datetime) -> None:
@@ -541,11 +570,15 @@ async def _merge(step: _Step) -> str | None:
     case = await find_visible_ticket(session, actor, request.case_code or "")
     if case is None or case.id == ticket.id:
         raise missing
-    while case.case_id is not None:  # merge into the case itself, not into a member
-        parent = await session.get(Ticket, case.case_id)
-        if parent is None:
+    seen = {case.id}
+    # Merge into the case itself, not into a member. The chain was locked before (see
+    # _lock_for); a link made since is locked here, out of order but rarely.
+    while case.case_id is not None and case.case_id not in seen:
+        parents = await lock_tickets(session, [case.case_id])
+        if not parents:
             break
-        case = parent
+        case = parents[0]
+        seen.add(case.id)
     if not await in_scope(session, actor, case):
         raise missing
     if case.state in ("rejected", "merged") or case.id == ticket.id:
@@ -596,6 +629,7 @@ async def rate(
     """The reporter's 1–5 rating of an answer (the latest rating counts)."""
     if not 1 <= stars <= 5:
         raise WorkflowError("bad_rating")
+    await lock_tickets(session, [ticket.id])
     if ticket.answered_at is None and ticket.state not in ("answered", "closed"):
         raise WorkflowError("wrong_state", "nothing answered to rate")
     if not await in_scope(session, actor, ticket):
@@ -614,16 +648,59 @@ async def find_visible_ticket(
     session: AsyncSession, actor: Actor, code: str, *, lock: bool = False
 ) -> Ticket | None:
     """The ticket with this code if the actor may see it, in one scoped query: a ticket
-    outside the actor's scope takes the same work, and time, as one that does not exist."""
+    outside the actor's scope takes the same work, and time, as one that does not exist.
+    lock: locked for a change, and read afresh (see lock_tickets)."""
     query = scope_query(select(Ticket), actor).where(Ticket.code == code)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Ticket)
+    if lock:
+        query = await _locking(session, query, Ticket.code == code)
     found: Ticket | None = await session.scalar(query)
     return found
 
 
 async def find_ticket(session: AsyncSession, code: str, *, lock: bool = False) -> Ticket | None:
+    """The ticket with this code; lock: locked for a change, and read afresh."""
     query = select(Ticket).where(Ticket.code == code)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+    if lock:
+        query = await _locking(session, query, Ticket.code == code)
     return await session.scalar(query)
+
+
+async def lock_tickets(session: AsyncSession, ids: Iterable[int]) -> list[Ticket]:
+    """Tickets locked for a change in the caller's transaction, read afresh, in id order.
+
+    Every transaction that locks tickets takes them in this one order: two of them (two
+    opposite merges) never hold one each while waiting for the other's. Locking a ticket
+    the transaction holds already costs a query, and never waits.
+    """
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    where = Ticket.id.in_(wanted)
+    query = await _locking(session, select(Ticket).where(where).order_by(Ticket.id), where)
+    return list(await session.scalars(query))
+
+
+async def _locking(
+    session: AsyncSession, query: Select[Any], rows: ColumnElement[bool]
+) -> Select[Any]:
+    """The query, made to read its tickets locked and afresh (a ticket this session read
+    before is read again from the database, not taken from memory).
+
+    PostgreSQL locks the rows: SELECT … FOR UPDATE waits for another transaction that
+    holds one, then reads what it committed. SQLite has one writer at a time, and a read
+    outside a write takes no lock: a write that changes nothing (to the `rows`) takes the
+    database's write lock first, waiting for a writer that holds it, so that no other
+    writer can commit between this read and this transaction's own write. Should SQLite
+    refuse the write (a transaction that read before another writer committed), the
+    caller runs the whole action again (backend.db.write_retrying).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Ticket)
+    else:
+        await session.execute(
+            update(Ticket)
+            .where(rows)
+            .values(updated_at=Ticket.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+    return query.execution_options(populate_existing=True)

@@ -24,6 +24,7 @@ from pydantic import (
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.db import write_retrying
 from backend.models import (
     AuditEvent,
     Category,
@@ -36,10 +37,12 @@ from backend.models import (
     User,
     utcnow,
 )
+from backend.services.media_store import MediaUnavailable
 from backend.services.notify import needs_call
 from backend.services.photos import NotAnImage, TooLarge, image_fields, store_photo
 from backend.services.upsert import insert_for
 from backend.services.workflow import (
+    ACTION_RETRIES,
     STATES,
     TABLE,
     Action,
@@ -52,7 +55,7 @@ from backend.services.workflow import (
     overdue_filter,
     scope_query,
 )
-from backend.web.app import POLICIES, SESSIONS, SETTINGS
+from backend.web.app import MEDIA, POLICIES, SESSIONS, SETTINGS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 from backend.web.bodies import JSON_LIMIT, BadJSON, parse_json, read_body
 
@@ -81,6 +84,7 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
     409: web.HTTPConflict,
     415: web.HTTPUnsupportedMediaType,
     422: web.HTTPUnprocessableEntity,
+    503: web.HTTPServiceUnavailable,
 }
 
 
@@ -357,31 +361,40 @@ async def _photos(
 
 async def act_on_ticket(request: web.Request) -> web.Response:
     """POST /api/v1/tickets/{code}/actions {"action": …, …}: one step of the procedure."""
-    async with request.app[SESSIONS]() as session, session.begin():
-        # Who is asking comes first: an outsider learns nothing from the body's fate.
-        user, actor = await identify(request, session)
-        body = await _action_body(request)
-        ticket = await _ticket_for(request, session, actor, lock=True)
-        request_action = Action(
-            action=body.action,
-            note=body.note,
-            reason=body.reason,
-            result=body.result,
-            photos=await _photos(session, body.photos, user, ticket),
-            unit_code=body.unit,
-            due=datetime.fromisoformat(body.due) if body.due else None,
-            case_code=body.case,
-            urgency=body.urgency,
-            competence=body.competence,
-        )
-        try:
-            await act(session, ticket, request_action, actor, request.app[POLICIES])
-        except WorkflowError as exc:
-            raise json_error(
-                _STATUS.get(exc.code, 422), {"error": exc.code, "detail": str(exc)}
-            ) from exc
-        detail = await _detail(session, ticket, actor)
-    return web.json_response(detail)
+    body: ActionBody | None = None
+
+    async def attempt() -> dict[str, Any]:
+        nonlocal body
+        async with request.app[SESSIONS]() as session, session.begin():
+            # Who is asking comes first: an outsider learns nothing from the body's fate.
+            user, actor = await identify(request, session)
+            if body is None:  # read once: a second attempt has no body left to read
+                body = await _action_body(request)
+            # Not locked here: act() locks what the action changes, in one order.
+            ticket = await _ticket_for(request, session, actor)
+            request_action = Action(
+                action=body.action,
+                note=body.note,
+                reason=body.reason,
+                result=body.result,
+                photos=await _photos(session, body.photos, user, ticket),
+                unit_code=body.unit,
+                due=datetime.fromisoformat(body.due) if body.due else None,
+                case_code=body.case,
+                urgency=body.urgency,
+                competence=body.competence,
+            )
+            try:
+                await act(session, ticket, request_action, actor, request.app[POLICIES])
+            except WorkflowError as exc:
+                raise json_error(
+                    _STATUS.get(exc.code, 422), {"error": exc.code, "detail": str(exc)}
+                ) from exc
+            return await _detail(session, ticket, actor)
+
+    # A race the database settled against this transaction (a deadlock) runs the action
+    # again: it then sees what the other did, and answers 409 if it cannot be done now.
+    return web.json_response(await write_retrying(attempt, retries=ACTION_RETRIES))
 
 
 async def upload_photo(request: web.Request) -> web.Response:
@@ -397,11 +410,15 @@ async def upload_photo(request: web.Request) -> web.Response:
         )
     data = await _body(request, settings.max_photo_bytes)
     try:
-        stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
+        stored = await store_photo(request.app[MEDIA], data, settings.max_photo_bytes)
     except TooLarge as exc:
         raise _too_large(settings.max_photo_bytes) from exc
     except NotAnImage as exc:
         raise json_error(415, {"error": "not_image"}) from exc
+    except MediaUnavailable as exc:
+        error = json_error(503, {"error": "storage_unavailable", "detail": "try again later"})
+        error.headers["Retry-After"] = "5"
+        raise error from exc
     async with request.app[SESSIONS]() as session, session.begin():
         await session.execute(
             insert_for(session, Media)

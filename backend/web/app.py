@@ -15,12 +15,15 @@ from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
 from backend.services.geocoding import Geocoder
 from backend.services.logins import Logins
+from backend.services.media_store import MediaStore, media_store
 from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.presence import Presence
+from backend.services.reference import Reference
 from backend.services.units import WardIndex
 from backend.web import security
 from backend.web.bodies import upload_limit
+from backend.web.metrics import mount_metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -30,6 +33,8 @@ WARDS = web.AppKey("wards", WardIndex)
 GEOCODER = web.AppKey("geocoder", Geocoder)
 LOGINS = web.AppKey("logins", Logins)
 PRESENCE = web.AppKey("presence", Presence)
+# Where photos are kept (a folder or a bucket), opened once per process.
+MEDIA = web.AppKey("media", MediaStore)
 # Channels that are not up (yet), with why: filled by the chat runtime.
 CHANNELS_DOWN = web.AppKey("channels_down", dict[str, str])
 
@@ -40,8 +45,18 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = session_factory(engine)
     settings = app[SETTINGS]
     app[LOGINS] = Logins(app[SESSIONS], demo=settings.demo)
-    async with app[SESSIONS]() as session:
-        app[WARDS] = await WardIndex.load(session, settings.served_provinces)
+    # The wards are loaded, and the deadline policy shared, by Reference, which then
+    # keeps both in step with what other processes change.
+    app[WARDS] = WardIndex([], served_provinces=settings.served_provinces)
+    reference = Reference(
+        app[SESSIONS],
+        app[WARDS],
+        app[POLICIES],
+        served_provinces=settings.served_provinces,
+        deadlines_file=settings.deadlines_file,
+        interval=settings.reference_check_interval,
+    )
+    await reference.start()
     app[GEOCODER] = Geocoder(
         app[SESSIONS],
         settings.nominatim_url,
@@ -54,9 +69,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     presence.start()
     yield
     await presence.stop()
+    await reference.stop()
     await app[GEOCODER].close()
     await engine.dispose()
     shutdown_pool()
+
+
+async def _media(app: web.Application) -> AsyncIterator[None]:
+    await app[MEDIA].start()
+    yield
+    await app[MEDIA].close()
 
 
 async def _deadlines(app: web.Application) -> AsyncIterator[None]:
@@ -112,6 +134,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=upload_limit(settings))
     app[SETTINGS] = settings
     app[POLICIES] = Policies.load(settings.deadlines_file)
+    app[MEDIA] = media_store(settings)
+    app.cleanup_ctx.append(_media)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_deadlines)
     app.cleanup_ctx.append(_monthly)
@@ -119,4 +143,5 @@ def create_app(settings: Settings) -> web.Application:
     app[CHANNELS_DOWN] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    mount_metrics(app, SESSIONS, settings.trusted_proxies)
     return app

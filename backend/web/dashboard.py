@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.db import write_retrying
 from backend.i18n import Catalogues
 from backend.models import (
     AuditEvent,
@@ -29,11 +30,13 @@ from backend.models import (
 )
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
+from backend.services.media_store import MediaUnavailable
 from backend.services.notify import mark_called, needs_call, undelivered
-from backend.services.photos import NotAnImage, TooLarge, find_media, store_photo
+from backend.services.photos import NotAnImage, TooLarge, read_photo, store_photo
 from backend.services.reporters import create_phone_reporter, normalise_phone
 from backend.services.units import WardIndex
 from backend.services.workflow import (
+    ACTION_RETRIES,
     OPEN_STATES,
     REJECT_REASONS,
     STATES,
@@ -50,7 +53,7 @@ from backend.services.workflow import (
 )
 from backend.text import parse_point
 from backend.timeutil import VN_TZ, format_local
-from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
+from backend.web.app import GEOCODER, MEDIA, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 from backend.web.bodies import read_form, upload_limit
 
@@ -278,11 +281,13 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
     if isinstance(upload, web.FileField) and upload.filename:
         data = upload.file.read(settings.max_photo_bytes + 1)
         try:
-            stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
+            stored = await store_photo(request.app[MEDIA], data, settings.max_photo_bytes)
         except TooLarge:
             problem = "too_large"
         except NotAnImage:
             problem = "not_image"
+        except MediaUnavailable:
+            problem = "storage_unavailable"
         else:
             photos.append(stored.as_dict())
     due = _day(str(form.get("due") or ""))
@@ -296,15 +301,23 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
         case_code=str(form.get("case") or "").strip().upper() or None,
         urgency=str(form.get("urgency") or "") or None,
     )
-    if problem is None:
+
+    async def attempt() -> str | None:
         async with request.app[SESSIONS]() as session, session.begin():
             _, actor = await require_user(request, session)
-            ticket = await _visible_ticket(request, session, actor, lock=True)
+            # Not locked here: act() locks what the action changes, in one order.
+            ticket = await _visible_ticket(request, session, actor)
             try:
                 await act(session, ticket, request_action, actor, request.app[POLICIES])
             except WorkflowError as exc:
-                problem = exc.code
                 await session.rollback()
+                return exc.code
+        return None
+
+    if problem is None:
+        # A race the database settled against this transaction (a deadlock) runs the
+        # action again: it then sees what the other did, and says so if it cannot be done.
+        problem = await write_retrying(attempt, retries=ACTION_RETRIES)
     target = f"/tickets/{code}?" + (f"error={problem}" if problem else "done=ok")
     raise web.HTTPSeeOther(target)
 
@@ -360,10 +373,18 @@ async def media(request: web.Request) -> web.StreamResponse:
             .where(Photo.sha256 == sha)
             .limit(1)
         )
-    path = find_media(request.app[SETTINGS].media_dir, sha) if visible else None
-    if path is None:
+    try:
+        photo = await read_photo(request.app[MEDIA], sha) if visible else None
+    except MediaUnavailable as exc:
+        raise web.HTTPServiceUnavailable(headers={"Retry-After": "5"}) from exc
+    if photo is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=86400"})
+    return web.Response(
+        body=photo.data,
+        content_type=photo.content_type,
+        # Content-addressed: the name is the version.
+        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{photo.name}"'},
+    )
 
 
 # --- hotline phone intake ---------------------------------------------------------------
@@ -462,9 +483,11 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     for upload in uploads:
         data = upload.file.read(settings.max_photo_bytes + 1)
         try:
-            stored = await store_photo(settings.media_dir, data, settings.max_photo_bytes)
+            stored = await store_photo(request.app[MEDIA], data, settings.max_photo_bytes)
         except (TooLarge, NotAnImage):
             problem = problem or "phone.bad_photo"
+        except MediaUnavailable:
+            problem = problem or "phone.storage_unavailable"
         else:
             photos.append(stored.as_dict())
     category = fields.get("category", "other")

@@ -154,6 +154,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "Body over the size limit",
         415: "Not an image",
         422: "The body or the action's requirements are not met",
+        503: "The photo store did not answer: try again later",
     }
     return {str(s): _json("Error", words[s]) for s in statuses}
 
@@ -291,7 +292,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json("StoredMedia", "Stored: refer to it by its sha256"),
-                        **_errors(401, 403, 413, 415),
+                        **_errors(401, 403, 413, 415, 503),
                     },
                 }
             },

@@ -1,7 +1,7 @@
 """What every response carries and every request is checked for: security headers (CSP,
 framing, sniffing, referrer, permissions, HSTS over HTTPS, no-store), no server banner,
-a request id, a JSON access log without personal data, and refusal of NUL characters in
-the path or query."""
+a request id (on the response, the access log and every line logged meanwhile), a JSON
+access log without personal data, and refusal of NUL characters in the path or query."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from backend.config import Settings
+from backend.logs import request_id as logged_request_id
 
 REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -132,6 +133,7 @@ def install(app: web.Application, settings: Settings) -> None:
 
     app.on_response_prepare.append(on_prepare)
     app.middlewares.insert(0, refuse_nul)
+    app.middlewares.insert(0, log_request_id)
     if settings.security_contact:
         contact = settings.security_contact
 
@@ -158,6 +160,18 @@ def request_id(request: BaseRequest) -> str:
     made = secrets.token_hex(8)
     request[REQUEST_ID] = made
     return made
+
+
+@web.middleware
+async def log_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every line logged while serving a request carries its id; a webhook's update
+    keeps it for the lines of its handling and of its replies (see backend.logs).
+
+    aiohttp serves each request in a task of its own, so the id is set for that task
+    alone and left set: aiohttp's line about a handler's crash carries it too.
+    """
+    logged_request_id.set(request_id(request))
+    return await handler(request)
 
 
 @web.middleware

@@ -75,8 +75,9 @@ async def hotline_serve(
         assert process.stderr is not None
         async for raw in process.stderr:
             line = raw.decode(errors="replace").strip()
-            if line.startswith("{"):
-                access.append(json.loads(line))
+            record = json.loads(line) if line.startswith("{") else {}
+            if "route" in record:  # an access line (every line is JSON)
+                access.append(record)
 
     reader = asyncio.create_task(read())
     try:

@@ -22,7 +22,8 @@ from backend.cli import build_app
 from backend.config import Settings
 from backend.models import Photo, Ticket
 from backend.services.deadlines import Policies
-from backend.services.photos import find_media, store_photo
+from backend.services.media_store import LocalStore
+from backend.services.photos import read_photo, store_photo
 from backend.services.workflow import Action, Actor, apply
 from backend.web.api import TEST_USER_HEADER
 from backend.web.security import ACCESS_LOG, REQUEST_ID_HEADER, JsonAccessLog, access_logger
@@ -83,9 +84,9 @@ async def test_an_answer_cannot_send_a_file_from_outside_the_media_store(
     media_dir = chat_settings.media_dir
     media_dir.mkdir(parents=True, exist_ok=True)
     relative = "../" * len(media_dir.resolve().parts) + str(outside.resolve()).lstrip("/")
-    # find_media never builds a path from text that is not a photo id.
-    assert find_media(media_dir, relative) is None
-    assert find_media(media_dir, "../elsewhere/private") is None
+    # read_photo never builds a path from text that is not a photo id.
+    assert await read_photo(LocalStore(media_dir), relative) is None
+    assert await read_photo(LocalStore(media_dir), "../elsewhere/private") is None
 
     async with running(chat_settings), aiohttp.ClientSession() as http:
         url = f"{chat_settings.public_url}/api/v1/tickets/{code}/actions"
@@ -125,7 +126,7 @@ async def test_without_a_login_the_answer_does_not_depend_on_the_body(
     chat_settings: Settings, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     code, _, _ = await handling_ticket(sessions, "8102")
-    stored = await store_photo(chat_settings.media_dir, image_bytes(), 10**7)
+    stored = await store_photo(LocalStore(chat_settings.media_dir), image_bytes(), 10**7)
     bodies: list[bytes] = [
         json.dumps({"action": "answer", "result": "x", "photos": [stored.sha256]}).encode(),
         json.dumps({"action": "answer", "result": "x", "photos": ["../../etc/hostname"]}).encode(),

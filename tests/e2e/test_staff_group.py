@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import Ticket
 from backend.services.deadlines import Policies
-from backend.services.photos import store_image
+from backend.services.media_store import LocalStore
+from backend.services.photos import store_photo
 from backend.services.staff_groups import create_link_code
 from backend.services.workflow import Action, Actor, apply
 from tests.e2e.conftest import running
@@ -32,9 +33,11 @@ async def test_cards_in_a_linked_group_and_who_may_claim(
     async with sessions() as s, s.begin():
         code = await create_link_code(s, "W14812")
         staff = await make_user(s, "ward_staff", "W14812", chat_id="8001")
+        await make_user(s, "ward_staff", "W14812", chat_id="8003")
     lan = FakeUser(api, 8001, group_id=GROUP)
     stranger = FakeUser(api, 8002, group_id=GROUP)
-    photo = store_image(chat_settings.media_dir, image_bytes("JPEG"), 10**7).as_dict()
+    media = LocalStore(chat_settings.media_dir)
+    photo = (await store_photo(media, image_bytes("JPEG"), 10**7)).as_dict()
     async with running(chat_settings):
         await stranger.text("/link WRONG123")
         assert "không đúng" in ((await lan.reply()).text or "")
@@ -70,6 +73,15 @@ async def test_cards_in_a_linked_group_and_who_may_claim(
                 break
             await asyncio.sleep(0.05)
         assert "đã nhận xử lý" in api.answered_callbacks[-1]["text"].lower()
+
+        # Another linked member pressing the card then is told who has it.
+        await FakeUser(api, 8003, group_id=GROUP).press("Nhận xử lý")
+        for _ in range(100):
+            if len(api.answered_callbacks) == 3:
+                break
+            await asyncio.sleep(0.05)
+        told = api.answered_callbacks[-1]["text"]
+        assert f"đã được {staff.display_name} nhận xử lý" in told, told
     async with sessions() as s:
         ticket = (await s.scalars(select(Ticket).where(Ticket.code == ticket_code))).one()
     assert (ticket.state, ticket.claimed_by) == ("claimed", staff.id)

@@ -29,7 +29,8 @@ from backend.models import (
     utcnow,
 )
 from backend.services.accounts import set_password
-from backend.services.photos import find_media, store_photo
+from backend.services.media_store import LocalStore
+from backend.services.photos import photo_key, store_photo
 from bot.runtime import ZALO_BOT
 from tests.e2e.conftest import Staff, running
 from tests.e2e.webhooks import channel_settings
@@ -143,7 +144,7 @@ async def test_oa_report_end_to_end_with_photo_location_and_answer(
             photos = list(await s.scalars(select(Photo).where(Photo.ticket_id == ticket.id)))
         assert ticket.channel == "zalo_oa" and ticket.ward_code == "14812"
         assert ticket.location_source == "gps"
-        assert len(photos) == 1 and find_media(oa_settings.media_dir, photos[0].sha256) is not None
+        assert len(photos) == 1 and (oa_settings.media_dir / photo_key(photos[0].sha256)).exists()
 
         result_photo = image_bytes("JPEG", (80, 60), "blue")
         code = await answer_with_photo(sessions, oa_settings.public_url or "", result_photo)
@@ -490,8 +491,8 @@ async def test_bot_report_end_to_end_with_photo_location_and_answer(
     async with sessions() as s:
         sha = await s.scalar(select(Photo.sha256).where(Photo.kind == "result"))
     assert sha is not None
-    stored = find_media(settings.media_dir, sha)
-    assert stored is not None and answer.photo == stored.read_bytes()
+    stored = settings.media_dir / photo_key(sha)
+    assert answer.photo == stored.read_bytes()
     if bot_mode == "webhook":
         assert zbot.webhook_statuses and set(zbot.webhook_statuses) == {200}
     else:
@@ -507,7 +508,9 @@ async def test_bot_webhook_checks_the_secret_token_and_media_links_are_signed(
     settings = zalo_settings(database_url, tmp_path, bot=zbot, bot_mode="webhook")
     user = ZaloBotUser(zbot, "b9e2d3c4f5a6")
     stored = await store_photo(
-        settings.media_dir, image_bytes("JPEG", (64, 48), "red"), settings.max_photo_bytes
+        LocalStore(settings.media_dir),
+        image_bytes("JPEG", (64, 48), "red"),
+        settings.max_photo_bytes,
     )
     async with running(settings) as app, aiohttp.ClientSession() as http:
         update = user.update("message.text.received", text="/start")
@@ -519,8 +522,8 @@ async def test_bot_webhook_checks_the_secret_token_and_media_links_are_signed(
         await until(user, "Tôi đồng ý")
 
         link = app[ZALO_BOT].media_url(stored.sha256)
-        path = find_media(settings.media_dir, stored.sha256)
-        assert link is not None and path is not None
+        path = settings.media_dir / photo_key(stored.sha256)
+        assert link is not None
         async with http.get(link) as r:
             assert r.status == 200 and await r.read() == path.read_bytes()
         for forged in (

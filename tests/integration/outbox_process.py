@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -15,6 +16,7 @@ from bot.outbox import OutboxWorker
 from bot.tasks import cancel
 from bot.telegram import TelegramChannel
 from handlers.turn import Services
+from tests.fakes.telegram_api import FakeTelegram
 
 
 @dataclass
@@ -61,3 +63,10 @@ async def start_outbox(
     await presence.beat()
     presence.start()
     return Process(presence, outbox, channel)
+
+
+def telegram_settings(settings: Settings, api: FakeTelegram) -> Settings:
+    """The settings with Telegram on, at the stand-in."""
+    return settings.model_copy(
+        update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
+    )

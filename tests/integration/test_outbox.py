@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
-from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -17,25 +14,7 @@ from backend.models import OutboxMessage, utcnow
 from bot.outbox import OutboxWorker
 from handlers.events import Reply
 from tests.fakes.telegram_api import FakeTelegram
-from tests.integration.outbox_process import start_outbox
-
-
-@pytest.fixture
-async def worker(
-    api: FakeTelegram,
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    engine: AsyncEngine,
-) -> AsyncIterator[OutboxWorker]:
-    process = await start_outbox(telegram_settings(settings, api), engine, sessions, max_attempts=3)
-    yield process.outbox
-    await process.stop()
-
-
-def telegram_settings(settings: Settings, api: FakeTelegram) -> Settings:
-    return settings.model_copy(
-        update={"telegram_token": SecretStr(api.token), "telegram_api_url": api.url}
-    )
+from tests.integration.outbox_process import start_outbox, telegram_settings
 
 
 async def enqueue(sessions: async_sessionmaker[AsyncSession], chat: str, *texts: str) -> None:

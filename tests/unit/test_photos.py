@@ -12,13 +12,15 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
+from backend.services.media_store import LocalStore
 from backend.services.photos import (
     MAX_SIDE,
     NotAnImage,
     TooLarge,
-    find_media,
+    read_photo,
     sanitise,
-    store_image,
+    shutdown_pool,
+    store_photo,
 )
 from tests.fakes.images import image_bytes
 
@@ -159,12 +161,16 @@ def test_too_large_files_are_refused_before_decoding() -> None:
         sanitise(b"\xff" * 1001, 1000)
 
 
-def test_the_same_photo_is_stored_once(tmp_path: Path) -> None:
+async def test_the_same_photo_is_stored_once(tmp_path: Path) -> None:
     data = exif_photo(gps=BIM_SON)
-    first = store_image(tmp_path, data, LIMIT)
-    second = store_image(tmp_path, data, LIMIT)
+    media = LocalStore(tmp_path)
+    try:
+        first = await store_photo(media, data, LIMIT)
+        second = await store_photo(media, data, LIMIT)
+    finally:
+        shutdown_pool()
     assert first.sha256 == second.sha256 and first.gps == second.gps
-    stored = list(tmp_path.rglob("*.jpg"))
-    assert sorted(p.name for p in stored) == [f"{first.sha256}.jpg", f"{first.sha256}.thumb.jpg"]
-    assert find_media(tmp_path, first.sha256) is not None
-    assert find_media(tmp_path, first.sha256, thumbnail=True) is not None
+    sha = first.sha256
+    assert sorted(await media.sizes()) == [f"{sha[:2]}/{sha}.jpg", f"{sha[:2]}/{sha}.thumb.jpg"]
+    assert await read_photo(media, first.sha256) is not None
+    assert await read_photo(media, first.sha256, thumbnail=True) is not None
