@@ -411,15 +411,22 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
     mine = or_(e.lease_owner.is_(None), e.lease_owner == bindparam("b_me"))
     returning = (e.id, e.channel, e.chat_id, e.body, e.request_id)
     table = cast(Table, InboundEvent.__table__)
+
+    def leasable(free: Any) -> Any:
+        # Locked in id order, skipping rows another process is leasing this moment:
+        # two processes leasing overlapping chats never wait on each other (no deadlock).
+        # (SQLite has no row locks: its writers take turns.)
+        return select(e.id).where(*chats, free).order_by(e.id).with_for_update(skip_locked=True)
+
     return _ClaimSQL(
         heads=heads,
         alive=alive,
         lease=update(table)
-        .where(*chats, mine)
+        .where(e.id.in_(leasable(mine)))
         .values(lease_owner=bindparam("b_me"))
         .returning(*returning),
         lease_from_dead=update(table)
-        .where(*chats, or_(mine, e.lease_owner.not_in(alive)))
+        .where(e.id.in_(leasable(or_(mine, e.lease_owner.not_in(alive)))))
         .values(lease_owner=bindparam("b_me"))
         .returning(*returning),
         release=update(table)

@@ -98,16 +98,22 @@ class RateLimiter:
         self._next_global = max(self._next_global, self._clock() + seconds)
 
     async def acquire(self, chat_id: str, per_chat: bool = True) -> None:
-        now = self._clock()
-        at = max(now, self._next_global)
+        """Wait until a send may go, and take its slot then (not before: a sender that
+        fell behind must not send what it booked back to back, and a pause holds the
+        sends already waiting too)."""
+        while True:
+            now = self._clock()
+            at = max(now, self._next_global)
+            if per_chat:
+                at = max(at, self._next_chat.get(chat_id, 0.0))
+            if at <= now:
+                break
+            await asyncio.sleep(at - now)
         if per_chat:
-            at = max(at, self._next_chat.get(chat_id, 0.0))
-            self._next_chat[chat_id] = at + self._chat_gap
-        self._next_global = at + self._global_gap
+            self._next_chat[chat_id] = now + self._chat_gap
+        self._next_global = now + self._global_gap
         if len(self._next_chat) > 10_000:
             self._next_chat = {c: t for c, t in self._next_chat.items() if t > now}
-        if at > now:
-            await asyncio.sleep(at - now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +329,14 @@ class OutboxWorker:
     async def _deliver(self, row: _Row) -> _Outcome | None:
         sender = self._senders[row.channel]
         limiter = self._limiters[row.channel]
-        message = render_payload(row.payload, sender.capabilities.inline_buttons)
+        try:
+            message = render_payload(row.payload, sender.capabilities.inline_buttons)
+        except (KeyError, TypeError, ValueError) as exc:
+            # A row no sender can read would fail at every poll and hold up its chat.
+            log.error(
+                "outbox row %d cannot be read (%s); marked failed", row.id, type(exc).__name__
+            )
+            return _Outcome(row, PermanentError(type(exc).__name__, reason="other"))
         await limiter.acquire(row.chat_id, per_chat=not row.is_ack)
         if not self._presence.holds(duty(row.channel)):
             # The others may count this process dead by now: leave the row to them.

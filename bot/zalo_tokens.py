@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.models import OAuthToken, utcnow
+from backend.services.upsert import insert_for
 from backend.web.bodies import BadJSON, parse_json
 from bot.parsing import error_code
 
@@ -85,13 +86,21 @@ class TokenStore:
         async with self._sessions() as session, session.begin():
             row = await session.get(OAuthToken, PROVIDER, populate_existing=True)
             if row is None:
-                row = OAuthToken(
-                    provider=PROVIDER,
-                    access_token=seed_access,
-                    refresh_token=seed_refresh,
-                    updated_at=utcnow(),
+                # Several first sends (in several processes) may get here at once: one
+                # stores the pair, the others take it.
+                await session.execute(
+                    insert_for(session, OAuthToken)
+                    .values(
+                        provider=PROVIDER,
+                        access_token=seed_access,
+                        refresh_token=seed_refresh,
+                        updated_at=utcnow(),
+                    )
+                    .on_conflict_do_nothing(index_elements=["provider"])
                 )
-                session.add(row)
+                row = await session.get(OAuthToken, PROVIDER, populate_existing=True)
+                if row is None:
+                    raise RuntimeError("the Zalo OA token row was not stored")
             elif row.revoked_at is not None and seed_refresh and seed_refresh != row.refresh_token:
                 log.info("Zalo OA: new configured tokens replace the refused ones")
                 row.access_token, row.refresh_token = seed_access, seed_refresh

@@ -146,6 +146,10 @@ class Presence:
         if self._alone:
             return
         take_over = self.may_take_over()
+        # The beat counts from before its transaction: the row says `now` however long
+        # the commit takes, and this process must not think itself alive for longer
+        # than the others do.
+        began = self._clock()
         now = utcnow()
         async with self._sessions() as session, session.begin():
             seen = await session.execute(
@@ -190,10 +194,9 @@ class Presence:
             await session.execute(
                 delete(ProcessBeat).where(ProcessBeat.seen_at < now - FORGET_AFTER)
             )
-        mono = self._clock()
-        if self._last_ok is None or mono - self._last_ok >= self._dead_after:
-            self._steady_since = mono
-        self._last_ok = mono
+        if self._last_ok is None or began - self._last_ok >= self._dead_after:
+            self._steady_since = began
+        self._last_ok = began
         if held != self._held:
             for duty in sorted(held - self._held):
                 log.info("this process now holds the duty %s", duty)
