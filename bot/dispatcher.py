@@ -503,7 +503,7 @@ class Dispatcher:
         stored = pending.item.stored
         if stored is not None and not is_retryable(exc):
             try:
-                await self._store_alone(stored)
+                await self.store_rows([stored])
                 pending.done.set_result(None)
             except Exception as failed:
                 pending.done.set_exception(failed)
@@ -525,9 +525,6 @@ class Dispatcher:
         except Exception as failed:
             pending.done.set_exception(failed)
         return False
-
-    async def _store_alone(self, stored: Stored) -> None:
-        await self.store_rows([stored])
 
     async def store_rows(self, items: Sequence[Stored]) -> None:
         """Store updates (each once) for the inbox's worker, in one transaction."""

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from itertools import count
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import Conversation, Ticket, Unit, User, utcnow
+from backend.models import (
+    Conversation,
+    InboundEvent,
+    OutboxMessage,
+    Ticket,
+    Unit,
+    User,
+    utcnow,
+)
 from backend.services.accounts import hash_password
 from backend.services.deadlines import Policies
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.reporters import find_or_create_reporter
 from backend.services.workflow import Actor
+from handlers.events import Reply
 
 _n = count(1)
 PHOTO = {
@@ -102,3 +112,35 @@ async def make_user(
 
 async def actor(session: AsyncSession, role: str, unit_code: str | None) -> Actor:
     return await Actor.of_user(session, await make_user(session, role, unit_code))
+
+
+def add_waiting_updates(
+    s: AsyncSession, channel: str, seconds_ago: Sequence[int], now: datetime, *, first: int = 0
+) -> None:
+    """Updates received that long ago and not handled: chat u{n} sent update m{n}."""
+    for n, ago in enumerate(seconds_ago, start=first):
+        s.add(
+            InboundEvent(
+                channel=channel,
+                event_key=f"m{n}",
+                chat_id=f"u{n}",
+                body={},
+                received_at=now - timedelta(seconds=ago),
+            )
+        )
+
+
+def add_sends(
+    s: AsyncSession, channel: str, sends: Sequence[tuple[str, int]], now: datetime
+) -> None:
+    """Outbox rows to chat c1: (status, seconds since they were queued)."""
+    for status, ago in sends:
+        s.add(
+            OutboxMessage(
+                channel=channel,
+                chat_id="c1",
+                payload=Reply("x").to_payload(),
+                status=status,
+                created_at=now - timedelta(seconds=ago),
+            )
+        )

@@ -164,10 +164,8 @@ async def list_tickets(request: web.Request) -> web.Response:
     return web.json_response({"tickets": items})
 
 
-async def _ticket_for(
-    request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
-) -> Ticket:
-    ticket = await find_visible_ticket(session, actor, request.match_info["code"], lock=lock)
+async def _ticket_for(request: web.Request, session: AsyncSession, actor: Actor) -> Ticket:
+    ticket = await find_visible_ticket(session, actor, request.match_info["code"])
     if ticket is None:
         # Out of scope answers exactly as missing: an outsider learns nothing of it.
         raise json_error(404, {"error": "not_found"})

@@ -194,10 +194,8 @@ async def queue(request: web.Request) -> web.Response:
 # --- the ticket page ---------------------------------------------------------------------
 
 
-async def _visible_ticket(
-    request: web.Request, session: AsyncSession, actor: Actor, *, lock: bool = False
-) -> Ticket:
-    ticket = await find_visible_ticket(session, actor, request.match_info["code"], lock=lock)
+async def _visible_ticket(request: web.Request, session: AsyncSession, actor: Actor) -> Ticket:
+    ticket = await find_visible_ticket(session, actor, request.match_info["code"])
     if ticket is None:
         # Out of scope answers exactly as missing: an outsider learns nothing of it.
         raise web.HTTPNotFound(

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import InboundEvent, OutboxMessage, Ticket, utcnow
 from backend.web.security import REQUEST_ID_HEADER
-from handlers.events import Reply
 from tests.e2e.conftest import running
 from tests.e2e.webhooks import (
     CHANNELS,
@@ -34,7 +33,7 @@ from tests.e2e.webhooks import (
     headers,
     telegram_update,
 )
-from tests.factories import make_ticket
+from tests.factories import add_sends, add_waiting_updates, make_ticket
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.zalo_bot import FakeZaloBot
 from tests.fakes.zalo_oa import FakeZaloOA
@@ -110,25 +109,8 @@ async def test_metrics_show_the_backlog_overdue_tickets_and_failed_sends(
     # A known backlog on channels this server does not run (so nothing here drains it):
     # three updates waiting on Zalo OA, two messages pending on the Zalo Bot.
     async with sessions() as s, s.begin():
-        for n, ago in enumerate((120, 60, 10)):
-            s.add(
-                InboundEvent(
-                    channel="zalo_oa",
-                    event_key=f"m{n}",
-                    chat_id=f"u{n}",
-                    body={},
-                    received_at=now - timedelta(seconds=ago),
-                )
-            )
-        for ago in (300, 30):
-            s.add(
-                OutboxMessage(
-                    channel="zalo_bot",
-                    chat_id="c1",
-                    payload=Reply("x").to_payload(),
-                    created_at=now - timedelta(seconds=ago),
-                )
-            )
+        add_waiting_updates(s, "zalo_oa", (120, 60, 10), now)
+        add_sends(s, "zalo_bot", (("pending", 300), ("pending", 30)), now)
         late = await make_ticket(s)
         await make_ticket(s)
         await s.execute(

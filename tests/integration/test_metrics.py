@@ -32,7 +32,7 @@ from bot.outbox import (
     failure_reason,
 )
 from handlers.events import Reply
-from tests.factories import make_ticket
+from tests.factories import add_sends, add_waiting_updates, make_ticket
 from tests.fakes.telegram_api import FakeTelegram
 from tests.logcapture import json_log
 
@@ -73,26 +73,10 @@ async def test_backlog_gauges_count_what_waits_and_what_is_overdue(
                 handled_at=now - timedelta(seconds=990),
             )
         )
-        for n, ago in enumerate((120, 60, 10), start=1):
-            s.add(
-                InboundEvent(
-                    channel="zalo_oa",
-                    event_key=f"m{n}",
-                    chat_id=f"u{n}",
-                    body={},
-                    received_at=now - timedelta(seconds=ago),
-                )
-            )
-        for status, ago in (("sent", 900), ("failed", 800), ("pending", 300), ("pending", 30)):
-            s.add(
-                OutboxMessage(
-                    channel="zalo_bot",
-                    chat_id="c1",
-                    payload=Reply("x").to_payload(),
-                    status=status,
-                    created_at=now - timedelta(seconds=ago),
-                )
-            )
+        add_waiting_updates(s, "zalo_oa", (120, 60, 10), now, first=1)
+        add_sends(
+            s, "zalo_bot", (("sent", 900), ("failed", 800), ("pending", 300), ("pending", 30)), now
+        )
         late = await make_ticket(s)
         await make_ticket(s)  # due later
         closed = await make_ticket(s)
