@@ -26,9 +26,20 @@ cleanup() { bash scripts/pg.sh stop "$pgdir"; }
 trap cleanup EXIT
 bash scripts/pg.sh start "$pgdir" "$pgport"
 
-echo "== pytest (SQLite)"
-$BIN/pytest -q -p no:cacheprovider "$@"
-
-echo "== pytest (PostgreSQL)"
+# The two runs go side by side: much of either is waiting (on servers it starts, on
+# timers, on the browser). Each has its own temporary directory and its own log, which
+# is printed whole when both are done.
+logs=$(mktemp -d /tmp/hotline-test-logs.XXXXXX)
+$BIN/pytest -q -p no:cacheprovider --basetemp="$logs/tmp-sqlite" "$@" >"$logs/sqlite.log" 2>&1 &
+sqlite_run=$!
 HOTLINE_TEST_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$pgport/postgres" \
-  $BIN/pytest -q -p no:cacheprovider "$@"
+  $BIN/pytest -q -p no:cacheprovider --basetemp="$logs/tmp-postgres" "$@" \
+  >"$logs/postgres.log" 2>&1 &
+postgres_run=$!
+status=0
+wait $sqlite_run || status=1
+echo "== pytest (SQLite)"; cat "$logs/sqlite.log"
+wait $postgres_run || status=1
+echo "== pytest (PostgreSQL)"; cat "$logs/postgres.log"
+rm -rf "$logs"
+exit $status
