@@ -138,6 +138,9 @@ class Reporter(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pseudonym: Mapped[str] = mapped_column(String(16), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the identity was erased (/forgetme, a request by phone or letter, or the
+    # retention period): the pseudonym and the consent records stay as proof.
+    erased_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ReporterIdentity(Base):

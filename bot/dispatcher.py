@@ -36,7 +36,14 @@ from backend.services.upsert import dialect_insert, upsert_statement
 from bot.batching import Batches, Pending
 from bot.spool import Stored
 from handlers.core import step as dialogue_step
-from handlers.events import Ack, Capabilities, ConversationState, Incoming, Reply
+from handlers.events import (
+    ERASE_AFTER_SEND,
+    Ack,
+    Capabilities,
+    ConversationState,
+    Incoming,
+    Reply,
+)
 from handlers.i18n import pick_language, translate
 from handlers.jobs import job_body, run_job
 from handlers.turn import Services, Turn
@@ -599,12 +606,22 @@ class Dispatcher:
                 job_key = f"{event.update_id}:{job.kind}"
                 body = job_body(job.kind, job_key, job.args)
                 jobs.append(Stored(event.channel, job_key, event.chat_id, body, request_id))
-            states[chat] = touched[chat] = state
+            if turn.erased:
+                # Forgotten: the chat's state is not stored again (it starts afresh should
+                # it write again); its last updates go once its last replies are out.
+                states[chat] = state
+                touched.pop(chat, None)
+            else:
+                states[chat] = touched[chat] = state
             outbox.extend(
                 {
                     "channel": event.channel,
                     "chat_id": event.chat_id,
-                    "payload": reply.to_payload(),
+                    "payload": (
+                        {**reply.to_payload(), ERASE_AFTER_SEND: True}
+                        if turn.erased
+                        else reply.to_payload()
+                    ),
                     "status": "pending",
                     "attempts": 0,
                     "created_at": now,

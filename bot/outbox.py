@@ -20,9 +20,10 @@ from backend.logs import request_id
 from backend.metrics import OUTBOX_SENT, SEND_FAILURE_REASONS, SEND_FAILURES
 from backend.models import OutboxMessage, utcnow
 from backend.services.presence import Presence
+from backend.services.privacy import forget_handled
 from backend.services.quiet import Quiet
 from bot.tasks import cancel
-from handlers.events import Capabilities, Outgoing
+from handlers.events import ERASE_AFTER_SEND, Capabilities, Outgoing
 from handlers.notices import render_payload
 
 log = logging.getLogger(__name__)
@@ -357,17 +358,23 @@ class OutboxWorker:
     async def _record(self, outcome: _Outcome) -> None:
         """Record a send's outcome at once; while the database fails, keep trying: the
         row stays leased by this process meanwhile, so no one sends it again."""
+        row = outcome.row
         values = self._outcome_values(outcome)
+        erases = "payload" in values  # the last message to a forgotten chat
         delay = 0.2
         while True:
             try:
                 async with self._sessions() as session, session.begin():
                     await session.execute(
                         update(OutboxMessage)
-                        .where(OutboxMessage.id == outcome.row.id)
+                        .where(OutboxMessage.id == row.id)
                         .values(**values)
                         .execution_options(synchronize_session=False)
                     )
+                    if erases:
+                        # It is out (or never will be): the chat's updates that dated its
+                        # reply window go too.
+                        await session.execute(forget_handled(row.channel, row.chat_id))
                 self._quiet.recovered()
                 return
             except Exception as exc:
@@ -407,6 +414,8 @@ class OutboxWorker:
                 )
             else:
                 values.update(next_attempt_at=now + timedelta(seconds=backoff_seconds(attempts)))
+        if row.payload.get(ERASE_AFTER_SEND) and "status" in values:
+            values.update(chat_id="", payload={})
         return values
 
     async def _release_unstarted(self) -> None:

@@ -61,7 +61,7 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 CHANNEL = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 WEBHOOK_PATH = "/telegram/webhook"
-COMMANDS = ("start", "status", "my", "cancel", "lang", "help")
+COMMANDS = ("start", "status", "my", "mydata", "forgetme", "withdraw", "cancel", "lang", "help")
 ALLOWED_UPDATES = ("message", "callback_query")
 GROUP_CHATS = ("group", "supergroup")
 # The duty of polling getUpdates: one process for all.

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from backend.services.privacy import has_withdrawn
 from handlers.events import Incoming
 from handlers.feedback import PREFIX, is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
-from handlers.report import STEPS, Step, begin
+from handlers.report import STEPS as REPORT_STEPS
+from handlers.report import Step, begin
+from handlers.rights import RIGHTS_STEPS, ask_forget, ask_withdraw, show_data
 from handlers.staff import group_event
 from handlers.status import show_mine, show_status
 from handlers.text_match import match_option
 from handlers.turn import Turn
+
+# Every state a chat can be in: the report flow's, and the questions about its data.
+STEPS: dict[str, Step] = {**REPORT_STEPS, **RIGHTS_STEPS}
 
 
 def remind(turn: Turn, problem: str | None = None) -> None:
@@ -44,7 +50,15 @@ async def _command(turn: Turn, event: Incoming) -> None:
         await show_status(turn, event.args)
     elif command == "my":
         await show_mine(turn)
+    elif command == "mydata":
+        await show_data(turn)
+    elif command == "forgetme":
+        ask_forget(turn)
+    elif command == "withdraw":
+        ask_withdraw(turn)
     elif command in ("rate", "reopen"):
+        if await _withdrawn(turn):
+            return
         await _ticket_command(turn, event, command)
     elif command == "skip" and turn.state == "photos":
         await STEPS["photos"].choose(turn, "skip")
@@ -66,6 +80,18 @@ async def _ticket_command(turn: Turn, event: Incoming, command: str) -> None:
     await ticket_button(turn, replace(event, kind="button", button=data))
 
 
+async def _withdrawn(turn: Turn, callback_id: str | None = None) -> bool:
+    """Whether the chat's reporter withdrew consent, and was told that nothing new is
+    taken until they consent again."""
+    if turn.conv.reporter_id is None or not await has_withdrawn(
+        turn.session, turn.conv.reporter_id
+    ):
+        return False
+    turn.ack(callback_id)
+    turn.say("withdrawn.blocked")
+    return True
+
+
 async def _button(turn: Turn, step: Step, event: Incoming) -> None:
     state, _, value = (event.button or "").partition("|")
     allowed = {b.data for b in step.options(turn)}
@@ -85,6 +111,8 @@ async def step(turn: Turn, event: Incoming) -> None:
         return
     current = STEPS[turn.state]
     if is_ticket_button(event):
+        if await _withdrawn(turn, event.callback_id):
+            return
         await ticket_button(turn, event)
         return
     if event.kind == "command":

@@ -124,10 +124,15 @@ class Edit:
 
 Outgoing = Reply | Ack | Edit
 
+# A payload's mark: once the message has gone (or failed for good), the outbox keeps
+# neither its text nor its chat (the last messages to a chat whose identity is erased).
+ERASE_AFTER_SEND = "erase_after_send"
+
 
 def outgoing_from_payload(payload: dict[str, Any]) -> Outgoing:
     """Rebuild a Reply or Ack stored in the outbox."""
     data = dict(payload)
+    data.pop(ERASE_AFTER_SEND, None)
     kind = data.pop("type")
     if kind == "ack":
         return Ack(**data)

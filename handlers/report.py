@@ -8,6 +8,7 @@ from backend.services.categories import CATEGORIES
 from backend.services.duplicates import join_case, nearby_cases
 from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
+from backend.services.privacy import has_withdrawn
 from backend.services.reporters import (
     find_or_create_reporter,
     has_consent,
@@ -571,6 +572,13 @@ class Summary(Step):
         return True
 
     async def _submit(self, turn: Turn) -> None:
+        if turn.conv.reporter_id is not None and await has_withdrawn(
+            turn.session, turn.conv.reporter_id
+        ):
+            # Withdrawn meanwhile (by phone or letter): nothing new is taken.
+            turn.reset()
+            turn.say("withdrawn.blocked")
+            return
         d = turn.data
         now = turn.services.now()
         result = await submit_report(

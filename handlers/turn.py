@@ -55,6 +55,8 @@ class Turn:
     update_id: str = ""
     out: list[Reply | Ack] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
+    # The resident had this chat forgotten (/forgetme): its state is not stored again.
+    erased: bool = False
 
     @property
     def state(self) -> str:

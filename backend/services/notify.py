@@ -10,10 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
-from backend.models import Conversation, OutboxMessage, ReporterIdentity, Ticket, User, utcnow
+from backend.models import (
+    Consent,
+    Conversation,
+    OutboxMessage,
+    ReporterIdentity,
+    Ticket,
+    User,
+    utcnow,
+)
 
 # Outbox states of a notice that did not reach the chat (refused for good, or outside the
 # platform's reply window): staff phone the reporter, and it becomes "called".
@@ -55,6 +64,13 @@ def outbox_row(
     )
 
 
+def withdrew(reporter_id: ColumnElement[int] | InstrumentedAttribute[int]) -> ColumnElement[bool]:
+    """Whether the reporter consented once and has no consent in force now."""
+    return exists().where(Consent.reporter_id == reporter_id) & ~exists().where(
+        Consent.reporter_id == reporter_id, Consent.withdrawn_at.is_(None)
+    )
+
+
 async def reporter_chats(
     session: AsyncSession, reporter_ids: Iterable[int]
 ) -> list[tuple[int, str, str, str]]:
@@ -74,7 +90,12 @@ async def reporter_chats(
             (Conversation.channel == ReporterIdentity.channel)
             & (Conversation.chat_id == ReporterIdentity.chat_id),
         )
-        .where(ReporterIdentity.reporter_id.in_(ids), ReporterIdentity.chat_id.is_not(None))
+        .where(
+            ReporterIdentity.reporter_id.in_(ids),
+            ReporterIdentity.chat_id.is_not(None),
+            # No notices to whoever withdrew consent (and did not give it again).
+            ~withdrew(ReporterIdentity.reporter_id),
+        )
     )
     return [(int(r), str(ch), str(chat), lang or "vi") for r, ch, chat, lang in rows if ch]
 

@@ -33,6 +33,7 @@ from backend.services.intake import ReportDraft, submit_report
 from backend.services.media_store import MediaUnavailable
 from backend.services.notify import mark_called, needs_call, undelivered
 from backend.services.photos import NotAnImage, TooLarge, read_photo, store_photo
+from backend.services.privacy import UNSEAL
 from backend.services.reporters import create_phone_reporter, normalise_phone
 from backend.services.units import WardIndex
 from backend.services.workflow import (
@@ -352,7 +353,7 @@ async def show_identity(request: web.Request) -> web.Response:
         if actor.role not in TRIAGE or ticket.reporter_id is None:
             raise web.HTTPForbidden()
         found = await session.get(ReporterIdentity, ticket.reporter_id)
-        session.add(audit_note(ticket, actor.label, "show_identity", None, utcnow()))
+        session.add(audit_note(ticket, actor.label, UNSEAL, None, utcnow()))
         identity = {
             "name": found.display_name if found else None,
             "phone": found.phone if found else None,

@@ -54,10 +54,11 @@ def chat_settings(database_url: str, tmp_path: Path, api: FakeTelegram, mode: st
 
 
 async def report_in_bim_son(
-    user: FakeUser, category: str, description: str, nature: str
+    user: FakeUser, category: str, description: str, nature: str, phone: str | None = None
 ) -> dict[str, Any]:
-    """A whole anonymous report without photos at 20.0740, 105.9120, as a resident makes
-    it on Telegram; returns the confirming button press (an update)."""
+    """A whole report without photos at 20.0740, 105.9120, as a resident makes it on
+    Telegram, anonymous unless the phone is shared; returns the confirming button press
+    (an update)."""
     await user.text("/start")
     await user.replies(2)
     await user.press("✅ Tôi đồng ý")
@@ -76,7 +77,10 @@ async def report_in_bim_son(
     await user.reply()
     await user.press(nature)
     await user.reply()
-    await user.tap("Ẩn danh")
+    if phone is None:
+        await user.tap("Ẩn danh")
+    else:
+        await user.contact(phone)
     await user.replies(2)
     confirm = await user.press("✅ Gửi")
     await user.reply()

@@ -1,0 +1,30 @@
+"""Personal data rights: the date a reporter's identity was erased.
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-01
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import backend.models
+
+revision: str = "0012"
+down_revision: str | None = "0011"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("reporters", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("erased_at", backend.models.UTCDateTime(timezone=True), nullable=True)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("reporters", schema=None) as batch_op:
+        batch_op.drop_column("erased_at")
