@@ -353,12 +353,13 @@ async def show_identity(request: web.Request) -> web.Response:
         if actor.role not in TRIAGE or ticket.reporter_id is None:
             raise web.HTTPForbidden()
         found = await session.get(ReporterIdentity, ticket.reporter_id)
-        session.add(audit_note(ticket, actor.label, UNSEAL, None, utcnow()))
-        identity = {
-            "name": found.display_name if found else None,
-            "phone": found.phone if found else None,
-            "channel": found.channel if found else None,
-        }
+        if found is None:
+            # Erased at the reporter's request (or after the retention period): nothing
+            # to unseal, and nothing was seen.
+            identity: dict[str, Any] = {"erased": True}
+        else:
+            session.add(audit_note(ticket, actor.label, UNSEAL, None, utcnow()))
+            identity = {"name": found.display_name, "phone": found.phone, "channel": found.channel}
     return await _ticket_response(request, identity=identity)
 
 

@@ -24,6 +24,7 @@ from backend.models import (
     ReporterIdentity,
     Ticket,
 )
+from backend.services.privacy import UNSEAL
 from backend.services.reporters import CONSENT_TEXT_VERSION
 from tests.e2e.conftest import Staff, report_in_bim_son, running
 from tests.e2e.staff_http import sign_in, staff_account
@@ -168,7 +169,16 @@ async def test_forgetme_erases_the_identity_and_the_report_is_still_answered(
         assert answered["state"] == "answered"
         assert answered["reporter"] == f"#{reporter.pseudonym}"
         await quiet_for(api, CHAT)
+        # Staff who would unseal the identity learn that it is gone, and see nothing.
+        await staff_account(sessions, "an.operator", "Mat-khau-dai-2", "operator", "P38")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            csrf = await sign_in(browser, base, "an.operator", "Mat-khau-dai-2")
+            async with browser.post(f"{base}/tickets/{code}/identity", data={"csrf": csrf}) as r:
+                assert r.status == 200
+                assert "đã được xoá" in await r.text()
     async with sessions() as s:
+        unsealed = await s.scalar(select(func.count()).where(AuditEvent.action == UNSEAL))
+        assert unsealed == 0
         notices = await s.scalar(select(func.count()).where(OutboxMessage.ticket_id == ticket.id))
         assert notices == 0
         # No audit line names the person.
