@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     stats_interval: float = 600.0
     stats_duty_enabled: bool = True
 
+    # Retention (see backend/services/retention.py and the README's table): a reporter
+    # with all reports finished and no sign of life for this many months is pseudonymised;
+    # delivered message texts and handled update ids go after these many days; the pass
+    # runs this often (seconds), in one process at a time.
+    retention_identity_months: int = Field(default=12, ge=1)
+    retention_outbox_days: int = Field(default=30, ge=1)
+    retention_processed_days: int = Field(default=30, ge=2)
+    retention_interval: float = 3600.0
+
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 

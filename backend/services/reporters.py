@@ -17,6 +17,8 @@ from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
 CONSENT_TEXT_VERSION = "2026-11-v1"
+# The consent an operator reads out to a caller (the phone form's script).
+PHONE_CONSENT_VERSION = "2026-12-phone-v1"
 
 _reporters = cast(Table, Reporter.__table__)
 _identities = cast(Table, ReporterIdentity.__table__)
@@ -101,12 +103,14 @@ async def create_phone_reporter(
     return int(reporter_id)
 
 
-async def record_consent(session: AsyncSession, reporter_id: int, language: str) -> None:
+async def record_consent(
+    session: AsyncSession, reporter_id: int, language: str, *, version: str = CONSENT_TEXT_VERSION
+) -> None:
     await session.execute(
         _CONSENT,
         {
             "reporter_id": reporter_id,
-            "text_version": CONSENT_TEXT_VERSION,
+            "text_version": version,
             "language": language,
             "granted_at": utcnow(),
         },

@@ -20,6 +20,7 @@ from backend.services.monthly import MonthlyDuty
 from backend.services.photos import shutdown_pool
 from backend.services.presence import Presence
 from backend.services.reference import Reference
+from backend.services.retention import RetentionWorker
 from backend.services.units import WardIndex
 from backend.web import security
 from backend.web.bodies import upload_limit
@@ -99,6 +100,13 @@ async def _monthly(app: web.Application) -> AsyncIterator[None]:
     await duty.stop()
 
 
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    worker = RetentionWorker(app[SESSIONS], app[PRESENCE], app[SETTINGS])
+    worker.start()
+    yield
+    await worker.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
@@ -138,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_media)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_deadlines)
+    app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(_monthly)
     security.install(app, settings)
     app[CHANNELS_DOWN] = {}

@@ -34,7 +34,12 @@ from backend.services.media_store import MediaUnavailable
 from backend.services.notify import mark_called, needs_call, undelivered
 from backend.services.photos import NotAnImage, TooLarge, read_photo, store_photo
 from backend.services.privacy import UNSEAL
-from backend.services.reporters import create_phone_reporter, normalise_phone
+from backend.services.reporters import (
+    PHONE_CONSENT_VERSION,
+    create_phone_reporter,
+    normalise_phone,
+    record_consent,
+)
 from backend.services.units import WardIndex
 from backend.services.workflow import (
     ACTION_RETRIES,
@@ -105,6 +110,10 @@ async def check_csrf(request: web.Request, limit: int = 0) -> dict[str, Any]:
         raise web.HTTPForbidden(text=TEXT.translate("vi", "csrf.refused"))
     return form
 
+
+# An unsealing says why, in a few words at least (it is in the audit trail).
+MIN_UNSEAL_REASON = 5
+MAX_UNSEAL_REASON = 300
 
 # --- queues ------------------------------------------------------------------------------
 
@@ -209,7 +218,13 @@ async def ticket_page(request: web.Request) -> web.Response:
     return await _ticket_response(request, identity=None)
 
 
-async def _ticket_response(request: web.Request, identity: dict[str, Any] | None) -> web.Response:
+async def _ticket_response(
+    request: web.Request,
+    identity: dict[str, Any] | None,
+    *,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
     async with request.app[SESSIONS]() as session:
         _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
@@ -263,9 +278,10 @@ async def _ticket_response(request: web.Request, identity: dict[str, Any] | None
         reasons=REJECT_REASONS,
         templates=ANSWER_TEMPLATES,
         tiles=request.app[SETTINGS].map_tile_url,
-        error=request.query.get("error"),
+        error=error or request.query.get("error"),
         known_keys=TEXT.catalogue("vi"),
         done=request.query.get("done"),
+        status=status,
     )
 
 
@@ -345,20 +361,24 @@ async def phoned(request: web.Request) -> web.StreamResponse:
 
 
 async def show_identity(request: web.Request) -> web.Response:
-    """POST /tickets/{code}/identity: triage roles unseal the reporter; it is audited."""
-    await check_csrf(request)
+    """POST /tickets/{code}/identity: triage roles unseal the reporter, saying why; it is
+    audited with the reason."""
+    form = await check_csrf(request)
+    reason = str(form.get("reason") or "").strip()[:MAX_UNSEAL_REASON]
     async with request.app[SESSIONS]() as session, session.begin():
         _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         if actor.role not in TRIAGE or ticket.reporter_id is None:
             raise web.HTTPForbidden()
         found = await session.get(ReporterIdentity, ticket.reporter_id)
+        if len(reason) < MIN_UNSEAL_REASON:
+            return await _ticket_response(request, None, error="unseal_reason", status=422)
         if found is None:
             # Erased at the reporter's request (or after the retention period): nothing
             # to unseal, and nothing was seen.
             identity: dict[str, Any] = {"erased": True}
         else:
-            session.add(audit_note(ticket, actor.label, UNSEAL, None, utcnow()))
+            session.add(audit_note(ticket, actor.label, UNSEAL, reason, utcnow()))
             identity = {"name": found.display_name, "phone": found.phone, "channel": found.channel}
     return await _ticket_response(request, identity=identity)
 
@@ -406,6 +426,7 @@ async def phone_form(request: web.Request) -> web.Response:
     return render(
         request,
         "phone.html",
+        consent_version=PHONE_CONSENT_VERSION,
         categories=categories,
         form={},
         problem=None,
@@ -467,8 +488,12 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     phone = normalise_phone(phone_text) if phone_text else None
     description = fields.get("description", "").strip()
     place = await _place(request.app[WARDS], request.app[GEOCODER], fields)
+    caller = [fields.get(k, "").strip() for k in ("name", "phone", "address")]
     if phone_text and phone is None:
         problem = "phone.bad_phone"
+    elif any(caller) and fields.get("consent") != PHONE_CONSENT_VERSION:
+        # Details of the caller are kept only with the consent read out to them.
+        problem = "phone.no_consent"
     elif not description:
         problem = "phone.no_description"
     elif place is None:
@@ -504,6 +529,7 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
             return render(
                 request,
                 "phone.html",
+                consent_version=PHONE_CONSENT_VERSION,
                 status=422,
                 categories=categories,
                 form=fields,
@@ -516,6 +542,8 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
             phone,
             fields.get("address", "").strip()[:200] or None,
         )
+        if any(caller):
+            await record_consent(session, reporter_id, "vi", version=PHONE_CONSENT_VERSION)
         submitted = await submit_report(
             session,
             ReportDraft(

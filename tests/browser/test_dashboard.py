@@ -186,6 +186,8 @@ async def test_an_operator_files_a_phone_report(
     form = page.locator("form.phone-intake")
     await form.locator("input[name=name]").fill("Nguyễn Văn An")
     await form.locator("input[name=phone]").fill("0912 000 111")
+    # The caller heard the consent script and agreed.
+    await form.locator("input[name=consent]").check()
     # A click on the map picks a point (cleared again: the ward is named below).
     await form.locator(".map").click()
     picked = await form.locator("input[name=point]").input_value()
@@ -206,11 +208,14 @@ async def test_an_operator_files_a_phone_report(
     facts = await page.inner_text(".facts")
     assert "Phường Bỉm Sơn" in facts and "Nguyễn Văn An" not in await page.content()
     assert await page.locator(".photos img").count() == 1
-    # The caller's details are sealed until a triage role asks, and asking is audited.
-    await page.click("text=Xem danh tính")
+    # The caller's details are sealed until a triage role asks, saying why, and asking is
+    # audited with the reason.
+    await page.fill(".unseal input[name=reason]", "Gọi lại để hẹn xác minh")
+    await page.click(".unseal button")
     identity = await page.inner_text(".identity")
     assert "Nguyễn Văn An" in identity and "+84912000111" in identity
-    assert "Xem danh tính" in await page.inner_text(".timeline")
+    timeline = await page.inner_text(".timeline")
+    assert "Xem danh tính · Gọi lại để hẹn xác minh" in timeline
 
 
 async def test_a_phone_report_without_a_place_keeps_what_was_typed(

@@ -70,7 +70,13 @@ async def test_mydata_says_what_is_held_and_who_unsealed_it_without_names(
         )
         code = await only_code(sessions)
         csrf = await sign_in(browser, base, "lan.operator", "Mat-khau-dai-1")
-        async with browser.post(f"{base}/tickets/{code}/identity", data={"csrf": csrf}) as r:
+        identity = f"{base}/tickets/{code}/identity"
+        # Not without a reason.
+        for reason in ("", "   ", "ok"):
+            async with browser.post(identity, data={"csrf": csrf, "reason": reason}) as r:
+                assert r.status == 422
+                assert PHONE not in await r.text()
+        async with browser.post(identity, data={"csrf": csrf, "reason": "Hẹn xác minh"}) as r:
             assert r.status == 200
             assert PHONE in await r.text()
         await Staff(http, base, "lan.operator").act(code, "classify", urgency="normal")
@@ -87,6 +93,7 @@ async def test_mydata_says_what_is_held_and_who_unsealed_it_without_names(
     assert f"{code}: Đã chuyển đơn vị xử lý – UBND Phường Bỉm Sơn" in text
     assert "Đơn vị đã xử lý: UBND Phường Bỉm Sơn" in text
     assert "Số lần cán bộ xem danh tính của bạn: 1" in text
+    assert "Hẹn xác minh" not in text  # the reason is for the audit trail
     assert ": cán bộ tiếp nhận, " in text
     # The staff member is never named.
     assert "lan.operator" not in text and f"user:{operator_id}" not in text
@@ -173,7 +180,8 @@ async def test_forgetme_erases_the_identity_and_the_report_is_still_answered(
         await staff_account(sessions, "an.operator", "Mat-khau-dai-2", "operator", "P38")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             csrf = await sign_in(browser, base, "an.operator", "Mat-khau-dai-2")
-            async with browser.post(f"{base}/tickets/{code}/identity", data={"csrf": csrf}) as r:
+            form = {"csrf": csrf, "reason": "Hẹn xác minh"}
+            async with browser.post(f"{base}/tickets/{code}/identity", data=form) as r:
                 assert r.status == 200
                 assert "đã được xoá" in await r.text()
     async with sessions() as s:

@@ -302,6 +302,15 @@ def test_a_content_disposition_cannot_be_broken_by_its_name() -> None:
             {"category": "dumping", "description": "Rác", "ward": "00004"},
             ["Nơi này thuộc tỉnh/thành khác"],
         ),
+        # The caller's details without their consent, or with a text they were not read.
+        (
+            {"category": "dumping", "description": "Rác", "phone": "0912 000 222"},
+            ["Chỉ ghi thông tin người gọi khi họ đã nghe và đồng ý"],
+        ),
+        (
+            {"category": "dumping", "description": "Rác", "name": "Bà Tư", "consent": "v0"},
+            ["Chỉ ghi thông tin người gọi khi họ đã nghe và đồng ý", "Bà Tư"],
+        ),
     ],
 )
 async def test_a_phone_report_the_operator_cannot_file_is_refused_with_a_message(
