@@ -118,6 +118,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
                 per_category=settings.duplicate_radii,
             ),
             out_of_area_hotlines=settings.out_of_area_hotlines,
+            identity_months=settings.retention_identity_months,
         ),
         capabilities,
         on_commit=outbox.wake,

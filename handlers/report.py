@@ -104,7 +104,7 @@ class Consent(Step):
         return [self.button(turn, "yes", "consent.yes"), self.button(turn, "no", "consent.no")]
 
     def prompt(self, turn: Turn) -> None:
-        turn.say("consent.text", buttons=self.options(turn))
+        turn.say("consent.text", buttons=self.options(turn), months=turn.services.identity_months)
 
     async def choose(self, turn: Turn, value: str) -> bool:
         if value == "no":

@@ -40,6 +40,8 @@ class Services:
     duplicates: DuplicateRule = field(default_factory=DuplicateRule)
     # Said to a reporter whose place is outside the provinces served.
     out_of_area_hotlines: str = ""
+    # After how long without contact an identity is erased (the consent text says so).
+    identity_months: int = 12
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
-CONSENT_TEXT_VERSION = "2026-11-v1"
+CONSENT_TEXT_VERSION = "2026-12-v2"
 # The consent an operator reads out to a caller (the phone form's script).
 PHONE_CONSENT_VERSION = "2026-12-phone-v1"
 

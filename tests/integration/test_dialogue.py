@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import OutboxMessage, Ticket
+from backend.models import Consent, OutboxMessage, Ticket
+from backend.services.reporters import CONSENT_TEXT_VERSION
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
 from handlers.events import MediaRef
@@ -80,6 +81,25 @@ async def test_consent_is_asked_first_and_never_pre_ticked(chat: Chat) -> None:
     declined = await chat.press("consent|no")
     assert "Không có sự đồng ý" in texts(declined)
     assert await chat.state() == "idle"
+
+
+async def test_a_new_consent_text_is_asked_again_and_names_the_rights(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await to_photos(chat)
+    # The resident agreed to an earlier wording.
+    async with sessions() as s, s.begin():
+        await s.execute(update(Consent).values(text_version="2026-11-v1"))
+    await chat.say("/cancel")
+    replies = await chat.say("/start")
+    consent = replies[-1]["text"]
+    assert await chat.state() == "consent"
+    for promise in ("/mydata", "/forgetme", "/withdraw", "không liên hệ trong 12 tháng"):
+        assert promise in consent
+    await chat.press("consent|yes")
+    async with sessions() as s:
+        versions = list(await s.scalars(select(Consent.text_version).order_by(Consent.id)))
+    assert versions == ["2026-11-v1", CONSENT_TEXT_VERSION]
 
 
 async def test_english_from_lang_command(chat: Chat) -> None:
