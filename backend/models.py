@@ -406,6 +406,9 @@ class AuditEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # What one actor did lately (the retention pass: a reporter's last rating or reopening).
+    __table_args__ = (Index("ix_audit_events_actor", "actor", "created_at"),)
+
 
 # --- chat runtime -------------------------------------------------------------------------
 
@@ -468,6 +471,8 @@ class OutboxMessage(Base):
         Index("ix_outbox_heads", "status", "channel", "chat_id", "id"),
         # A ticket's notices that could not reach the reporter (the ticket page lists them).
         Index("ix_outbox_ticket", "ticket_id", "status"),
+        # A chat's messages, whatever their status (erasing a chat, withholding notices).
+        Index("ix_outbox_chat", "channel", "chat_id"),
     )
 
 

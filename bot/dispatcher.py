@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
 
@@ -124,10 +124,13 @@ class _Statements:
                     for chat_id in sorted(chat_ids)
                 ],
             )
+        day_ago = now - SEEN_EVERY
         for channel, chat_ids in to_load:
-            rows = conn.execute(self.states, {"channel": channel, "ids": chat_ids})
-            for chat_id, state, language, data, reporter_id in rows:
-                loaded.add(channel, chat_id, state, language, data, reporter_id)
+            rows = conn.execute(
+                self.states, {"channel": channel, "ids": chat_ids, "day_ago": day_ago}
+            )
+            for chat_id, state, language, data, reporter_id, stale in rows:
+                loaded.add(channel, chat_id, state, language, data, reporter_id, stale)
         return loaded
 
     def save(
@@ -146,6 +149,12 @@ class _Statements:
             conn.execute(self.handled, {"ids": handled, "now": now})
 
 
+# A chat's state is stored again when a message comes and it was last stored longer ago
+# than this, though nothing changed: its `updated_at` dates the chat's last sign of life
+# (the retention pass reads it) at this cost, at most one write a chat a day.
+SEEN_EVERY = timedelta(days=1)
+
+
 class _SQLiteStatements:
     """The same work in plain sqlite3 calls on the chat writer's own SQLite connection.
 
@@ -159,7 +168,7 @@ class _SQLiteStatements:
         "ON CONFLICT DO NOTHING RETURNING channel, update_id"
     )
     _STATES = (
-        "SELECT chat_id, state, language, data, reporter_id FROM conversations "
+        "SELECT chat_id, state, language, data, reporter_id, updated_at < ? FROM conversations "
         "WHERE channel = ? AND chat_id IN ({})"
     )
     _SAVE_STATE = (
@@ -223,10 +232,13 @@ class _SQLiteStatements:
         loaded = _Loaded(fresh={(str(c), str(u)) for c, u in claimed})
         for channel, chat_ids in loaded.chats_to_load(events):
             rows = raw.execute(
-                self._STATES.format(", ".join("?" * len(chat_ids))), [channel, *chat_ids]
+                self._STATES.format(", ".join("?" * len(chat_ids))),
+                [sqlite_timestamp(now - SEEN_EVERY), channel, *chat_ids],
             )
-            for chat_id, state, language, data, reporter_id in rows:
-                loaded.add(channel, chat_id, state, language, json.loads(data or "{}"), reporter_id)
+            for chat_id, state, language, data, reporter_id, stale in rows:
+                loaded.add(
+                    channel, chat_id, state, language, json.loads(data or "{}"), reporter_id, stale
+                )
         return loaded
 
     def save(
@@ -284,6 +296,7 @@ class _Loaded:
     states: dict[tuple[str, str], ConversationState] = field(default_factory=dict)
     # The stored state of each chat, to write back only those that changed.
     before: dict[tuple[str, str], tuple[str, str, Any, int | None]] = field(default_factory=dict)
+    stale: set[tuple[str, str]] = field(default_factory=set)
 
     def chats_to_load(self, events: Sequence[Incoming]) -> list[tuple[str, list[str]]]:
         """(channel, chat ids) of the new updates: one lookup per channel (a batch rarely
@@ -305,15 +318,25 @@ class _Loaded:
         language: str,
         data: dict[str, Any],
         reporter_id: int | None,
+        stale: object = False,
     ) -> None:
-        """A stored chat state: one copy for the dialogue to change, one to compare with."""
+        """A stored chat state: one copy for the dialogue to change, one to compare with.
+        stale: last stored more than SEEN_EVERY ago (it is stored again, to date the
+        chat's last sign of life for the retention pass)."""
         self.states[(channel, chat_id)] = ConversationState(
             state=state, language=language, data=data, reporter_id=reporter_id
         )
         self.before[(channel, chat_id)] = (state, language, copy.deepcopy(data), reporter_id)
+        if stale:
+            self.stale.add((channel, chat_id))
 
     def changed(self, chat: tuple[str, str], st: ConversationState) -> bool:
-        return self.before.get(chat) != (st.state, st.language, st.data, st.reporter_id)
+        return chat in self.stale or self.before.get(chat) != (
+            st.state,
+            st.language,
+            st.data,
+            st.reporter_id,
+        )
 
 
 def _stored_row(item: Stored, now: datetime) -> dict[str, Any]:
@@ -364,9 +387,14 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
     inbound = cast(Table, InboundEvent.__table__)
     e = inbound.c
     c = conversations.c
-    states = select(c.chat_id, c.state, c.language, c.data, c.reporter_id).where(
-        c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True))
-    )
+    states = select(
+        c.chat_id,
+        c.state,
+        c.language,
+        c.data,
+        c.reporter_id,
+        (c.updated_at < bindparam("day_ago")).label("stale"),
+    ).where(c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True)))
     if dialect == "postgresql":
         # Another process may be answering the same chat: take turns per chat.
         states = states.with_for_update()
@@ -574,16 +602,20 @@ class Dispatcher:
         sql = _statements(conn.dialect.name, conn.dialect.driver)
         now = utcnow()
         runnable, waiting = await self._store(conn, sql, items, now)
-        events = [(item.event, item.request_id) for item in runnable if item.event is not None]
+        events = [
+            (item.event, item.request_id, item.inbound_id)
+            for item in runnable
+            if item.event is not None
+        ]
         handled = [item.inbound_id for item in runnable if item.inbound_id is not None]
         if not events:
             return waiting
-        loaded = await conn.run_sync(sql.load, [e for e, _ in events], now)
+        loaded = await conn.run_sync(sql.load, [e for e, _, _ in events], now)
         states = loaded.states
         touched: dict[tuple[str, str], ConversationState] = {}
         outbox: list[dict[str, Any]] = []
         jobs: list[Stored] = []
-        for event, request_id in events:
+        for event, request_id, inbound_id in events:
             key = (event.channel, event.update_id)
             if key not in loaded.fresh:
                 continue  # handled before, or twice in this batch
@@ -606,22 +638,18 @@ class Dispatcher:
                 job_key = f"{event.update_id}:{job.kind}"
                 body = job_body(job.kind, job_key, job.args)
                 jobs.append(Stored(event.channel, job_key, event.chat_id, body, request_id))
+            states[chat] = state
             if turn.erased:
-                # Forgotten: the chat's state is not stored again (it starts afresh should
-                # it write again); its last updates go once its last replies are out.
-                states[chat] = state
+                # Forgotten: the chat's state is not stored again (should it write again,
+                # later in this batch too, it is a new contact).
                 touched.pop(chat, None)
             else:
-                states[chat] = touched[chat] = state
+                touched[chat] = state
             outbox.extend(
                 {
                     "channel": event.channel,
                     "chat_id": event.chat_id,
-                    "payload": (
-                        {**reply.to_payload(), ERASE_AFTER_SEND: True}
-                        if turn.erased
-                        else reply.to_payload()
-                    ),
+                    "payload": reply.to_payload(),
                     "status": "pending",
                     "attempts": 0,
                     "created_at": now,
@@ -630,6 +658,14 @@ class Dispatcher:
                 }
                 for reply in turn.out
             )
+            if turn.erased:
+                # Every reply to the chat so far in this batch, this turn's and earlier
+                # turns': once out, neither its text nor the chat is kept, nor the chat's
+                # updates up to this one.
+                through = {"update": inbound_id, "at": now.isoformat()}
+                for row in outbox:
+                    if (row["channel"], row["chat_id"]) == chat:
+                        row["payload"][ERASE_AFTER_SEND] = through
         conversations = [
             {
                 "channel": channel,

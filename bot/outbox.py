@@ -20,7 +20,7 @@ from backend.logs import request_id
 from backend.metrics import OUTBOX_SENT, SEND_FAILURE_REASONS, SEND_FAILURES
 from backend.models import OutboxMessage, utcnow
 from backend.services.presence import Presence
-from backend.services.privacy import forget_handled
+from backend.services.privacy import CANCELLED, forget_handled
 from backend.services.quiet import Quiet
 from bot.tasks import cancel
 from handlers.events import ERASE_AFTER_SEND, Capabilities, Outgoing
@@ -367,14 +367,23 @@ class OutboxWorker:
                 async with self._sessions() as session, session.begin():
                     await session.execute(
                         update(OutboxMessage)
-                        .where(OutboxMessage.id == row.id)
+                        # A row erased or withheld while it was being sent stays so.
+                        .where(OutboxMessage.id == row.id, OutboxMessage.status.not_in(CANCELLED))
                         .values(**values)
                         .execution_options(synchronize_session=False)
                     )
                     if erases:
-                        # It is out (or never will be): the chat's updates that dated its
-                        # reply window go too.
-                        await session.execute(forget_handled(row.channel, row.chat_id))
+                        # It is out (or never will be): the chat's updates up to the
+                        # erasure, which dated its reply window, go too.
+                        mark = row.payload[ERASE_AFTER_SEND]
+                        await session.execute(
+                            forget_handled(
+                                row.channel,
+                                row.chat_id,
+                                through=mark.get("update"),
+                                until=datetime.fromisoformat(mark["at"]),
+                            )
+                        )
                 self._quiet.recovered()
                 return
             except Exception as exc:

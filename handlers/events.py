@@ -125,7 +125,9 @@ class Edit:
 Outgoing = Reply | Ack | Edit
 
 # A payload's mark: once the message has gone (or failed for good), the outbox keeps
-# neither its text nor its chat (the last messages to a chat whose identity is erased).
+# neither its text nor its chat, nor the chat's updates up to the one it names (or up to
+# the moment, {"update": id or None, "at": ISO time}): the last messages to a chat whose
+# identity is erased.
 ERASE_AFTER_SEND = "erase_after_send"
 
 

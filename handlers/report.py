@@ -8,10 +8,10 @@ from backend.services.categories import CATEGORIES
 from backend.services.duplicates import join_case, nearby_cases
 from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
-from backend.services.privacy import has_withdrawn
 from backend.services.reporters import (
     find_or_create_reporter,
     has_consent,
+    is_erased,
     normalise_phone,
     record_consent,
 )
@@ -83,6 +83,10 @@ async def advance(turn: Turn, next_state: str) -> None:
 
 async def begin(turn: Turn) -> None:
     """/start: consent first unless given for the current text version, then photos."""
+    if turn.conv.reporter_id is not None and await is_erased(turn.session, turn.conv.reporter_id):
+        # Erased (by the retention pass, or on a request by phone) while this chat went
+        # on: a new reporter, who is asked for consent afresh.
+        turn.conv.reporter_id = None
     returning = turn.conv.reporter_id is not None
     if turn.conv.reporter_id is None:
         reporter_id, created = await find_or_create_reporter(
@@ -572,13 +576,6 @@ class Summary(Step):
         return True
 
     async def _submit(self, turn: Turn) -> None:
-        if turn.conv.reporter_id is not None and await has_withdrawn(
-            turn.session, turn.conv.reporter_id
-        ):
-            # Withdrawn meanwhile (by phone or letter): nothing new is taken.
-            turn.reset()
-            turn.say("withdrawn.blocked")
-            return
         d = turn.data
         now = turn.services.now()
         result = await submit_report(

@@ -8,15 +8,17 @@ from backend.services.privacy import (
     HeldData,
     erase_chat,
     erase_identity,
-    find_reporter,
     held_data,
     withdraw_consent,
 )
+from backend.services.reporters import find_reporter
 from backend.timeutil import format_local
 from handlers.events import Button
 from handlers.report import STEPS, Step
 from handlers.turn import Turn
 
+# Lines of a list /mydata shows (the newest).
+SHOWN = 10
 # The report steps a draft can be in: leaving one for a question about rights keeps the
 # draft until the resident confirms.
 _RESUME = "resume"
@@ -38,7 +40,7 @@ async def show_data(turn: Turn) -> None:
 
 def _summary(turn: Turn, held: HeldData) -> dict[str, Any]:
     none = turn.t("mydata.nothing")
-    consents = "\n".join(
+    consents = [
         turn.t(
             "mydata.consent_withdrawn" if c.withdrawn_at else "mydata.consent_line",
             date=format_local(c.granted_at),
@@ -46,14 +48,14 @@ def _summary(turn: Turn, held: HeldData) -> dict[str, Any]:
             withdrawn=format_local(c.withdrawn_at) if c.withdrawn_at else "",
         )
         for c in held.consents
-    )
-    reports = "\n".join(
+    ]
+    reports = [
         turn.t(
             "mydata.report_line", code=r.code, state=turn.t(f"ticket_state.{r.state}"), unit=r.unit
         )
         for r in held.reports
-    )
-    unsealings = "\n".join(
+    ]
+    unsealings = [
         turn.t(
             "mydata.unseal_line",
             date=format_local(u.at),
@@ -61,17 +63,27 @@ def _summary(turn: Turn, held: HeldData) -> dict[str, Any]:
             unit=u.unit or none,
         )
         for u in held.unsealings
-    )
+    ]
     return {
         "pseudonym": held.pseudonym,
         "channel": turn.t(f"channel.{held.channel}") if held.channel else none,
         "phone": held.phone or none,
-        "consents": consents or none,
-        "reports": reports or none,
+        "consents": _newest(turn, consents) or none,
+        "reports": _newest(turn, reports) or none,
         "units": ", ".join(held.units) or none,
         "unseal_count": str(len(held.unsealings)),
-        "unsealings": unsealings,
+        "unsealings": _newest(turn, unsealings),
     }
+
+
+def _newest(turn: Turn, lines: list[str]) -> str:
+    """The newest SHOWN lines, and how many earlier ones there are: the message stays
+    within what a chat takes in one message (4,096 characters on Telegram)."""
+    earlier = len(lines) - SHOWN
+    shown = lines[-SHOWN:]
+    if earlier > 0:
+        shown.insert(0, turn.t("mydata.earlier", count=earlier))
+    return "\n".join(shown)
 
 
 def ask_forget(turn: Turn) -> None:

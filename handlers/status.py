@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.services.reporters import reporter_for_chat
+from backend.services.reporters import find_reporter
 from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
 from backend.timeutil import format_local
 from handlers.turn import Turn
@@ -30,7 +30,8 @@ async def show_status(turn: Turn, code: str) -> None:
         "unit": status.unit_name,
         "updated": format_local(status.updated_at),
     }
-    reporter_id = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
+    # Looked up, never made: a look-up stores nothing about whoever asks.
+    reporter_id = await find_reporter(turn.session, turn.channel, turn.chat_id)
     if status.reporter_id is not None and status.reporter_id == reporter_id:
         turn.say(
             "status.owner",
@@ -44,8 +45,8 @@ async def show_status(turn: Turn, code: str) -> None:
 
 
 async def show_mine(turn: Turn) -> None:
-    reporter_id = await reporter_for_chat(turn.session, turn.channel, turn.chat_id)
-    mine = await tickets_of_reporter(turn.session, reporter_id)
+    reporter_id = await find_reporter(turn.session, turn.channel, turn.chat_id)
+    mine = await tickets_of_reporter(turn.session, reporter_id) if reporter_id else []
     if not mine:
         turn.say("my.none")
         return

@@ -8,11 +8,12 @@ as proof, under the pseudonym, with the date of the erasure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Delete, case, delete, literal, select, update
+from sqlalchemy import Delete, Select, case, delete, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import (
@@ -33,6 +34,10 @@ from backend.services.notify import withdrew
 UNSEAL = "show_identity"
 # Outbox rows to an erased chat that had not gone yet: never sent.
 ERASED = "erased"
+# Notices queued for a reporter when they withdrew consent: never sent.
+WITHHELD = "withheld"
+# Outbox statuses a send's outcome must not overwrite.
+CANCELLED = (ERASED, WITHHELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +89,13 @@ def mask_phone(phone: str | None) -> str | None:
     return "•" * max(0, len(digits) - 3) + "".join(digits[-3:])
 
 
-async def find_reporter(session: AsyncSession, channel: str, chat_id: str) -> int | None:
-    """The reporter behind a chat, if it ever reported (never created here)."""
-    found = await session.scalar(
-        select(ReporterIdentity.reporter_id).where(
-            ReporterIdentity.channel == channel, ReporterIdentity.chat_id == chat_id
-        )
-    )
-    return int(found) if found is not None else None
-
-
-async def held_data(session: AsyncSession, reporter_id: int) -> HeldData | None:
+async def held_data(
+    session: AsyncSession,
+    reporter_id: int,
+    narrow: Callable[[Select[Any]], Select[Any]] | None = None,
+) -> HeldData | None:
+    """What is held about a reporter; `narrow` limits the reports (and what follows from
+    them: units, unsealings) to those a staff member may see."""
     reporter = await session.get(Reporter, reporter_id)
     if reporter is None:
         return None
@@ -105,16 +106,18 @@ async def held_data(session: AsyncSession, reporter_id: int) -> HeldData | None:
             select(Consent).where(Consent.reporter_id == reporter_id).order_by(Consent.id)
         )
     ]
-    rows = await session.execute(
-        select(Ticket.id, Ticket.code, Ticket.state, Unit.name)
-        .join(Unit, Unit.id == Ticket.unit_id)
-        .where(Ticket.reporter_id == reporter_id)
-        .order_by(Ticket.created_at, Ticket.id)
-    )
-    reports = [HeldReport(code, state, unit) for _, code, state, unit in rows.all()]
-    ticket_ids = [
-        i for i in await session.scalars(select(Ticket.id).where(Ticket.reporter_id == reporter_id))
-    ]
+    query: Select[Any] = select(Ticket).where(Ticket.reporter_id == reporter_id)
+    if narrow is not None:
+        query = narrow(query)
+    rows = (
+        await session.execute(
+            query.join(Unit, Unit.id == Ticket.unit_id)
+            .with_only_columns(Ticket.id, Ticket.code, Ticket.state, Unit.name)
+            .order_by(Ticket.created_at, Ticket.id)
+        )
+    ).all()
+    reports = [HeldReport(code, state, unit) for _, code, state, unit in rows]
+    ticket_ids = [ticket_id for ticket_id, _, _, _ in rows]
     units = list(dict.fromkeys(r.unit for r in reports))
     unsealings: list[Unsealing] = []
     if ticket_ids:
@@ -156,12 +159,26 @@ async def held_data(session: AsyncSession, reporter_id: int) -> HeldData | None:
 
 
 async def withdraw_consent(session: AsyncSession, reporter_id: int, now: datetime) -> bool:
-    """Record the withdrawal of every consent in force; returns whether there was one."""
+    """Record the withdrawal of every consent in force, and hold the notices queued for
+    the reporter's chat (never sent); returns whether there was a consent in force."""
     result = await session.execute(
         update(Consent)
         .where(Consent.reporter_id == reporter_id, Consent.withdrawn_at.is_(None))
         .values(withdrawn_at=now)
     )
+    identity = await session.get(ReporterIdentity, reporter_id)
+    if identity is not None and identity.channel and identity.chat_id:
+        await session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.channel == identity.channel,
+                OutboxMessage.chat_id == identity.chat_id,
+                OutboxMessage.status == "pending",
+                OutboxMessage.ticket_id.is_not(None),
+            )
+            .values(status=WITHHELD)
+            .execution_options(synchronize_session=False)
+        )
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -205,9 +222,10 @@ async def erase_chat(session: AsyncSession, channel: str, chat_id: str) -> None:
             chat_id="",
             payload={},
             last_error=None,
-            # Waiting ones are never sent; the others keep their status (sent, failed…).
+            # Waiting ones are never sent, and no one is asked to phone about the ones
+            # that failed; sent ones stay sent.
             status=case(
-                (OutboxMessage.status.in_(("pending", "undeliverable")), ERASED),
+                (OutboxMessage.status.in_(("pending", "undeliverable", "failed")), ERASED),
                 else_=OutboxMessage.status,
             ),
         )
@@ -215,11 +233,19 @@ async def erase_chat(session: AsyncSession, channel: str, chat_id: str) -> None:
     )
 
 
-def forget_handled(channel: str, chat_id: str) -> Delete:
-    """The chat's stored updates that were handled. Those still waiting are the person's
-    new messages: they are handled as a new contact."""
-    return delete(InboundEvent).where(
+def forget_handled(
+    channel: str, chat_id: str, *, through: int | None = None, until: datetime | None = None
+) -> Delete:
+    """The chat's stored updates that were handled: all, or those up to the update
+    `through` (an id), or else those received up to `until`. Later ones, and those still
+    waiting, are the person writing again: a new contact."""
+    query = delete(InboundEvent).where(
         InboundEvent.channel == channel,
         InboundEvent.chat_id == chat_id,
         InboundEvent.handled_at.is_not(None),
     )
+    if through is not None:
+        return query.where(InboundEvent.id <= through)
+    if until is not None:
+        return query.where(InboundEvent.received_at <= until)
+    return query

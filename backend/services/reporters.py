@@ -56,19 +56,25 @@ def normalise_phone(text: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-async def reporter_for_chat(session: AsyncSession, channel: str, chat_id: str) -> int:
-    """The id of the reporter behind a chat, created on first contact."""
-    reporter_id, _ = await find_or_create_reporter(session, channel, chat_id)
-    return reporter_id
+async def find_reporter(session: AsyncSession, channel: str, chat_id: str) -> int | None:
+    """The reporter behind a chat, if it ever reported (never created here)."""
+    found = await session.scalar(_FIND, {"channel": channel, "chat_id": chat_id})
+    return int(found) if found is not None else None
+
+
+async def is_erased(session: AsyncSession, reporter_id: int) -> bool:
+    """Whether the reporter's identity was erased (it is then no one's any more)."""
+    at = await session.scalar(select(_reporters.c.erased_at).where(_reporters.c.id == reporter_id))
+    return at is not None
 
 
 async def find_or_create_reporter(
     session: AsyncSession, channel: str, chat_id: str
 ) -> tuple[int, bool]:
     """The id of the reporter behind a chat, and whether it was created just now."""
-    found = await session.scalar(_FIND, {"channel": channel, "chat_id": chat_id})
+    found = await find_reporter(session, channel, chat_id)
     if found is not None:
-        return int(found), False
+        return found, False
     # 32 random bits: a clash is unlikely and the unique index refuses one if it happens.
     pseudonym = secrets.token_hex(4).upper()
     reporter_id = await session.scalar(_CREATE, {"pseudonym": pseudonym, "created_at": utcnow()})

@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, String, cast, delete, exists, literal, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    String,
+    and_,
+    cast,
+    delete,
+    exists,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from backend.config import Settings
 from backend.models import (
@@ -70,11 +82,14 @@ def _months_before(now: datetime, months: int) -> datetime:
     raise AssertionError("every month has a 28th")
 
 
-async def idle_reporters(session: AsyncSession, cutoff: datetime, limit: int) -> list[int]:
+async def idle_reporters(
+    session: AsyncSession, cutoff: datetime, limit: int, only: int | None = None
+) -> list[int]:
     """Reporters with an identity, whose reports are all finished, and with no sign of
     life since cutoff: no report made, no step of their conversation, no update stored,
     no action of theirs on a report (a rating, a reopening)."""
     ri = ReporterIdentity
+    case = aliased(Ticket)
     actor = literal("reporter:") + cast(ri.reporter_id, String)
     same_chat = (ri.channel.is_not(None), ri.chat_id.is_not(None))
     query = (
@@ -85,7 +100,15 @@ async def idle_reporters(session: AsyncSession, cutoff: datetime, limit: int) ->
             Reporter.created_at < cutoff,
             ~exists().where(
                 Ticket.reporter_id == ri.reporter_id,
-                or_(Ticket.state.not_in(FINISHED), Ticket.created_at >= cutoff),
+                or_(
+                    Ticket.state.not_in(FINISHED),
+                    Ticket.created_at >= cutoff,
+                    # Merged into a case still open: its outcome is told to them too.
+                    and_(
+                        Ticket.state == "merged",
+                        exists().where(case.id == Ticket.case_id, case.state.not_in(FINISHED)),
+                    ),
+                ),
             ),
             ~exists().where(AuditEvent.actor == actor, AuditEvent.created_at >= cutoff),
             ~exists().where(
@@ -104,6 +127,8 @@ async def idle_reporters(session: AsyncSession, cutoff: datetime, limit: int) ->
         .order_by(ri.reporter_id)
         .limit(limit)
     )
+    if only is not None:
+        query = query.where(ri.reporter_id == only)
     return [int(r) for r in await session.scalars(query)]
 
 
@@ -124,6 +149,10 @@ async def retention_pass(
         async with sessions() as session, session.begin():
             idle = await idle_reporters(session, identity_cutoff, BATCH)
             for reporter_id in idle:
+                # Locked, then asked again: a report or a message may have come since.
+                await session.get(Reporter, reporter_id, with_for_update=True)
+                if not await idle_reporters(session, identity_cutoff, 1, only=reporter_id):
+                    continue
                 if await erase_identity(session, reporter_id, now):
                     erased += 1
         if len(idle) < BATCH:

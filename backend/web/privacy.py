@@ -9,10 +9,11 @@ never writes the number it looked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, ReporterIdentity, Ticket, User, utcnow
@@ -116,7 +117,7 @@ async def search(request: web.Request) -> web.Response:
         found = [
             (held, reporter_id)
             for reporter_id in await _in_scope(session, actor, ids)
-            if (held := await held_data(session, reporter_id)) is not None
+            if (held := await held_data(session, reporter_id, _narrow(actor))) is not None
         ]
         session.add(_audit(actor, "pd_search", f"{len(found)} found"))
         return await _page(request, session, actor, found=found)
@@ -129,15 +130,20 @@ async def erase(request: web.Request) -> web.StreamResponse:
     reporter_id = int(request.match_info["reporter"])
     async with request.app[SESSIONS]() as session, session.begin():
         actor = await require_triage(request, session)
-        if not await _in_scope(session, actor, [reporter_id]):
+        held = await held_data(session, reporter_id)
+        if held is None or not await _in_scope(session, actor, [reporter_id]):
             raise web.HTTPNotFound()
         if len(reason) < MIN_REASON:
             return await _page(request, session, actor, problem="privacy.reason_needed", status=422)
-        held = await held_data(session, reporter_id)
-        if await erase_identity(session, reporter_id, utcnow()):
-            pseudonym = held.pseudonym if held is not None else "?"
-            session.add(_audit(actor, "pd_erase", f"#{pseudonym}: {reason}"))
+        if not await erase_identity(session, reporter_id, utcnow()):
+            return await _page(request, session, actor, problem="privacy.was_erased", status=409)
+        session.add(_audit(actor, "pd_erase", f"#{held.pseudonym}: {reason}"))
     raise web.HTTPSeeOther("/privacy?done=erased")
+
+
+def _narrow(actor: Actor) -> Callable[[Select[Any]], Select[Any]]:
+    """A ticket query limited to what the actor may see."""
+    return lambda query: scope_query(query, actor)
 
 
 def mount_privacy(app: web.Application) -> None:

@@ -1,4 +1,5 @@
-"""Personal data rights: the date a reporter's identity was erased.
+"""Personal data rights: the date a reporter's identity was erased, and the indexes that
+erasing a chat and the retention pass look things up by.
 
 Revision ID: 0012
 Revises: 0011
@@ -23,8 +24,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("erased_at", backend.models.UTCDateTime(timezone=True), nullable=True)
         )
+    op.create_index("ix_audit_events_actor", "audit_events", ["actor", "created_at"])
+    op.create_index("ix_outbox_chat", "outbox", ["channel", "chat_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_chat", table_name="outbox")
+    op.drop_index("ix_audit_events_actor", table_name="audit_events")
     with op.batch_alter_table("reporters", schema=None) as batch_op:
         batch_op.drop_column("erased_at")
