@@ -76,10 +76,6 @@ class HeldData:
     unsealings: Sequence[Unsealing]
     erased_at: datetime | None
 
-    @property
-    def consent_withdrawn(self) -> bool:
-        return bool(self.consents) and all(c.withdrawn_at is not None for c in self.consents)
-
 
 def mask_phone(phone: str | None) -> str | None:
     """All digits but the last 3 hidden: +84912345678 → •••••••••678."""

@@ -111,9 +111,16 @@ async def check_csrf(request: web.Request, limit: int = 0) -> dict[str, Any]:
     return form
 
 
-# An unsealing says why, in a few words at least (it is in the audit trail).
-MIN_UNSEAL_REASON = 5
-MAX_UNSEAL_REASON = 300
+# An unsealing or an erasure says why, in a few words at least (it is in the audit trail).
+MIN_REASON = 5
+MAX_REASON = 300
+
+
+def stated_reason(form: dict[str, Any]) -> str | None:
+    """The form's reason, trimmed to MAX_REASON; None when shorter than MIN_REASON."""
+    reason = str(form.get("reason") or "").strip()[:MAX_REASON]
+    return reason if len(reason) >= MIN_REASON else None
+
 
 # --- queues ------------------------------------------------------------------------------
 
@@ -364,14 +371,14 @@ async def show_identity(request: web.Request) -> web.Response:
     """POST /tickets/{code}/identity: triage roles unseal the reporter, saying why; it is
     audited with the reason."""
     form = await check_csrf(request)
-    reason = str(form.get("reason") or "").strip()[:MAX_UNSEAL_REASON]
+    reason = stated_reason(form)
     async with request.app[SESSIONS]() as session, session.begin():
         _, actor = await require_user(request, session)
         ticket = await _visible_ticket(request, session, actor)
         if actor.role not in TRIAGE or ticket.reporter_id is None:
             raise web.HTTPForbidden()
         found = await session.get(ReporterIdentity, ticket.reporter_id)
-        if len(reason) < MIN_UNSEAL_REASON:
+        if reason is None:
             return await _ticket_response(request, None, error="unseal_reason", status=422)
         if found is None:
             # Erased at the reporter's request (or after the retention period): nothing

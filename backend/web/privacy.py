@@ -21,11 +21,8 @@ from backend.services.privacy import UNSEAL, erase_identity, held_data
 from backend.services.reporters import normalise_phone
 from backend.services.workflow import Actor, scope_query
 from backend.web.app import SESSIONS
-from backend.web.dashboard import check_csrf, render, require_triage
+from backend.web.dashboard import check_csrf, render, require_triage, stated_reason
 
-# An erasure says why, in a few words at least (it is in the audit trail).
-MIN_REASON = 5
-MAX_REASON = 300
 UNSEALS_SHOWN = 200
 
 
@@ -126,14 +123,14 @@ async def search(request: web.Request) -> web.Response:
 async def erase(request: web.Request) -> web.StreamResponse:
     """POST /privacy/{reporter}/erase: erase a reporter's identity, saying why."""
     form = await check_csrf(request)
-    reason = str(form.get("reason") or "").strip()[:MAX_REASON]
+    reason = stated_reason(form)
     reporter_id = int(request.match_info["reporter"])
     async with request.app[SESSIONS]() as session, session.begin():
         actor = await require_triage(request, session)
         held = await held_data(session, reporter_id)
         if held is None or not await _in_scope(session, actor, [reporter_id]):
             raise web.HTTPNotFound()
-        if len(reason) < MIN_REASON:
+        if reason is None:
             return await _page(request, session, actor, problem="privacy.reason_needed", status=422)
         if not await erase_identity(session, reporter_id, utcnow()):
             return await _page(request, session, actor, problem="privacy.was_erased", status=409)
