@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run serve test lint bench vendor clean
 
+# Development only: a data key in var/ (production reads HOTLINE_DATA_KEY alone).
+DEV_KEY = test -s var/data.key || (umask 077 && $(BIN)/hotline new-data-key > var/data.key)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -15,6 +18,7 @@ $(STAMP): pyproject.toml
 # The demo: training accounts and the chat simulator.
 run: $(STAMP)
 	mkdir -p var
+	$(DEV_KEY)
 	$(BIN)/hotline migrate
 	$(BIN)/hotline import-units
 	$(BIN)/hotline serve --demo --host 127.0.0.1 --port 8080
@@ -22,6 +26,7 @@ run: $(STAMP)
 # The service itself, with the chat channels the environment configures.
 serve: $(STAMP)
 	mkdir -p var
+	$(DEV_KEY)
 	$(BIN)/hotline migrate
 	$(BIN)/hotline import-units
 	$(BIN)/hotline serve --host 127.0.0.1 --port 8080

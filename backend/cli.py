@@ -19,7 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
-from backend.db import engine_for, session_factory
+from backend.crypto import DataKeyError, install, new_key
+from backend.db import engine_for, open_keys, session_factory
 from backend.logs import setup as setup_logging
 from backend.migrate import upgrade
 from backend.models import utcnow
@@ -40,6 +41,7 @@ from backend.services.media_store import (
     copy_store,
     media_store,
 )
+from backend.services.rekey import left, rotate
 from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
 from backend.services.stats import (
@@ -172,6 +174,8 @@ def _ensure_sqlite_dir(url: str) -> None:
 async def migrate(settings: Settings) -> None:
     """Apply migrations and refresh the built-in reference data (categories)."""
     _ensure_sqlite_dir(settings.database_url)
+    # The rows a migration seals (on an installation from before sealing) need the keys.
+    install(settings.keyring())
     await asyncio.to_thread(upgrade, settings.database_url)
     await in_transaction(settings, seed_categories)
 
@@ -183,10 +187,15 @@ async def in_transaction(settings: Settings, work: Callable[[AsyncSession], Awai
     """Run one command's database work in a transaction on a short-lived engine."""
     engine = engine_for(settings)
     try:
+        await open_keys(engine, settings)
         async with session_factory(engine)() as session, session.begin():
             return await work(session)
     finally:
         await engine.dispose()
+
+
+async def _nothing(_session: AsyncSession) -> None:
+    """No work: in_transaction's checks alone."""
 
 
 async def load_units(settings: Settings) -> None:
@@ -270,6 +279,30 @@ def save_report(report: Report, file_format: str, out: str | None) -> None:
         print("totals check failed: " + "; ".join(report.problems), file=sys.stderr)
 
 
+async def rotate_data_key(settings: Settings, batch: int) -> bool:
+    """`hotline rotate-data-key`; returns whether every value is now under the new key."""
+    engine = engine_for(settings)
+    try:
+        ring = await open_keys(engine, settings)
+        print(f"sealing under key {ring.current_id}", flush=True)
+        done = await rotate(
+            engine,
+            ring,
+            batch=batch,
+            progress=lambda name, n: print(f"{name}: {n}", flush=True),
+        )
+        for name, n in done.items():
+            print(f"{name}: {n} sealed again", flush=True)
+        remaining = await left(engine, ring)
+    finally:
+        await engine.dispose()
+    for name, n in remaining.items():
+        print(f"{name}: {n} still under an older key: run it again", file=sys.stderr)
+    if not remaining:
+        print("every value is under the new key: HOTLINE_DATA_KEY_PREVIOUS may go", flush=True)
+    return not remaining
+
+
 async def migrate_media(settings: Settings, source_dir: Path | None) -> Copied:
     """`hotline migrate-media`: copy a local media folder into the configured bucket,
     skipping what is already there at the same size (so a second run resumes)."""
@@ -334,18 +367,40 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         help="the folder to copy (default: HOTLINE_MEDIA_DIR)",
     )
+    sub.add_parser("new-data-key", help="print a new random data key (for HOTLINE_DATA_KEY)")
+    rotate_key = sub.add_parser(
+        "rotate-data-key",
+        help="seal every value again under HOTLINE_DATA_KEY (the old key in "
+        "HOTLINE_DATA_KEY_PREVIOUS); runs beside the service, resumable",
+    )
+    rotate_key.add_argument("--batch", type=int, default=500, help="values per transaction")
     args = parser.parse_args(argv)
+    if args.command == "new-data-key":
+        print(new_key())
+        return
 
     setup_logging()  # JSON lines with the request id (backend/logs.py)
     try:
         settings = Settings(demo=True) if getattr(args, "demo", False) else Settings()
     except ValidationError as exc:
         parser.error("; ".join(str(e["msg"]) for e in exc.errors()))
-    if args.command == "serve":
+    try:
+        _command(parser, args, settings)
+    except DataKeyError as exc:
+        parser.error(str(exc))
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> None:
+    if args.command == "rotate-data-key":
+        if not asyncio.run(rotate_data_key(settings, max(1, args.batch))):
+            sys.exit(1)
+    elif args.command == "serve":
         try:
             media_store(settings)
         except ValueError as exc:
             parser.error(str(exc))
+        # The data key is checked against the database before anything listens.
+        asyncio.run(in_transaction(settings, _nothing))
         if settings.demo:
             try:
                 asyncio.run(in_transaction(settings, check_demo_database))

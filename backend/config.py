@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.crypto import DataKeyError, Keyring, keyring_from
+
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "placeholder"})
 
 
@@ -138,6 +140,14 @@ class Settings(BaseSettings):
     retention_processed_days: int = Field(default=30, ge=2)
     retention_interval: float = 3600.0
 
+    # The key that seals reporters' identities at rest (base64, 32 bytes; `hotline
+    # new-data-key` prints one). Required in production. In development without it, the
+    # key in data_key_file (`make run` makes one) is used. During a rotation the keys
+    # before it (comma-separated) still open what they sealed: see the README.
+    data_key: SecretStr | None = None
+    data_key_previous: SecretStr | None = None
+    data_key_file: Path = Path("./var/data.key")
+
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 
@@ -154,6 +164,7 @@ class Settings(BaseSettings):
             )
         if self.environment == "production":
             for name in (
+                "data_key",
                 "telegram_token",
                 "telegram_webhook_secret",
                 "zalo_oa_secret_key",
@@ -164,7 +175,29 @@ class Settings(BaseSettings):
                 value = getattr(self, name)
                 if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError(f"HOTLINE_{name.upper()} is a placeholder")
+        if self.environment == "production" and self.data_key is None:
+            raise ValueError(
+                "HOTLINE_DATA_KEY is not set: production keeps reporters' identities sealed "
+                "under it (`hotline new-data-key` prints one; keep it apart from backups)"
+            )
+        if self.data_key is not None:
+            self.keyring()  # a malformed key is refused at start, before anything is sealed
         return self
+
+    def keyring(self) -> Keyring:
+        """The data keys (the look-up key is then agreed with the database, see
+        backend.crypto.agree)."""
+        previous = (
+            self.data_key_previous.get_secret_value().split(",") if self.data_key_previous else []
+        )
+        if self.data_key is not None:
+            return keyring_from(self.data_key.get_secret_value(), previous)
+        if self.environment == "development" and self.data_key_file.is_file():
+            return keyring_from(self.data_key_file.read_text(), previous)
+        raise DataKeyError(
+            "no data key: set HOTLINE_DATA_KEY (`hotline new-data-key` prints one), or run "
+            f"`make run`, which makes a development key in {self.data_key_file}"
+        )
 
     @property
     def served_over_https(self) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from backend.config import Settings
+from backend.crypto import Keyring, agree, install
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +247,13 @@ async def checkpoint_forever(engine: AsyncEngine, interval: float = 0.5) -> None
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def open_keys(engine: AsyncEngine, settings: Settings) -> Keyring:
+    """Load the data keys, check them against the database, and install them for this
+    process (raises DataKeyError, with what to do, when they do not fit)."""
+    ring = settings.keyring()
+    async with engine.begin() as conn:
+        await conn.run_sync(agree, ring)
+    install(ring)
+    return ring

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from backend.crypto import Sealed, SealedJSON, keys
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -150,11 +152,14 @@ class ReporterIdentity(Base):
 
     reporter_id: Mapped[int] = mapped_column(ForeignKey("reporters.id"), primary_key=True)
     channel: Mapped[str | None] = mapped_column(String(16))
-    chat_id: Mapped[str | None] = mapped_column(String(64))
-    display_name: Mapped[str | None] = mapped_column(String(200))
-    phone: Mapped[str | None] = mapped_column(String(32))
+    # Sealed (backend.crypto); found by the keyed look-ups beside them, never by value.
+    chat_id: Mapped[str | None] = mapped_column(Sealed("reporter_identities.chat_id"))
+    chat_key: Mapped[str | None] = mapped_column(String(64))
+    display_name: Mapped[str | None] = mapped_column(Sealed("reporter_identities.display_name"))
+    phone: Mapped[str | None] = mapped_column(Sealed("reporter_identities.phone"))
+    phone_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
-    __table_args__ = (UniqueConstraint("channel", "chat_id"),)
+    __table_args__ = (UniqueConstraint("channel", "chat_key"),)
 
 
 class Consent(Base):
@@ -286,9 +291,8 @@ class Photo(Base):
     kind: Mapped[str] = mapped_column(String(16), default="evidence")
     # Where and when the camera says it was taken (EXIF, read before stripping); sealed
     # evidence, not shown to ward staff.
-    exif_lat: Mapped[float | None] = mapped_column(Float, default=None)
-    exif_lon: Mapped[float | None] = mapped_column(Float, default=None)
-    exif_taken_at: Mapped[str | None] = mapped_column(String(32), default=None)
+    # {"lat", "lon", "taken_at"}, sealed (backend.crypto).
+    exif: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON("photos.exif"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -420,14 +424,16 @@ class Conversation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    chat_id: Mapped[str] = mapped_column(String(64))
+    # The chat's keyed look-up (backend.crypto.Keyring.chat_key), never its id.
+    chat_key: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(32))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The draft holds what the resident wrote and their phone: sealed.
+    data: Mapped[dict[str, Any]] = mapped_column(SealedJSON("conversations.data"), default=dict)
     language: Mapped[str] = mapped_column(String(8))
     reporter_id: Mapped[int | None] = mapped_column(ForeignKey("reporters.id"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (UniqueConstraint("channel", "chat_id"),)
+    __table_args__ = (UniqueConstraint("channel", "chat_key"),)
 
 
 class ProcessedUpdate(Base):
@@ -447,8 +453,11 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    chat_id: Mapped[str] = mapped_column(String(64))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The chat's keyed look-up, and its id sealed (the sender opens it).
+    chat_key: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(Sealed("outbox.address"))
+    # What it says (it may repeat the resident's phone or words): sealed.
+    payload: Mapped[dict[str, Any]] = mapped_column(SealedJSON("outbox.payload"))
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     # pending · sent · failed · undeliverable (outside the platform's reply window: staff
     # phone the reporter) · called (they did)
@@ -465,14 +474,27 @@ class OutboxMessage(Base):
     # The platform's id of the message once sent (a staff card is edited later).
     sent_message_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
+    @classmethod
+    def to(
+        cls, channel: str, chat_id: str, payload: dict[str, Any], **values: Any
+    ) -> OutboxMessage:
+        """A message for a chat: stored under its look-up, with its id sealed."""
+        return cls(
+            channel=channel,
+            chat_key=keys().chat_key(channel, chat_id),
+            address=chat_id,
+            payload=payload,
+            **values,
+        )
+
     __table_args__ = (
         Index("ix_outbox_pending", "status", "next_attempt_at"),
         # The first pending message of each chat, which is the next one it gets.
-        Index("ix_outbox_heads", "status", "channel", "chat_id", "id"),
+        Index("ix_outbox_heads", "status", "channel", "chat_key", "id"),
         # A ticket's notices that could not reach the reporter (the ticket page lists them).
         Index("ix_outbox_ticket", "ticket_id", "status"),
         # A chat's messages, whatever their status (erasing a chat, withholding notices).
-        Index("ix_outbox_chat", "channel", "chat_id"),
+        Index("ix_outbox_chat", "channel", "chat_key"),
     )
 
 
@@ -490,8 +512,11 @@ class InboundEvent(Base):
     channel: Mapped[str] = mapped_column(String(16))
     # The platform's id of the event (Zalo's msg_id): a redelivery is stored once.
     event_key: Mapped[str] = mapped_column(String(128))
-    chat_id: Mapped[str] = mapped_column(String(64))
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The chat's keyed look-up; its id and the update itself (names, a shared phone,
+    # what was written) are sealed.
+    chat_key: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(Sealed("inbound_events.address"))
+    body: Mapped[dict[str, Any]] = mapped_column(SealedJSON("inbound_events.body"))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     handled_at: Mapped[datetime | None] = mapped_column(default=None)
     # The process handling it now (see Presence): a lease lasts while its owner lives.
@@ -501,12 +526,12 @@ class InboundEvent(Base):
 
     __table_args__ = (
         UniqueConstraint("channel", "event_key"),
-        Index("ix_inbound_events_chat", "channel", "chat_id", "received_at"),
+        Index("ix_inbound_events_chat", "channel", "chat_key", "received_at"),
         # The updates waiting to be handled, by chat: a chat's oldest is found here.
         Index(
             "ix_inbound_events_waiting",
             "channel",
-            "chat_id",
+            "chat_key",
             "id",
             sqlite_where=text("handled_at IS NULL"),
             postgresql_where=text("handled_at IS NULL"),

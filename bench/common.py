@@ -1,9 +1,11 @@
-"""What the database benchmarks share: a value as SQLite stores it, the bare driver's
-DSN, and a throw-away PostgreSQL server. Kept light: measuring children import it."""
+"""What the database benchmarks share: a data key for the run, a value as SQLite stores
+it, the bare driver's DSN, and a throw-away PostgreSQL server. Kept light: measuring
+children import it."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -14,7 +16,13 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from backend.crypto import install, keyring_from, new_key
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# A throw-away data key for the run; the servers it starts inherit it.
+os.environ.setdefault("HOTLINE_DATA_KEY", new_key())
+install(keyring_from(os.environ["HOTLINE_DATA_KEY"]))
 
 
 def sqlite_text(value: Any) -> Any:

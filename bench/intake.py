@@ -6,7 +6,8 @@ opens connections to a webhook (40), run in alternating rounds on the two server
 reported as medians; latency is an open loop at a fixed rate. Each round starts 500 new
 conversations with /start, then the residents type text in the consent step. The intake
 server uses SQLite with WAL and synchronous=FULL; its outbox worker is off so that only
-intake is measured.
+intake is measured. A third server, the same intake with sealing replaced by
+pass-throughs, gives the cost of encryption at rest in the same run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,6 +30,10 @@ import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for bench.common, when run as a script
+
+import bench.common  # noqa: E402, F401 - the run's data key
+
 TOKEN = "123456:BENCH"
 SECRET = "bench-secret"
 CHATS = 500
@@ -74,7 +80,24 @@ def serve_bare(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve_intake(port: int, db: str, api_port: int) -> None:
+def pass_through_sealing() -> None:
+    """The reference for the cost of encryption at rest: the same service with sealing,
+    opening and keyed look-ups replaced by pass-throughs (this process only; what
+    `hotline migrate` sealed still opens)."""
+    from backend import crypto
+
+    real_open = crypto.Keyring.open
+
+    def open_plain(self: crypto.Keyring, token: str, purpose: str) -> str:
+        kid, _, rest = token.partition(".")
+        return rest if kid == "plain" else real_open(self, token, purpose)
+
+    setattr(crypto.Keyring, "seal", lambda self, plain, purpose: f"plain.{plain}")  # noqa: B010
+    setattr(crypto.Keyring, "open", open_plain)  # noqa: B010
+    setattr(crypto.Keyring, "lookup", lambda self, purpose, value: f"{purpose}:{value}")  # noqa: B010
+
+
+def serve_intake(port: int, db: str, api_port: int, *, sealed: bool = True) -> None:
     from pydantic import SecretStr
 
     from backend.cli import run_server
@@ -90,6 +113,8 @@ def serve_intake(port: int, db: str, api_port: int) -> None:
         public_url=f"http://127.0.0.1:{port}",
         outbox_enabled=False,
     )
+    if not sealed:
+        pass_through_sealing()
     run_server(settings, "127.0.0.1", port, banner=False)
 
 
@@ -188,11 +213,14 @@ async def latency(url: str, first: int, rate: float, seconds: float) -> list[flo
 async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.db")
+        plain_db = str(Path(tmp) / "plain.db")
         env = {**os.environ, "HOTLINE_DATABASE_URL": f"sqlite+aiosqlite:///{db}"}
         hotline = str(Path(sys.executable).parent / "hotline")
         subprocess.run([hotline, "migrate"], env=env, check=True, capture_output=True)
         subprocess.run([hotline, "import-units"], env=env, check=True, capture_output=True)
-        api_port, bare_port, intake_port = free_port(), free_port(), free_port()
+        shutil.copyfile(db, plain_db)
+        api_port, bare_port = free_port(), free_port()
+        intake_port, plain_port = free_port(), free_port()
         procs = [
             spawn("--serve-api", str(api_port)),
             spawn("--serve-bare", str(bare_port)),
@@ -201,17 +229,30 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
             await asyncio.sleep(1.0)
             log = Path(tmp) / "intake.log"
             procs.append(spawn("--serve-intake", str(intake_port), db, str(api_port), log=log))
+            procs.append(
+                spawn(
+                    "--serve-intake",
+                    str(plain_port),
+                    plain_db,
+                    str(api_port),
+                    "--unsealed",
+                    log=Path(tmp) / "plain.log",
+                )
+            )
             bare_url = f"http://127.0.0.1:{bare_port}/telegram/webhook"
             intake_url = f"http://127.0.0.1:{intake_port}/telegram/webhook"
-            await wait_up(bare_url)
-            await wait_up(intake_url)
-            # Rounds alternate between the two servers so that both see the same machine;
+            plain_url = f"http://127.0.0.1:{plain_port}/telegram/webhook"
+            for url in (bare_url, intake_url, plain_url):
+                await wait_up(url)
+            # Rounds alternate between the servers so that all see the same machine;
             # medians keep one noisy round from deciding the figure.
             bare_rps: list[float] = []
             intake_rps: list[float] = []
+            plain_rps: list[float] = []
             for r in range(rounds):
                 bare_rps.append(await throughput(bare_url, r * ROUND, n))
                 intake_rps.append(await throughput(intake_url, r * ROUND, n))
+                plain_rps.append(await throughput(plain_url, r * ROUND, n))
             bare_lat = await latency(bare_url, rounds * ROUND, rate, seconds)
             intake_lat = await latency(intake_url, rounds * ROUND, rate, seconds)
         finally:
@@ -219,7 +260,8 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
                 p.terminate()
                 p.wait(timeout=10)
         logged = sum(1 for line in log.open("rb") if line.startswith(b'{"at"'))
-    bare, intake = statistics.median(bare_rps), statistics.median(intake_rps)
+    bare = statistics.median(bare_rps)
+    intake, plain = statistics.median(intake_rps), statistics.median(plain_rps)
     print(
         f"{rounds} rounds of {n} updates, {IN_FLIGHT} in flight;"
         f" latency at {rate:g}/s for {seconds:g} s"
@@ -232,8 +274,13 @@ async def run(n: int, rate: float, seconds: float, rounds: int) -> None:
         f"webhook intake   : {intake:8.0f} upd/s   p50 {statistics.median(intake_lat):6.2f} ms"
         f"   p99 {pct(intake_lat, 99):6.2f} ms   (rounds: {_fmt(intake_rps)})"
     )
+    print(f"intake, unsealed : {plain:8.0f} upd/s   (rounds: {_fmt(plain_rps)})")
     print(
         f"ratio intake/bare: {intake / bare:.2f}  (goal >= 0.5)   p99 goal <= 25 ms at {rate:g}/s"
+    )
+    print(
+        f"encryption at rest: intake/bare {plain / bare:.2f} unsealed, {intake / bare:.2f}"
+        f" sealed; sealed/unsealed {intake / plain:.2f}"
     )
     print(f"the intake server wrote {logged} access log lines (as in production)")
 
@@ -247,6 +294,7 @@ def main() -> None:
     parser.add_argument("--serve-bare", type=int)
     parser.add_argument("--serve-api", type=int)
     parser.add_argument("--serve-intake", nargs=3, metavar=("PORT", "DB", "API_PORT"))
+    parser.add_argument("--unsealed", action="store_true", help="with --serve-intake")
     parser.add_argument("-n", type=int, default=4000, help="updates in the throughput run")
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -258,7 +306,7 @@ def main() -> None:
         serve_api(args.serve_api)
     elif args.serve_intake:
         port, db, api_port = args.serve_intake
-        serve_intake(int(port), db, int(api_port))
+        serve_intake(int(port), db, int(api_port), sealed=not args.unsealed)
     else:
         asyncio.run(run(args.n, args.rate, args.seconds, args.rounds))
 

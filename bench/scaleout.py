@@ -74,7 +74,7 @@ def serve_api(port: int, record: str) -> None:
 
 
 def environment(url: str, api: str, workdir: Path, *, outbox: bool) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", "HOTLINE_DATA_KEY")
     return {
         **{k: v for k, v in os.environ.items() if k in keep},
         "HOTLINE_ENVIRONMENT": "test",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select, u
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.crypto import keys
 from backend.db import (
     InlineSQLiteDialect,
     is_retryable,
@@ -58,7 +58,7 @@ BUSY_PATIENCE = 30.0
 # serialization failure, before the update is left for a later attempt.
 RETRIES = 3
 
-_STATE_COLUMNS = ("channel", "chat_id", "state", "data", "language", "reporter_id", "updated_at")
+_STATE_COLUMNS = ("channel", "chat_key", "state", "data", "language", "reporter_id", "updated_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +88,11 @@ class _Statements:
     def waiting_heads(self, conn: Connection, chats: Mapping[str, list[str]]) -> dict[Key, int]:
         heads: dict[Key, int] = {}
         for channel, chat_ids in chats.items():
-            for chat_id, head in conn.execute(self.heads, {"b_channel": channel, "ids": chat_ids}):
-                heads[(channel, str(chat_id))] = int(head)
+            named = _chat_keys(channel, chat_ids)
+            for chat_key, head in conn.execute(
+                self.heads, {"b_channel": channel, "ids": list(named)}
+            ):
+                heads[(channel, named[chat_key])] = int(head)
         return heads
 
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded:
@@ -99,21 +102,22 @@ class _Statements:
         updates not seen before (another process handling the same update waits for it
         and then skips it). The whole batch is one transaction, so a failure forgets it.
         """
-        keys = {(e.channel, e.update_id) for e in events}
+        updates = {(e.channel, e.update_id) for e in events}
         claimed = conn.execute(
             self.claim,
-            [{"channel": c, "update_id": u, "processed_at": now} for c, u in keys],
+            [{"channel": c, "update_id": u, "processed_at": now} for c, u in updates],
         )
         loaded = _Loaded(fresh={(c, u) for c, u in claimed})
         to_load = loaded.chats_to_load(events)
         if self.placeholder is not None and to_load:
             languages = {(e.channel, e.chat_id): pick_language(e.language) for e in events}
+            ring = keys()
             conn.execute(
                 self.placeholder,
                 [
                     {
                         "channel": channel,
-                        "chat_id": chat_id,
+                        "chat_key": ring.chat_key(channel, chat_id),
                         "state": "idle",
                         "data": {},
                         "language": languages[(channel, chat_id)],
@@ -126,11 +130,12 @@ class _Statements:
             )
         day_ago = now - SEEN_EVERY
         for channel, chat_ids in to_load:
+            named = _chat_keys(channel, chat_ids)
             rows = conn.execute(
-                self.states, {"channel": channel, "ids": chat_ids, "day_ago": day_ago}
+                self.states, {"channel": channel, "ids": list(named), "day_ago": day_ago}
             )
-            for chat_id, state, language, data, reporter_id, stale in rows:
-                loaded.add(channel, chat_id, state, language, data, reporter_id, stale)
+            for chat_key, state, language, data, reporter_id, stale in rows:
+                loaded.add(channel, named[chat_key], state, language, data, reporter_id, stale)
         return loaded
 
     def save(
@@ -168,37 +173,46 @@ class _SQLiteStatements:
         "ON CONFLICT DO NOTHING RETURNING channel, update_id"
     )
     _STATES = (
-        "SELECT chat_id, state, language, data, reporter_id, updated_at < ? FROM conversations "
-        "WHERE channel = ? AND chat_id IN ({})"
+        "SELECT chat_key, state, language, data, reporter_id, updated_at < ? FROM conversations "
+        "WHERE channel = ? AND chat_key IN ({})"
     )
     _SAVE_STATE = (
-        "INSERT INTO conversations (channel, chat_id, state, data, language, reporter_id,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel, chat_id) DO UPDATE"
+        "INSERT INTO conversations (channel, chat_key, state, data, language, reporter_id,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel, chat_key) DO UPDATE"
         " SET state = excluded.state, data = excluded.data, language = excluded.language,"
         " reporter_id = excluded.reporter_id, updated_at = excluded.updated_at"
     )
     _OUTBOX = (
-        "INSERT INTO outbox (channel, chat_id, payload, status, attempts, created_at,"
-        " next_attempt_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO outbox (channel, chat_key, address, payload, status, attempts, created_at,"
+        " next_attempt_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
     _HANDLED = "UPDATE inbound_events SET handled_at = ?, lease_owner = NULL WHERE id IN ({})"
     _STORE = (
-        "INSERT INTO inbound_events (channel, event_key, chat_id, body, received_at,"
+        "INSERT INTO inbound_events (channel, event_key, chat_key, address, body, received_at,"
         " request_id) VALUES {} ON CONFLICT DO NOTHING RETURNING id, channel, event_key"
     )
     _HEADS = (
-        "SELECT chat_id, min(id) FROM inbound_events WHERE handled_at IS NULL AND channel = ?"
-        " AND chat_id IN ({}) GROUP BY chat_id"
+        "SELECT chat_key, min(id) FROM inbound_events WHERE handled_at IS NULL AND channel = ?"
+        " AND chat_key IN ({}) GROUP BY chat_key"
     )
 
     def store(self, conn: Connection, items: Sequence[Stored], now: datetime) -> dict[Key, int]:
         stamp = sqlite_timestamp(now)
+        ring = keys()
         rows = self._raw(conn).execute(
-            self._STORE.format(", ".join(["(?, ?, ?, ?, ?, ?)"] * len(items))),
+            self._STORE.format(", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(items))),
             [
                 v
                 for i in items
-                for v in (i.channel, i.key, i.chat_id, json.dumps(i.body), stamp, i.request_id)
+                for v in (
+                    i.channel,
+                    i.key,
+                    ring.chat_key(i.channel, i.chat_id),
+                    ring.seal(i.chat_id, "inbound_events.address"),
+                    ring.seal_json(i.body, "inbound_events.body"),
+                    stamp,
+                    i.request_id,
+                )
             ],
         )
         return {(str(c), str(k)): int(i) for i, c, k in rows}
@@ -207,11 +221,10 @@ class _SQLiteStatements:
         raw = self._raw(conn)
         heads: dict[Key, int] = {}
         for channel, chat_ids in chats.items():
-            rows = raw.execute(
-                self._HEADS.format(", ".join("?" * len(chat_ids))), [channel, *chat_ids]
-            )
-            for chat_id, head in rows:
-                heads[(channel, str(chat_id))] = int(head)
+            named = _chat_keys(channel, chat_ids)
+            rows = raw.execute(self._HEADS.format(", ".join("?" * len(named))), [channel, *named])
+            for chat_key, head in rows:
+                heads[(channel, named[chat_key])] = int(head)
         return heads
 
     @staticmethod
@@ -223,22 +236,23 @@ class _SQLiteStatements:
 
     def load(self, conn: Connection, events: Sequence[Incoming], now: datetime) -> _Loaded:
         raw = self._raw(conn)
-        keys = list({(e.channel, e.update_id) for e in events})
+        updates = list({(e.channel, e.update_id) for e in events})
         stamp = sqlite_timestamp(now)
         claimed = raw.execute(
-            self._CLAIM.format(", ".join(["(?, ?, ?)"] * len(keys))),
-            [v for channel, update_id in keys for v in (channel, update_id, stamp)],
+            self._CLAIM.format(", ".join(["(?, ?, ?)"] * len(updates))),
+            [v for channel, update_id in updates for v in (channel, update_id, stamp)],
         ).fetchall()
         loaded = _Loaded(fresh={(str(c), str(u)) for c, u in claimed})
+        ring = keys()
         for channel, chat_ids in loaded.chats_to_load(events):
+            named = _chat_keys(channel, chat_ids)
             rows = raw.execute(
-                self._STATES.format(", ".join("?" * len(chat_ids))),
-                [sqlite_timestamp(now - SEEN_EVERY), channel, *chat_ids],
+                self._STATES.format(", ".join("?" * len(named))),
+                [sqlite_timestamp(now - SEEN_EVERY), channel, *named],
             )
-            for chat_id, state, language, data, reporter_id, stale in rows:
-                loaded.add(
-                    channel, chat_id, state, language, json.loads(data or "{}"), reporter_id, stale
-                )
+            for chat_key, state, language, data, reporter_id, stale in rows:
+                opened = ring.open_json(data, "conversations.data") if data else {}
+                loaded.add(channel, named[chat_key], state, language, opened, reporter_id, stale)
         return loaded
 
     def save(
@@ -250,6 +264,7 @@ class _SQLiteStatements:
         now: datetime,
     ) -> None:
         raw = self._raw(conn)
+        ring = keys()
         if handled:
             raw.execute(
                 self._HANDLED.format(", ".join("?" * len(handled))),
@@ -261,9 +276,9 @@ class _SQLiteStatements:
                 [
                     (
                         c["channel"],
-                        c["chat_id"],
+                        c["chat_key"],
                         c["state"],
-                        json.dumps(c["data"]),
+                        ring.seal_json(c["data"], "conversations.data"),
                         c["language"],
                         c["reporter_id"],
                         sqlite_timestamp(c["updated_at"]),
@@ -277,8 +292,9 @@ class _SQLiteStatements:
                 [
                     (
                         o["channel"],
-                        o["chat_id"],
-                        json.dumps(o["payload"]),
+                        o["chat_key"],
+                        ring.seal(o["address"], "outbox.address"),
+                        ring.seal_json(o["payload"], "outbox.payload"),
                         o["status"],
                         o["attempts"],
                         sqlite_timestamp(o["created_at"]),
@@ -339,11 +355,18 @@ class _Loaded:
         )
 
 
+def _chat_keys(channel: str, chat_ids: Sequence[str]) -> dict[str, str]:
+    """{stored look-up: chat id} of a channel's chats."""
+    ring = keys()
+    return {ring.chat_key(channel, chat_id): chat_id for chat_id in chat_ids}
+
+
 def _stored_row(item: Stored, now: datetime) -> dict[str, Any]:
     return {
         "channel": item.channel,
         "event_key": item.key,
-        "chat_id": item.chat_id,
+        "chat_key": keys().chat_key(item.channel, item.chat_id),
+        "address": item.chat_id,
         "body": item.body,
         "received_at": now,
         "request_id": item.request_id,
@@ -388,13 +411,13 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
     e = inbound.c
     c = conversations.c
     states = select(
-        c.chat_id,
+        c.chat_key,
         c.state,
         c.language,
         c.data,
         c.reporter_id,
         (c.updated_at < bindparam("day_ago")).label("stale"),
-    ).where(c.channel == bindparam("channel"), c.chat_id.in_(bindparam("ids", expanding=True)))
+    ).where(c.channel == bindparam("channel"), c.chat_key.in_(bindparam("ids", expanding=True)))
     if dialect == "postgresql":
         # Another process may be answering the same chat: take turns per chat.
         states = states.with_for_update()
@@ -407,7 +430,7 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
         claim=claim,
         states=states,
         save_states=upsert_statement(
-            dialect, conversations, _STATE_COLUMNS, ("channel", "chat_id")
+            dialect, conversations, _STATE_COLUMNS, ("channel", "chat_key")
         ),
         outbox=insert(cast(Table, OutboxMessage.__table__)),
         handled=update(inbound)
@@ -416,15 +439,15 @@ def _statements(dialect: str, driver: str = "") -> _BatchSQL:
         store_rows=dialect_insert(dialect, inbound)
         .on_conflict_do_nothing(index_elements=["channel", "event_key"])
         .returning(e.id, e.channel, e.event_key),
-        heads=select(e.chat_id, func.min(e.id))
+        heads=select(e.chat_key, func.min(e.id))
         .where(
             e.handled_at.is_(None),
             e.channel == bindparam("b_channel"),
-            e.chat_id.in_(bindparam("ids", expanding=True)),
+            e.chat_key.in_(bindparam("ids", expanding=True)),
         )
-        .group_by(e.chat_id),
+        .group_by(e.chat_key),
         placeholder=dialect_insert(dialect, conversations).on_conflict_do_nothing(
-            index_elements=["channel", "chat_id"]
+            index_elements=["channel", "chat_key"]
         )
         if dialect == "postgresql"
         else None,
@@ -615,6 +638,7 @@ class Dispatcher:
         touched: dict[tuple[str, str], ConversationState] = {}
         outbox: list[dict[str, Any]] = []
         jobs: list[Stored] = []
+        ring = keys()
         for event, request_id, inbound_id in events:
             key = (event.channel, event.update_id)
             if key not in loaded.fresh:
@@ -648,7 +672,8 @@ class Dispatcher:
             outbox.extend(
                 {
                     "channel": event.channel,
-                    "chat_id": event.chat_id,
+                    "chat_key": ring.chat_key(event.channel, event.chat_id),
+                    "address": event.chat_id,
                     "payload": reply.to_payload(),
                     "status": "pending",
                     "attempts": 0,
@@ -664,12 +689,12 @@ class Dispatcher:
                 # updates up to this one.
                 through = {"update": inbound_id, "at": now.isoformat()}
                 for row in outbox:
-                    if (row["channel"], row["chat_id"]) == chat:
+                    if (row["channel"], row["address"]) == chat:
                         row["payload"][ERASE_AFTER_SEND] = through
         conversations = [
             {
                 "channel": channel,
-                "chat_id": chat_id,
+                "chat_key": ring.chat_key(channel, chat_id),
                 "state": st.state,
                 "data": st.data,
                 "language": st.language,
@@ -744,7 +769,7 @@ class Dispatcher:
             conv = await session.scalar(
                 select(Conversation).where(
                     Conversation.channel == event.channel,
-                    Conversation.chat_id == event.chat_id,
+                    Conversation.chat_key == keys().chat_key(event.channel, event.chat_id),
                 )
             )
             language = conv.language if conv else pick_language(event.language)
@@ -753,7 +778,6 @@ class Dispatcher:
                 replies.append(Ack(event.callback_id))
             replies.append(Reply(text=translate(language, "error.internal")))
             session.add_all(
-                OutboxMessage(channel=event.channel, chat_id=event.chat_id, payload=r.to_payload())
-                for r in replies
+                OutboxMessage.to(event.channel, event.chat_id, r.to_payload()) for r in replies
             )
             session.add(ProcessedUpdate(channel=event.channel, update_id=event.update_id))

@@ -31,6 +31,7 @@ from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from backend.crypto import keys
 from backend.db import limit_waits, write_retrying
 from backend.logs import request_id
 from backend.models import InboundEvent, ProcessBeat, utcnow
@@ -70,7 +71,9 @@ class NotStored(Exception):
 class _Leased:
     id: int
     channel: str
-    chat_id: str
+    # The chat's look-up names it here; its id (address) is opened for a job.
+    chat_key: str
+    address: str
     body: dict[str, Any]
     request_id: str | None
 
@@ -191,7 +194,8 @@ class Inbox:
         async with self._sessions() as session:
             return await session.scalar(
                 select(func.max(InboundEvent.received_at)).where(
-                    InboundEvent.channel == channel, InboundEvent.chat_id == chat_id
+                    InboundEvent.channel == channel,
+                    InboundEvent.chat_key == keys().chat_key(channel, chat_id),
                 )
             )
 
@@ -283,7 +287,7 @@ class Inbox:
         request_id.set(row.request_id)  # this task's own context
         if JOB in row.body:
             # A job left by a turn: one that fails (the database, say) is tried again.
-            return await self._dispatcher.run_job(row.channel, row.chat_id, row.body)
+            return await self._dispatcher.run_job(row.channel, row.address, row.body)
         reader = self._readers.get(row.channel)
         if reader is None:
             log.warning("a stored %s update has no reader; skipped", row.channel)
@@ -353,8 +357,8 @@ class _ClaimSQL:
             return {}
         alive = set(conn.scalars(self.alive, {"after": after})) if take_over else set()
         chosen: dict[tuple[str, str], int] = {}
-        for head, channel, chat_id, owner in found:
-            chat = (channel, chat_id)
+        for head, channel, chat_key, owner in found:
+            chat = (channel, chat_key)
             if chat in skip:
                 continue
             if owner is None or owner == me or (take_over and owner not in alive):
@@ -364,14 +368,15 @@ class _ClaimSQL:
         if not chosen:
             return {}
         by_channel: dict[str, list[str]] = {}
-        for channel, chat_id in chosen:
-            by_channel.setdefault(channel, []).append(chat_id)
+        for channel, chat_key in chosen:
+            by_channel.setdefault(channel, []).append(chat_key)
         lease = self.lease_from_dead if take_over else self.lease
         got: dict[tuple[str, str], list[_Leased]] = {}
-        for channel, chat_ids in by_channel.items():
-            params = {"b_channel": channel, "b_ids": chat_ids, "b_me": me, "after": after}
-            for row_id, ch, chat_id, body, rid in conn.execute(lease, params):
-                got.setdefault((ch, chat_id), []).append(_Leased(row_id, ch, chat_id, body, rid))
+        for channel, chat_keys in by_channel.items():
+            params = {"b_channel": channel, "b_ids": chat_keys, "b_me": me, "after": after}
+            for row_id, ch, chat_key, address, body, rid in conn.execute(lease, params):
+                leased = _Leased(row_id, ch, chat_key, address, body, rid)
+                got.setdefault((ch, chat_key), []).append(leased)
         # A chat whose oldest update another process leased meanwhile is that process's:
         # hand back the newer ones this claim took.
         mine: dict[tuple[str, str], list[_Leased]] = {}
@@ -392,12 +397,12 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
     e = cast(Table, InboundEvent.__table__).c
     waiting = e.handled_at.is_(None)
     heads = (
-        select(e.id, e.channel, e.chat_id, e.lease_owner)
+        select(e.id, e.channel, e.chat_key, e.lease_owner)
         .where(
             e.id.in_(
                 select(func.min(e.id))
                 .where(waiting, e.channel.in_(bindparam("channels", expanding=True)))
-                .group_by(e.channel, e.chat_id)
+                .group_by(e.channel, e.chat_key)
             )
         )
         .order_by(e.id)
@@ -406,10 +411,10 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
     chats = (
         waiting,
         e.channel == bindparam("b_channel"),
-        e.chat_id.in_(bindparam("b_ids", expanding=True)),
+        e.chat_key.in_(bindparam("b_ids", expanding=True)),
     )
     mine = or_(e.lease_owner.is_(None), e.lease_owner == bindparam("b_me"))
-    returning = (e.id, e.channel, e.chat_id, e.body, e.request_id)
+    returning = (e.id, e.channel, e.chat_key, e.address, e.body, e.request_id)
     table = cast(Table, InboundEvent.__table__)
 
     def leasable(free: Any) -> Any:

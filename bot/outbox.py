@@ -123,7 +123,9 @@ class _Row:
 
     id: int
     channel: str
-    chat_id: str
+    # The chat's look-up (it names the chat here) and its id, opened to send.
+    chat_key: str
+    address: str
     payload: dict[str, Any]
     attempts: int
     # The request that made it (see backend.logs): the send's log lines carry it.
@@ -252,7 +254,7 @@ class OutboxWorker:
         started = []
         for row in rows:
             task = asyncio.create_task(self._send(row))
-            self._flying[(row.channel, row.chat_id)] = task
+            self._flying[(row.channel, row.chat_key)] = task
             started.append(task)
         return started, wait
 
@@ -264,14 +266,15 @@ class OutboxWorker:
         heads = (
             select(func.min(OutboxMessage.id))
             .where(OutboxMessage.status == "pending", OutboxMessage.channel.in_(channels))
-            .group_by(OutboxMessage.channel, OutboxMessage.chat_id)
+            .group_by(OutboxMessage.channel, OutboxMessage.chat_key)
         )
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 select(
                     OutboxMessage.id,
                     OutboxMessage.channel,
-                    OutboxMessage.chat_id,
+                    OutboxMessage.chat_key,
+                    OutboxMessage.address,
                     OutboxMessage.payload,
                     OutboxMessage.attempts,
                     OutboxMessage.next_attempt_at,
@@ -280,13 +283,13 @@ class OutboxWorker:
             )
             wait = self._poll_interval
             due: dict[str, list[_Row]] = {}
-            for row_id, channel, chat_id, payload, attempts, next_at, rid in result:
-                row = _Row(row_id, channel, chat_id, payload, attempts, rid)
-                if (channel, chat_id) in self._flying:
+            for row_id, channel, chat_key, address, payload, attempts, next_at, rid in result:
+                row = _Row(row_id, channel, chat_key, address or "", payload, attempts, rid)
+                if (channel, chat_key) in self._flying:
                     continue
                 later = (next_at - now).total_seconds()
                 if not row.is_ack:
-                    later = max(later, self._limiters[channel].chat_ready_in(chat_id))
+                    later = max(later, self._limiters[channel].chat_ready_in(chat_key))
                 if later > 0:
                     wait = min(wait, later)
                     continue
@@ -324,7 +327,7 @@ class OutboxWorker:
                 _count(outcome)
                 await self._record(outcome)
         finally:
-            self._flying.pop((row.channel, row.chat_id), None)
+            self._flying.pop((row.channel, row.chat_key), None)
             self._wake.set()
 
     async def _deliver(self, row: _Row) -> _Outcome | None:
@@ -338,13 +341,13 @@ class OutboxWorker:
                 "outbox row %d cannot be read (%s); marked failed", row.id, type(exc).__name__
             )
             return _Outcome(row, PermanentError(type(exc).__name__, reason="other"))
-        await limiter.acquire(row.chat_id, per_chat=not row.is_ack)
+        await limiter.acquire(row.chat_key, per_chat=not row.is_ack)
         if not self._presence.holds(duty(row.channel)):
             # The others may count this process dead by now: leave the row to them.
             return None
         self._unstarted.discard(row.id)
         try:
-            message_id = await sender.deliver(row.chat_id, message)
+            message_id = await sender.deliver(row.address, message)
         except RetryLater as exc:
             limiter.pause(exc.seconds)
             return _Outcome(row, exc)
@@ -379,7 +382,7 @@ class OutboxWorker:
                         await session.execute(
                             forget_handled(
                                 row.channel,
-                                row.chat_id,
+                                row.chat_key,
                                 through=mark.get("update"),
                                 until=datetime.fromisoformat(mark["at"]),
                             )
@@ -424,7 +427,7 @@ class OutboxWorker:
             else:
                 values.update(next_attempt_at=now + timedelta(seconds=backoff_seconds(attempts)))
         if row.payload.get(ERASE_AFTER_SEND) and "status" in values:
-            values.update(chat_id="", payload={})
+            values.update(chat_key="", address=None, payload={})
         return values
 
     async def _release_unstarted(self) -> None:

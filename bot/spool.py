@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from backend.crypto import keys
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+PURPOSE = "spool"
 CHUNK = 500
 
 
@@ -53,16 +55,21 @@ class Spool:
         return self._lines > 0 or self._draining
 
     async def append(self, item: Stored) -> None:
-        line = json.dumps(
-            {
-                "channel": item.channel,
-                "key": item.key,
-                "chat_id": item.chat_id,
-                "body": item.body,
-                "request_id": item.request_id,
-            },
-            ensure_ascii=False,
-        ).encode()
+        # Sealed like the database's copy: the update names the resident.
+        line = (
+            keys()
+            .seal_json(
+                {
+                    "channel": item.channel,
+                    "key": item.key,
+                    "chat_id": item.chat_id,
+                    "body": item.body,
+                    "request_id": item.request_id,
+                },
+                PURPOSE,
+            )
+            .encode()
+        )
         async with self._lock:
             await asyncio.to_thread(self._write, line + b"\n")
             self._lines += 1
@@ -135,7 +142,7 @@ def _records(path: Path, content: bytes) -> list[Stored]:
     items = []
     for line in content.splitlines():
         try:
-            data = json.loads(line)
+            data = keys().open_json(line.decode(), PURPOSE)
             items.append(
                 Stored(
                     channel=str(data["channel"]),

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.crypto import keys
 from backend.models import User, utcnow
 from backend.services.media_store import MediaStore, MediaUnavailable, local_media
 from backend.services.notify import tell_staff
@@ -133,9 +134,10 @@ def read_event(event: Any) -> OAEvent | None:
         return None
     if envelope.event_name == "follow":
         follow = read(OAFollow, event)
-        return OAEvent(
-            follow.event_name, follow.user_id, f"follow:{follow.user_id}:{follow.timestamp}"
-        )
+        # A follow has no message id: its key is made of who and when, kept as a keyed
+        # hash (stored ids name no one).
+        key = keys().lookup("follow", f"{follow.user_id}:{follow.timestamp}")
+        return OAEvent(follow.event_name, follow.user_id, f"follow:{key}")
     got = read(OAMessageEvent, event)
     message = got.message
     image_url = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.crypto import keys
 from backend.services.privacy import (
     HeldData,
     erase_chat,
@@ -189,7 +190,9 @@ class Forget(_Confirm):
         if reporter_id is not None:
             await erase_identity(turn.session, reporter_id, turn.services.now())
         else:
-            await erase_chat(turn.session, turn.channel, turn.chat_id)
+            await erase_chat(
+                turn.session, turn.channel, keys().chat_key(turn.channel, turn.chat_id)
+            )
         turn.conv.reporter_id = None
         turn.erased = True
         return "forget.done"

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.models import Conversation, OutboxMessage
 from bot.dispatcher import Dispatcher
 from handlers.events import Capabilities, Incoming
+from tests.factories import chat_key
 
 TELEGRAM_LIKE = Capabilities(inline_buttons=True, request_location=True, request_contact=True)
 # A channel with neither buttons nor location/contact requests.
@@ -63,7 +64,7 @@ class Chat:
                     select(OutboxMessage)
                     .where(
                         OutboxMessage.channel == self.channel,
-                        OutboxMessage.chat_id == self.chat_id,
+                        OutboxMessage.chat_key == chat_key(self.channel, self.chat_id),
                     )
                     .order_by(OutboxMessage.id)
                 )
@@ -85,7 +86,8 @@ class Chat:
         async with self.sessions() as session:
             conv = await session.scalar(
                 select(Conversation).where(
-                    Conversation.channel == self.channel, Conversation.chat_id == self.chat_id
+                    Conversation.channel == self.channel,
+                    Conversation.chat_key == chat_key(self.channel, self.chat_id),
                 )
             )
         return conv.state if conv else "none"

@@ -4,6 +4,7 @@ HOTLINE_TEST_DATABASE_URL is set), built from a template made once per session."
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import uuid
@@ -17,11 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.cli import load_units, migrate
 from backend.config import Settings
+from backend.crypto import install, keyring_from
 from backend.db import create_engine, create_writer_engine, session_factory
 from tests.fakes.s3 import MotoS3
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.zalo_bot import FakeZaloBot
 from tests.fakes.zalo_oa import FakeZaloOA
+
+# Every process the tests start seals under this key (a test that needs another says so).
+TEST_DATA_KEY = base64.b64encode(bytes(range(32))).decode()
+os.environ.setdefault("HOTLINE_DATA_KEY", TEST_DATA_KEY)
+install(keyring_from(os.environ["HOTLINE_DATA_KEY"]))
 
 PG_URL = os.environ.get("HOTLINE_TEST_DATABASE_URL")
 TEMPLATE_DB = "hotline_template"

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.crypto import keys
 from backend.models import (
     Conversation,
     InboundEvent,
@@ -55,7 +56,7 @@ async def make_ticket(
     session.add(
         Conversation(
             channel="telegram",
-            chat_id=chat,
+            chat_key=chat_key("telegram", chat),
             state="idle",
             data={},
             language=language,
@@ -123,11 +124,17 @@ def add_waiting_updates(
             InboundEvent(
                 channel=channel,
                 event_key=f"m{n}",
-                chat_id=f"u{n}",
+                chat_key=chat_key(channel, f"u{n}"),
+                address=f"u{n}",
                 body={},
                 received_at=now - timedelta(seconds=ago),
             )
         )
+
+
+def chat_key(channel: str, chat_id: object) -> str:
+    """How a chat is stored (backend.crypto): its keyed look-up."""
+    return keys().chat_key(channel, str(chat_id))
 
 
 def add_sends(
@@ -138,7 +145,8 @@ def add_sends(
         s.add(
             OutboxMessage(
                 channel=channel,
-                chat_id="c1",
+                chat_key=chat_key(channel, "c1"),
+                address="c1",
                 payload=Reply("x").to_payload(),
                 status=status,
                 created_at=now - timedelta(seconds=ago),

@@ -63,6 +63,7 @@ def photo_rows(
     rows = []
     for p in photos:
         lat, lon = p.get("gps") or (None, None)
+        exif = {"lat": lat, "lon": lon, "taken_at": p.get("taken_at")}
         rows.append(
             Photo(
                 ticket_id=ticket_id,
@@ -71,9 +72,7 @@ def photo_rows(
                 width=p["width"],
                 height=p["height"],
                 size_bytes=p["size_bytes"],
-                exif_lat=lat,
-                exif_lon=lon,
-                exif_taken_at=p.get("taken_at"),
+                exif=exif if any(v is not None for v in exif.values()) else None,
                 kind=kind,
                 created_at=now,
             )

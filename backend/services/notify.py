@@ -54,13 +54,8 @@ def outbox_row(
 ) -> OutboxMessage:
     """A message to deliver now, through the outbox."""
     now = utcnow()
-    return OutboxMessage(
-        channel=channel,
-        chat_id=chat_id,
-        payload=payload,
-        ticket_id=ticket_id,
-        created_at=now,
-        next_attempt_at=now,
+    return OutboxMessage.to(
+        channel, chat_id, payload, ticket_id=ticket_id, created_at=now, next_attempt_at=now
     )
 
 
@@ -88,7 +83,7 @@ async def reporter_chats(
         .outerjoin(
             Conversation,
             (Conversation.channel == ReporterIdentity.channel)
-            & (Conversation.chat_id == ReporterIdentity.chat_id),
+            & (Conversation.chat_key == ReporterIdentity.chat_key),
         )
         .where(
             ReporterIdentity.reporter_id.in_(ids),

@@ -163,12 +163,12 @@ async def withdraw_consent(session: AsyncSession, reporter_id: int, now: datetim
         .values(withdrawn_at=now)
     )
     identity = await session.get(ReporterIdentity, reporter_id)
-    if identity is not None and identity.channel and identity.chat_id:
+    if identity is not None and identity.channel and identity.chat_key:
         await session.execute(
             update(OutboxMessage)
             .where(
                 OutboxMessage.channel == identity.channel,
-                OutboxMessage.chat_id == identity.chat_id,
+                OutboxMessage.chat_key == identity.chat_key,
                 OutboxMessage.status == "pending",
                 OutboxMessage.ticket_id.is_not(None),
             )
@@ -196,26 +196,29 @@ async def erase_identity(session: AsyncSession, reporter_id: int, now: datetime)
         return False
     identity = await session.get(ReporterIdentity, reporter_id)
     if identity is not None:
-        if identity.channel is not None and identity.chat_id is not None:
-            await erase_chat(session, identity.channel, identity.chat_id)
+        if identity.channel is not None and identity.chat_key is not None:
+            await erase_chat(session, identity.channel, identity.chat_key)
         await session.delete(identity)
     reporter.erased_at = now
     await session.flush()
     return True
 
 
-async def erase_chat(session: AsyncSession, channel: str, chat_id: str) -> None:
-    """What the service keeps of one chat: its state, its updates and its messages."""
-    chat = (channel, chat_id)
+async def erase_chat(session: AsyncSession, channel: str, chat_key: str) -> None:
+    """What the service keeps of one chat (by its look-up, see backend.crypto): its
+    state, its updates and its messages."""
     await session.execute(
-        delete(Conversation).where(Conversation.channel == chat[0], Conversation.chat_id == chat[1])
+        delete(Conversation).where(
+            Conversation.channel == channel, Conversation.chat_key == chat_key
+        )
     )
-    await session.execute(forget_handled(channel, chat_id))
+    await session.execute(forget_handled(channel, chat_key))
     await session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.channel == chat[0], OutboxMessage.chat_id == chat[1])
+        .where(OutboxMessage.channel == channel, OutboxMessage.chat_key == chat_key)
         .values(
-            chat_id="",
+            chat_key="",
+            address=None,
             payload={},
             last_error=None,
             # Waiting ones are never sent, and no one is asked to phone about the ones
@@ -230,14 +233,14 @@ async def erase_chat(session: AsyncSession, channel: str, chat_id: str) -> None:
 
 
 def forget_handled(
-    channel: str, chat_id: str, *, through: int | None = None, until: datetime | None = None
+    channel: str, chat_key: str, *, through: int | None = None, until: datetime | None = None
 ) -> Delete:
     """The chat's stored updates that were handled: all, or those up to the update
     `through` (an id), or else those received up to `until`. Later ones, and those still
     waiting, are the person writing again: a new contact."""
     query = delete(InboundEvent).where(
         InboundEvent.channel == channel,
-        InboundEvent.chat_id == chat_id,
+        InboundEvent.chat_key == chat_key,
         InboundEvent.handled_at.is_not(None),
     )
     if through is not None:

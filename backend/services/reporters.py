@@ -13,10 +13,11 @@ import phonenumbers
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.crypto import keys
 from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
-CONSENT_TEXT_VERSION = "2026-12-v2"
+CONSENT_TEXT_VERSION = "2026-12-v3"
 # The consent an operator reads out to a caller (the phone form's script).
 PHONE_CONSENT_VERSION = "2026-12-phone-v1"
 
@@ -26,7 +27,7 @@ _consents = cast(Table, Consent.__table__)
 
 _FIND = select(_identities.c.reporter_id).where(
     _identities.c.channel == bindparam("channel"),
-    _identities.c.chat_id == bindparam("chat_id"),
+    _identities.c.chat_key == bindparam("chat_key"),
 )
 _CREATE = insert(_reporters).returning(_reporters.c.id)
 _SEAL = insert(_identities)
@@ -58,7 +59,9 @@ def normalise_phone(text: str) -> str | None:
 
 async def find_reporter(session: AsyncSession, channel: str, chat_id: str) -> int | None:
     """The reporter behind a chat, if it ever reported (never created here)."""
-    found = await session.scalar(_FIND, {"channel": channel, "chat_id": chat_id})
+    found = await session.scalar(
+        _FIND, {"channel": channel, "chat_key": keys().chat_key(channel, chat_id)}
+    )
     return int(found) if found is not None else None
 
 
@@ -81,7 +84,13 @@ async def find_or_create_reporter(
     if reporter_id is None:
         raise RuntimeError("INSERT … RETURNING gave no id")
     await session.execute(
-        _SEAL, {"reporter_id": reporter_id, "channel": channel, "chat_id": chat_id}
+        _SEAL,
+        {
+            "reporter_id": reporter_id,
+            "channel": channel,
+            "chat_id": chat_id,
+            "chat_key": keys().chat_key(channel, chat_id),
+        },
     )
     return int(reporter_id), True
 
@@ -104,6 +113,7 @@ async def create_phone_reporter(
             "chat_id": None,
             "display_name": display,
             "phone": phone,
+            "phone_key": keys().phone_key(phone) if phone else None,
         },
     )
     return int(reporter_id)
@@ -134,3 +144,4 @@ async def set_phone(session: AsyncSession, reporter_id: int, phone: str | None) 
     identity = await session.get(ReporterIdentity, reporter_id)
     if identity is not None and phone is not None:
         identity.phone = phone
+        identity.phone_key = keys().phone_key(phone)

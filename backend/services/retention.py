@@ -91,7 +91,7 @@ async def idle_reporters(
     ri = ReporterIdentity
     case = aliased(Ticket)
     actor = literal("reporter:") + cast(ri.reporter_id, String)
-    same_chat = (ri.channel.is_not(None), ri.chat_id.is_not(None))
+    same_chat = (ri.channel.is_not(None), ri.chat_key.is_not(None))
     query = (
         select(ri.reporter_id)
         .join(Reporter, Reporter.id == ri.reporter_id)
@@ -114,13 +114,13 @@ async def idle_reporters(
             ~exists().where(
                 *same_chat,
                 Conversation.channel == ri.channel,
-                Conversation.chat_id == ri.chat_id,
+                Conversation.chat_key == ri.chat_key,
                 Conversation.updated_at >= cutoff,
             ),
             ~exists().where(
                 *same_chat,
                 InboundEvent.channel == ri.channel,
-                InboundEvent.chat_id == ri.chat_id,
+                InboundEvent.chat_key == ri.chat_key,
                 InboundEvent.received_at >= cutoff,
             ),
         )
@@ -164,9 +164,9 @@ async def retention_pass(
             .where(
                 OutboxMessage.status == "sent",
                 OutboxMessage.sent_at < now - timedelta(days=periods.outbox_days),
-                OutboxMessage.chat_id != "",
+                OutboxMessage.chat_key != "",
             )
-            .values(payload={}, chat_id="")
+            .values(payload={}, chat_key="", address=None)
             .execution_options(synchronize_session=False)
         )
         done["message texts"] = _count(texts)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.db import engine_for, session_factory
+from backend.db import engine_for, open_keys, session_factory
 from backend.migrate import head_revision
 from backend.services.deadlines import Policies
 from backend.services.escalation import DeadlineWorker
@@ -42,6 +42,7 @@ CHANNELS_DOWN = web.AppKey("channels_down", dict[str, str])
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = engine_for(app[SETTINGS])
+    await open_keys(engine, app[SETTINGS])
     app[ENGINE] = engine
     app[SESSIONS] = session_factory(engine)
     settings = app[SETTINGS]

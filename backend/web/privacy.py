@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.crypto import keys
 from backend.models import AuditEvent, ReporterIdentity, Ticket, User, utcnow
 from backend.services.privacy import UNSEAL, erase_identity, held_data
 from backend.services.reporters import normalise_phone
@@ -108,7 +109,9 @@ async def search(request: web.Request) -> web.Response:
             return await _page(request, session, actor, problem="privacy.bad_phone", status=422)
         ids = list(
             await session.scalars(
-                select(ReporterIdentity.reporter_id).where(ReporterIdentity.phone == phone)
+                select(ReporterIdentity.reporter_id).where(
+                    ReporterIdentity.phone_key == keys().phone_key(phone)
+                )
             )
         )
         found = [

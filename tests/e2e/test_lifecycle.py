@@ -122,10 +122,10 @@ async def test_the_api_is_scoped_and_needs_an_identity(
         operator = await make_user(s, "operator", "P38")
         # A notice that never got through (the resident blocked the bot, say).
         s.add(
-            OutboxMessage(
-                channel="telegram",
-                chat_id="gone",
-                payload={"type": "notice", "key": "notify.assigned"},
+            OutboxMessage.to(
+                "telegram",
+                "gone",
+                {"type": "notice", "key": "notify.assigned"},
                 ticket_id=ticket.id,
                 status="failed",
                 attempts=8,

@@ -29,7 +29,7 @@ from backend.services.reporters import CONSENT_TEXT_VERSION
 from tests.e2e.conftest import Staff, report_in_bim_son, running
 from tests.e2e.staff_http import sign_in, staff_account
 from tests.e2e.test_zalo import BIM_SON, report_by_text, until, zalo_settings
-from tests.factories import make_user
+from tests.factories import chat_key, make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.fakes.zalo_bot import FakeZaloBot, ZaloBotUser
@@ -152,13 +152,14 @@ async def test_forgetme_erases_the_identity_and_the_report_is_still_answered(
             assert consent.reporter_id == reporter.id
             assert consent.text_version == CONSENT_TEXT_VERSION
             chat = str(CHAT)
-            conversation = select(Conversation.id).where(Conversation.chat_id == chat)
+            key = chat_key("telegram", chat)
+            conversation = select(Conversation.id).where(Conversation.chat_key == key)
             assert await s.scalar(conversation) is None
-            assert await s.scalar(select(func.count()).where(InboundEvent.chat_id == chat)) == 0, (
+            assert await s.scalar(select(func.count()).where(InboundEvent.chat_key == key)) == 0, (
                 "the chat's stored updates stay"
             )
             outbox = list(await s.scalars(select(OutboxMessage)))
-            assert outbox and all(o.chat_id != chat for o in outbox)
+            assert outbox and all(o.address != chat and o.chat_key != key for o in outbox)
             assert all(o.payload == {} for o in outbox), "the texts sent stay"
             # Nothing is left to go: sent, or (a button's answer still waiting) never sent.
             assert all(o.status in ("sent", ERASED) for o in outbox)
@@ -225,7 +226,9 @@ async def test_withdraw_drops_the_draft_and_stops_everything_new_until_consent_a
             consent = (await s.scalars(select(Consent))).one()
             assert consent.withdrawn_at is not None
             state = await s.scalar(
-                select(Conversation.state).where(Conversation.chat_id == str(CHAT))
+                select(Conversation.state).where(
+                    Conversation.chat_key == chat_key("telegram", CHAT)
+                )
             )
             assert state == "idle"
 
@@ -273,8 +276,8 @@ async def test_rights_by_numbered_choices_on_the_zalo_oa(
     async with sessions() as s:
         assert await s.scalar(select(func.count()).select_from(ReporterIdentity)) == 0
         assert await s.scalar(select(func.count()).where(Ticket.channel == "zalo_oa")) == 1
-        kept = [o.chat_id for o in await s.scalars(select(OutboxMessage))]
-    assert user.user_id not in kept
+        kept = [(o.address, o.chat_key) for o in await s.scalars(select(OutboxMessage))]
+    assert not [k for k in kept if user.user_id in k or chat_key("zalo_oa", user.user_id) in k]
 
 
 async def test_withdraw_by_numbered_choices_on_the_zalo_bot(

@@ -16,6 +16,7 @@ from backend.config import Settings
 from backend.models import Conversation, InboundEvent, OutboxMessage, ReporterIdentity
 from tests.e2e.conftest import report_in_bim_son, running
 from tests.e2e.test_zalo import BIM_SON, report_by_text, until, zalo_settings
+from tests.factories import chat_key
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.fakes.zalo_oa import FakeZaloOA, ZaloFollower
 
@@ -24,27 +25,28 @@ CHAT = 6201
 
 
 async def leftovers(sessions: async_sessionmaker[AsyncSession], chat: str) -> dict[str, Any]:
-    """What the database holds of one chat."""
+    """What the database holds of one Telegram chat."""
+    key = chat_key("telegram", chat)
     async with sessions() as s:
         return {
             "identities": list(
                 await s.scalars(
-                    select(ReporterIdentity.reporter_id).where(ReporterIdentity.chat_id == chat)
+                    select(ReporterIdentity.reporter_id).where(ReporterIdentity.chat_key == key)
                 )
             ),
             "conversations": list(
                 await s.execute(
                     select(Conversation.state, Conversation.reporter_id).where(
-                        Conversation.chat_id == chat
+                        Conversation.chat_key == key
                     )
                 )
             ),
             "outbox": [
                 (o.status, str(o.payload)[:80])
-                for o in await s.scalars(select(OutboxMessage).where(OutboxMessage.chat_id == chat))
+                for o in await s.scalars(select(OutboxMessage).where(OutboxMessage.chat_key == key))
             ],
             "inbound": list(
-                await s.scalars(select(InboundEvent.id).where(InboundEvent.chat_id == chat))
+                await s.scalars(select(InboundEvent.id).where(InboundEvent.chat_key == key))
             ),
         }
 

@@ -34,6 +34,7 @@ from tests.e2e.webhooks import (
     nested,
     telegram_update,
 )
+from tests.factories import chat_key
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.zalo_bot import FakeZaloBot, ZaloBotUser
 from tests.fakes.zalo_oa import FakeZaloOA
@@ -281,7 +282,15 @@ async def test_stored_events_that_do_not_fit_are_skipped_and_the_next_handled(
             (ZALO_OA, "old-1", oa_bad["sender"]["id"], oa_bad),
             (ZALO_BOT, "old-2", long_chat[:64], bot_bad),
         ):
-            s.add(InboundEvent(channel=channel, event_key=key, chat_id=chat, body=body))
+            s.add(
+                InboundEvent(
+                    channel=channel,
+                    event_key=key,
+                    chat_key=chat_key(channel, chat),
+                    address=chat,
+                    body=body,
+                )
+            )
     resident = ZaloBotUser(zbot, "b9e2d3c4f5a7")
     caplog.set_level(logging.WARNING, logger="bot")
     async with running(settings_all):
@@ -291,7 +300,7 @@ async def test_stored_events_that_do_not_fit_are_skipped_and_the_next_handled(
         pending = await s.scalar(
             select(func.count()).select_from(InboundEvent).where(InboundEvent.handled_at.is_(None))
         )
-        chats = set(await s.scalars(select(OutboxMessage.chat_id)))
+        chats = set(await s.scalars(select(OutboxMessage.address)))
     assert "/status" in (answer.text or "")
     assert pending == 0
     assert chats == {resident.chat_id}

@@ -34,7 +34,7 @@ from backend.services.photos import photo_key, store_photo
 from bot.runtime import ZALO_BOT
 from tests.e2e.conftest import Staff, running
 from tests.e2e.webhooks import channel_settings
-from tests.factories import make_user
+from tests.factories import chat_key, make_user
 from tests.fakes.images import image_bytes
 from tests.fakes.zalo_bot import BotMessage, FakeZaloBot, ZaloBotUser
 from tests.fakes.zalo_oa import FakeZaloOA, OAMessage, ZaloFollower
@@ -261,14 +261,20 @@ async def test_oa_reused_refresh_token_alerts_admins_and_holds_messages(
             async with sessions() as s:
                 token = await s.get(OAuthToken, "zalo_oa")
                 alert = await s.scalar(
-                    select(OutboxMessage).where(OutboxMessage.chat_id == admin.telegram_chat_id)
+                    select(OutboxMessage).where(
+                        OutboxMessage.chat_key == chat_key("telegram", admin.telegram_chat_id)
+                    )
                 )
             if alert is not None or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         async with sessions() as s:
             held = (
-                await s.scalars(select(OutboxMessage).where(OutboxMessage.chat_id == user.user_id))
+                await s.scalars(
+                    select(OutboxMessage).where(
+                        OutboxMessage.chat_key == chat_key("zalo_oa", user.user_id)
+                    )
+                )
             ).all()
     assert token is not None and token.revoked_at is not None
     assert "-14020" in (token.revoked_reason or "")

@@ -10,7 +10,6 @@ platform does, and fails when it cannot.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -156,13 +155,12 @@ class ZaloBotUser(Reader[BotMessage]):
         self.bot = bot
         self.chat_id = chat_id
         self.name = name
-        self._ids = itertools.count(1)
 
     def update(self, event_name: str, **content: Any) -> dict[str, Any]:
         message = {
             "from": {"id": self.chat_id, "display_name": self.name, "is_bot": False},
             "chat": {"id": self.chat_id, "chat_type": "PRIVATE"},
-            "message_id": f"m{self.chat_id}{next(self._ids):05d}{secrets.token_hex(4)}",
+            "message_id": secrets.token_hex(16),  # opaque, as the platform's are
             "date": int(time.time() * 1000),
             **content,
         }

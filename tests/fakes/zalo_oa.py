@@ -194,7 +194,6 @@ class ZaloFollower(Reader[OAMessage]):
         super().__init__(oa.sent, user_id)
         self.oa = oa
         self.user_id = user_id
-        self._ids = itertools.count(1)
 
     def event(self, name: str, message: dict[str, Any] | None = None) -> dict[str, Any]:
         """An event as Zalo posts it, with a fresh msg_id."""
@@ -206,7 +205,8 @@ class ZaloFollower(Reader[OAMessage]):
         if name == "follow":
             event.update(oa_id=OA_ID, follower={"id": self.user_id}, source="testing")
             return event
-        msg_id = f"{self.user_id}-{next(self._ids)}-{secrets.token_hex(6)}"
+        # Opaque, as Zalo's are (it names neither the user nor the order).
+        msg_id = secrets.token_hex(16)
         event.update(
             sender={"id": self.user_id},
             recipient={"id": OA_ID},

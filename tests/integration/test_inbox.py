@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.crypto import keys
 from backend.models import InboundEvent
 from backend.services.presence import Presence
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
 from bot.inbox import Inbox, NotStored
-from bot.spool import Spool
+from bot.spool import PURPOSE, Spool
 from handlers.turn import Services
 
 
@@ -79,10 +80,14 @@ async def test_a_spool_left_by_a_killed_process_is_stored_by_the_next(
     # What a process wrote before it was killed: the last line cut short.
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
+    ring = keys()
+    whole = {"channel": "zalo_oa", "key": "m1", "chat_id": "u1", "body": {"a": 1}}
+    cut = ring.seal_json({**whole, "key": "m2"}, PURPOSE)
     (spool_dir / "deadbeef-1.jsonl").write_bytes(
-        b'{"channel": "zalo_oa", "key": "m1", "chat_id": "u1", "body": {"a": 1}}\n'
-        b'{"channel": "zalo_oa", "key": "m2", "chat_id": "u1", "bo'
+        f"{ring.seal_json(whole, PURPOSE)}\n{cut[: len(cut) // 2]}".encode()
     )
+    # Sealed, like the database's copy: nothing of the update shows in the file.
+    assert b"u1" not in (spool_dir / "deadbeef-1.jsonl").read_bytes()
     assert inbox._spool is not None
     assert await inbox._spool.drain(inbox._dispatcher.store_rows) == 1
     assert await stored(sessions) == 1

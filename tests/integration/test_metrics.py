@@ -32,7 +32,7 @@ from bot.outbox import (
     failure_reason,
 )
 from handlers.events import Reply
-from tests.factories import add_sends, add_waiting_updates, make_ticket
+from tests.factories import add_sends, add_waiting_updates, chat_key, make_ticket
 from tests.fakes.telegram_api import FakeTelegram
 from tests.logcapture import json_log
 
@@ -67,7 +67,8 @@ async def test_backlog_gauges_count_what_waits_and_what_is_overdue(
             InboundEvent(
                 channel="zalo_oa",
                 event_key="m0",
-                chat_id="u1",
+                chat_key=chat_key("zalo_oa", "u1"),
+                address="u1",
                 body={},
                 received_at=now - timedelta(seconds=999),
                 handled_at=now - timedelta(seconds=990),
@@ -150,7 +151,7 @@ async def test_an_unreachable_database_reads_as_down_without_stale_gauges(
     tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessions() as s, s.begin():
-        s.add(OutboxMessage(channel="zalo_bot", chat_id="c1", payload=Reply("x").to_payload()))
+        s.add(OutboxMessage.to("zalo_bot", "c1", Reply("x").to_payload()))
     gauges = DatabaseGauges(sessions, ttl=0)
     assert value(await scrape(gauges), "hotline_outbox_pending", channel="zalo_bot") == 1
     # The same gauges on a database that cannot be opened.
@@ -204,7 +205,7 @@ async def test_failed_sends_are_counted_by_reason(
         api.fail_next("sendMessage", status, retry_after=1 if status == 429 else None)
     async with sessions() as s, s.begin():
         for chat in ("1", "2", "3", "4", "5"):
-            s.add(OutboxMessage(channel="telegram", chat_id=chat, payload=Reply("x").to_payload()))
+            s.add(OutboxMessage.to("telegram", chat, Reply("x").to_payload()))
     tried, _ = await worker.pump()
     assert tried == 5
     after = {
@@ -262,21 +263,19 @@ async def test_a_send_is_logged_with_the_request_id_of_its_row(
 ) -> None:
     api.fail_next("sendMessage", 403)
     async with sessions() as s, s.begin():
-        blocked = OutboxMessage(
-            channel="telegram",
-            chat_id="5550001",
-            payload=Reply("x").to_payload(),
+        blocked = OutboxMessage.to(
+            "telegram",
+            "5550001",
+            Reply("x").to_payload(),
             request_id="0a1b2c3d4e5f6071",
         )
-        fine = OutboxMessage(
-            channel="telegram",
-            chat_id="5550002",
-            payload=Reply("Chào bạn").to_payload(),
+        fine = OutboxMessage.to(
+            "telegram",
+            "5550002",
+            Reply("Chào bạn").to_payload(),
             request_id="8192a3b4c5d6e7f8",
         )
-        unknown = OutboxMessage(
-            channel="telegram", chat_id="5550003", payload=Reply("y").to_payload()
-        )
+        unknown = OutboxMessage.to("telegram", "5550003", Reply("y").to_payload())
         s.add_all([blocked, fine, unknown])
     with json_log() as out:
         await worker.pump()

@@ -57,9 +57,9 @@ async def test_reminder_and_report_run_once(
         "remind 2026-10 38",
     ]
     reminders = await _notices(sessions, "stats.reminder")
-    assert sorted(r.chat_id for r in reminders) == ["801", "802", "803"]
+    assert sorted(str(r.address) for r in reminders) == ["801", "802", "803"]
     oct_38 = chosen(OCT_FIRST, OCT_LAST, province="38")
-    mine = next(r for r in reminders if r.chat_id == "801").payload["params"]
+    mine = next(r for r in reminders if r.address == "801").payload["params"]
     figures = expected(oct_38)
     # At 08:00 on the 20th one more case is overdue than at the month's NOW: E's answer
     # was due on 12 November.
@@ -95,8 +95,8 @@ async def test_reminder_and_report_run_once(
     assert book["Tổng hợp"]["C8"].value == len(oct_38)
     assert book["Tổng hợp"]["A2"].value == "Đơn vị: Tỉnh Thanh Hóa"
     ready = await _notices(sessions, "stats.report_ready")
-    assert sorted(r.chat_id for r in ready) == ["801", "802", "803"]
-    link = next(r for r in ready if r.chat_id == "801").payload["params"]["link"]
+    assert sorted(str(r.address) for r in ready) == ["801", "802", "803"]
+    link = next(r for r in ready if r.address == "801").payload["params"]["link"]
     assert link == f"https://hotline.example.vn/stats/saved/{kept.id}.xlsx"
 
 

@@ -20,9 +20,7 @@ from tests.integration.outbox_process import start_outbox, telegram_settings
 async def enqueue(sessions: async_sessionmaker[AsyncSession], chat: str, *texts: str) -> None:
     async with sessions() as session, session.begin():
         for text in texts:
-            session.add(
-                OutboxMessage(channel="telegram", chat_id=chat, payload=Reply(text).to_payload())
-            )
+            session.add(OutboxMessage.to("telegram", chat, Reply(text).to_payload()))
 
 
 async def rows(sessions: async_sessionmaker[AsyncSession]) -> list[OutboxMessage]:

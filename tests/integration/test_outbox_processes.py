@@ -57,10 +57,10 @@ async def enqueue(sessions: async_sessionmaker[AsyncSession], chats: range, per_
         for n in range(per_chat):
             for chat in chats:
                 session.add(
-                    OutboxMessage(
-                        channel="telegram",
-                        chat_id=str(chat),
-                        payload=Reply(f"{chat}:{n}").to_payload(),
+                    OutboxMessage.to(
+                        "telegram",
+                        str(chat),
+                        Reply(f"{chat}:{n}").to_payload(),
                     )
                 )
 
@@ -121,9 +121,7 @@ async def test_a_button_answer_overtakes_a_backlog(
     await start_process()
     await api.wait_sent(1, 1)
     async with sessions() as session, session.begin():
-        session.add(
-            OutboxMessage(channel="telegram", chat_id="5000", payload=Ack("cb-1").to_payload())
-        )
+        session.add(OutboxMessage.to("telegram", "5000", Ack("cb-1").to_payload()))
     asked = time.monotonic()
     while not api.answered_callbacks:
         assert time.monotonic() - asked < 2.5, "the button answer waited behind the backlog"

@@ -39,7 +39,7 @@ from bot.inbox import Inbox
 from bot.tasks import cancel
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, Chat, texts
-from tests.factories import PHOTO, actor, make_ticket
+from tests.factories import PHOTO, actor, chat_key, make_ticket
 from tests.fakes.nominatim import BIM_SON_MARKET, FakeNominatim
 
 BIM_SON = (20.0740, 105.9120)
@@ -373,7 +373,9 @@ async def test_a_second_report_nearby_joins_the_case_and_hears_its_answer(
         await answer(session, case)
     async with sessions() as session:
         told = await session.scalars(
-            select(OutboxMessage).where(OutboxMessage.chat_id == chat.chat_id)
+            select(OutboxMessage).where(
+                OutboxMessage.chat_key == chat_key(chat.channel, chat.chat_id)
+            )
         )
         assert any(m.payload.get("key") == "notify.answered" for m in told)
 

@@ -21,7 +21,7 @@ from backend.services.privacy import erase_identity, held_data, withdraw_consent
 from backend.services.reporters import record_consent
 from backend.services.retention import Periods, retention_pass
 from handlers.events import Reply
-from tests.factories import make_ticket
+from tests.factories import chat_key, make_ticket
 
 NOW = datetime(2027, 6, 15, 9, 0, tzinfo=UTC)
 LONG_AGO = NOW - timedelta(days=400)
@@ -33,10 +33,10 @@ async def test_no_one_is_asked_to_phone_an_erased_reporter(
     async with sessions() as s, s.begin():
         ticket = await make_ticket(s, chat_id="7001")
         s.add(
-            OutboxMessage(
-                channel="telegram",
-                chat_id="7001",
-                payload=Reply("x").to_payload(),
+            OutboxMessage.to(
+                "telegram",
+                "7001",
+                Reply("x").to_payload(),
                 ticket_id=ticket.id,
                 status="failed",
             )
@@ -64,7 +64,8 @@ async def test_withdrawal_holds_the_notices_already_queued(
         waiting = list(
             await s.scalars(
                 select(OutboxMessage.id).where(
-                    OutboxMessage.chat_id == "7002", OutboxMessage.status == "pending"
+                    OutboxMessage.chat_key == chat_key("telegram", "7002"),
+                    OutboxMessage.status == "pending",
                 )
             )
         )

@@ -75,10 +75,10 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         await s.execute(update(Reporter).where(Reporter.id == caller).values(created_at=LONG_AGO))
         for age, status in ((31, "sent"), (29, "sent"), (90, "pending"), (90, "failed")):
             s.add(
-                OutboxMessage(
-                    channel="telegram",
-                    chat_id=f"{status}{age}",
-                    payload=Reply("x").to_payload(),
+                OutboxMessage.to(
+                    "telegram",
+                    f"{status}{age}",
+                    Reply("x").to_payload(),
                     status=status,
                     created_at=NOW - timedelta(days=age),
                     sent_at=NOW - timedelta(days=age) if status == "sent" else None,
@@ -115,7 +115,7 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
     async with sessions() as s:
         kept = set(await s.scalars(select(ReporterIdentity.reporter_id)))
         erased = set(await s.scalars(select(Reporter.id).where(Reporter.erased_at == NOW)))
-        texts = {o.chat_id: o.payload for o in await s.scalars(select(OutboxMessage))}
+        texts = {o.address or "": o.payload for o in await s.scalars(select(OutboxMessage))}
         updates = set(await s.scalars(select(ProcessedUpdate.update_id)))
         logins = set(await s.scalars(select(WebSession.token_hash)))
         codes = set(await s.scalars(select(LinkCode.code_hash)))

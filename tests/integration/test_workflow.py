@@ -373,7 +373,7 @@ async def test_overdue_tickets_are_escalated_once_per_interval(
         ticket = found
         assert ticket.state == "received"  # overdue is a flag, not a state
         rows = list(await s.scalars(select(OutboxMessage).where(OutboxMessage.ticket_id.is_(None))))
-    assert sorted(r.chat_id for r in rows) == ["700", "700", "701", "701"]
+    assert sorted(str(r.address) for r in rows) == ["700", "700", "701", "701"]
     text = rendered(rows[0].payload).text
     assert ticket.code in text and "Đã tiếp nhận" in text and "Phường Bỉm Sơn" in text
     assert leader.id != supervisor.id

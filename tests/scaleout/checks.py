@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from backend.crypto import keys
 from tests.scaleout.cluster import DEADLOCK, cpu_seconds
 from tests.scaleout.platform import ZALO_PATIENCE
 from tests.scaleout.residents import CODE, reads, transcript
@@ -194,17 +195,16 @@ class Tally:
             lines.append(f"== {r.channel}:{r.chat_id} (stuck: {r.stuck})")
             for row in await self.scene.query(
                 "SELECT id, event_key, received_at, handled_at, lease_owner FROM inbound_events"
-                " WHERE channel = $1 AND chat_id = $2 ORDER BY id",
+                " WHERE channel = $1 AND chat_key = $2 ORDER BY id",
                 r.channel,
-                r.chat_id,
+                keys().chat_key(r.channel, r.chat_id),
             ):
                 lines.append(f"  in  {dict(row)}")
             for row in await self.scene.query(
-                "SELECT id, created_at, sent_at, status, attempts, lease_owner, last_error,"
-                " left(payload->>'text', 30) AS text FROM outbox"
-                " WHERE channel = $1 AND chat_id = $2 ORDER BY id",
+                "SELECT id, created_at, sent_at, status, attempts, lease_owner, last_error"
+                " FROM outbox WHERE channel = $1 AND chat_key = $2 ORDER BY id",
                 r.channel,
-                r.chat_id,
+                keys().chat_key(r.channel, r.chat_id),
             ):
                 lines.append(f"  out {dict(row)}")
         (self.scene.workdir / "slow-chats.txt").write_text("\n".join(lines), encoding="utf-8")
@@ -235,13 +235,18 @@ class Tally:
             self.problem(f"{len(unhandled)} stored updates never handled: {unhandled[:10]}")
 
         tickets = await scene.query(
-            "SELECT t.code, i.channel, i.chat_id,"
+            "SELECT t.code, i.channel, i.chat_key,"
             " (SELECT count(*) FROM photos p WHERE p.ticket_id = t.id) AS photos"
             " FROM tickets t LEFT JOIN reporter_identities i ON i.reporter_id = t.reporter_id"
         )
+        # Chats are stored under their keyed look-up (backend.crypto).
+        named = {
+            (r.channel, keys().chat_key(r.channel, r.chat_id)): r.chat_id for r in scene.residents
+        }
         per_chat: dict[tuple[str, str], list[str]] = {}
         for t in tickets:
-            per_chat.setdefault((t["channel"], t["chat_id"]), []).append(t["code"])
+            chat = named.get((t["channel"], t["chat_key"]), f"key {t['chat_key']}")
+            per_chat.setdefault((t["channel"], chat), []).append(t["code"])
         self.tickets = per_chat
         self.counts["tickets"] = len(tickets)
         twice = {chat: codes for chat, codes in per_chat.items() if len(codes) > 1}

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from backend.crypto import keys
 from bot.zalo_oa import SIGNATURE_HEADER, expected_signature
 from tests.e2e.webhooks import PATHS, TELEGRAM, TELEGRAM_SECRET_HEADER, ZALO_OA
 from tests.fakes.zalo_oa import FakeZaloOA
@@ -84,7 +85,8 @@ class Platform:
         )
         headers = {SIGNATURE_HEADER: f"mac={mac}", "Content-Type": "application/json"}
         message = event.get("message") or {}
-        key = str(message.get("msg_id") or f"follow:{chat_id}:{event['timestamp']}")
+        follow = keys().lookup("follow", f"{chat_id}:{event['timestamp']}")
+        key = str(message.get("msg_id") or f"follow:{follow}")
         delivery = Delivery(ZALO_OA, key, chat_id)
         await self._post(delivery, PATHS[ZALO_OA], body, headers)
         return delivery

@@ -19,6 +19,7 @@ from aiobotocore.session import get_session
 from pydantic import SecretStr
 
 from backend.config import Settings
+from backend.crypto import keys
 from tests.e2e.webhooks import TELEGRAM_SECRET_HEADER
 from tests.fakes.nominatim import FakeNominatim
 from tests.fakes.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoS3
@@ -158,11 +159,12 @@ class Scene:
             self.warm[server.name] = time.monotonic() - began
 
     async def handled(self, chat: str, within: float = 60.0) -> None:
-        """Wait until the chat's updates are all handled."""
+        """Wait until the (Telegram) chat's updates are all handled."""
         deadline = time.monotonic() + within
-        sql = "SELECT count(*) FROM inbound_events WHERE chat_id = $1 AND handled_at IS NULL"
-        while (await self.query(sql, chat))[0][0] or not await self.query(
-            "SELECT 1 FROM inbound_events WHERE chat_id = $1", chat
+        key = keys().chat_key("telegram", chat)
+        sql = "SELECT count(*) FROM inbound_events WHERE chat_key = $1 AND handled_at IS NULL"
+        while (await self.query(sql, key))[0][0] or not await self.query(
+            "SELECT 1 FROM inbound_events WHERE chat_key = $1", key
         ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"chat {chat}'s updates not handled within {within:g} s")
@@ -304,7 +306,17 @@ def _environment(
 ) -> dict[str, str]:
     """`hotline serve`'s environment: the platforms and services on their stand-ins,
     otherwise the production defaults (rates, timeouts, poll intervals)."""
-    keep = ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV")
+    keep = (
+        "PATH",
+        "PYTHONPATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "HOTLINE_DATA_KEY",
+    )
     return {
         **{k: v for k, v in os.environ.items() if k in keep},
         "HOTLINE_ENVIRONMENT": "test",

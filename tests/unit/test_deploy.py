@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -20,6 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from backend import cli
 from backend.config import PLACEHOLDER_SECRETS, Settings
+from backend.crypto import new_key
 from backend.db import create_engine
 from backend.services.media_store import media_store
 from backend.web.bodies import WEBHOOK_LIMIT, upload_limit
@@ -266,7 +268,10 @@ def test_the_env_example_is_refused_until_its_placeholders_are_replaced(
         production_env(monkeypatch, ENV_EXAMPLE)
 
     filled = tmp_path / "hotline.env"
-    filled.write_text(ENV_EXAMPLE.read_text().replace(PLACEHOLDER, "s3cr3t-Value-42"))
+    text = ENV_EXAMPLE.read_text().replace(f"HOTLINE_DATA_KEY={PLACEHOLDER}", "")
+    filled.write_text(
+        text.replace(PLACEHOLDER, "s3cr3t-Value-42") + f"HOTLINE_DATA_KEY={new_key()}\n"
+    )
     settings = production_env(monkeypatch, filled)
     assert settings.environment == "production"
     assert settings.database_url.startswith("postgresql+asyncpg://")
@@ -396,3 +401,22 @@ def test_the_readme_section_names_real_commands_and_files() -> None:
     section = readme_section()
     for port in target_ports():
         assert f"hotline@{port}" in section
+
+
+def test_make_run_makes_a_development_key_once_readable_by_its_owner_alone(
+    tmp_path: Path,
+) -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    (recipe,) = re.findall(r"^DEV_KEY = (.+)$", makefile, flags=re.MULTILINE)
+    assert "$(DEV_KEY)" in makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    command = recipe.replace("$(BIN)", str(ROOT / ".venv" / "bin"))
+    (tmp_path / "var").mkdir()
+    make_key = ["/bin/bash", "-c", command]
+    subprocess.run(make_key, cwd=tmp_path, check=True)  # noqa: S603 - the Makefile's own line
+    key_file = tmp_path / "var" / "data.key"
+    first = key_file.read_text()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    subprocess.run(make_key, cwd=tmp_path, check=True)  # noqa: S603
+    assert key_file.read_text() == first, "a second `make run` must keep the key"
+    settings = Settings(environment="development", data_key=None, data_key_file=key_file)
+    assert settings.keyring().current_id
