@@ -20,9 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
 from backend.crypto import DataKeyError, install, new_key
-from backend.db import engine_for, open_keys, session_factory
+from backend.db import (
+    compact_sealed_tables,
+    engine_for,
+    open_keys,
+    schema_revision,
+    session_factory,
+)
 from backend.logs import setup as setup_logging
-from backend.migrate import upgrade
+from backend.migrate import SEALING_REVISION, upgrade
 from backend.models import utcnow
 from backend.services.accounts import ROLES, create_user
 from backend.services.boundaries import (
@@ -69,6 +75,7 @@ from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
+from bot.spool import SUFFIX as SPOOL_SUFFIX
 from bot.standin import BotApiStandIn, DemoChats
 
 log = logging.getLogger("hotline")
@@ -176,7 +183,12 @@ async def migrate(settings: Settings) -> None:
     _ensure_sqlite_dir(settings.database_url)
     # The rows a migration seals (on an installation from before sealing) need the keys.
     install(settings.keyring())
+    before = await schema_revision(settings)
     await asyncio.to_thread(upgrade, settings.database_url)
+    if before is not None and before < SEALING_REVISION:
+        # The tables held identities in the clear: rewrite them so that neither the old
+        # column values nor the old row versions stay in the database files.
+        await compact_sealed_tables(settings)
     await in_transaction(settings, seed_categories)
 
 
@@ -298,7 +310,16 @@ async def rotate_data_key(settings: Settings, batch: int) -> bool:
         await engine.dispose()
     for name, n in remaining.items():
         print(f"{name}: {n} still under an older key: run it again", file=sys.stderr)
-    if not remaining:
+    # Updates spooled on this machine while the database was slow stay under the key
+    # that sealed them until a server stores them.
+    spooled = sorted(settings.spool_dir.glob(f"*{SPOOL_SUFFIX}"))
+    if spooled:
+        print(
+            f"{len(spooled)} spool file(s) in {settings.spool_dir} wait to be stored: keep "
+            "HOTLINE_DATA_KEY_PREVIOUS until every machine's spool folder is empty",
+            file=sys.stderr,
+        )
+    if not remaining and not spooled:
         print("every value is under the new key: HOTLINE_DATA_KEY_PREVIOUS may go", flush=True)
     return not remaining
 

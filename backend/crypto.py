@@ -1,6 +1,6 @@
 """Encryption at rest of reporters' identities: AES-GCM values and keyed look-ups.
 
-Each sealed value is `<key id>.<base64url(nonce | ciphertext | tag)>`, with the column it
+Each sealed value is `<key id>.<base64(nonce | ciphertext | tag)>`, with the column it
 belongs to as associated data (a value copied into another column does not open). The
 key id says which data key sealed it, so `hotline rotate-data-key` can re-seal values
 in batches while the service runs: until it is done, the previous key still opens the
@@ -153,12 +153,20 @@ def sealed_id(token: str) -> str:
     return token.partition(".")[0]
 
 
-def agree(conn: Connection, ring: Keyring) -> Keyring:
+def agree(conn: Connection, ring: Keyring, *, first_use: bool = False) -> Keyring:
     """Check ring against the database, and take the installation's look-up key from it
     (made on first use). A key that did not seal the database's values is refused here,
-    at start, before anything is read or written with it."""
+    at start, before anything is read or written with it. first_use: the database held
+    no sealed value yet (the migration that seals what was in the clear)."""
     select = text("SELECT value FROM instance_secrets WHERE name = :name")
     stored = conn.scalar(select, {"name": LOOKUP_SECRET})
+    if stored is None and not first_use and conn.scalar(_ANY_SEALED) is not None:
+        # Restored without its instance secrets, say: a new look-up key would find no
+        # chat and no reporter again.
+        raise DataKeyError(
+            "the database holds sealed identities but not its look-up key "
+            f"(instance_secrets.{LOOKUP_SECRET}): restore that row from the same backup"
+        )
     if stored is None:
         sealed = ring.seal(base64.b64encode(ring.lookup_key).decode(), LOOKUP_PURPOSE)
         conn.execute(
@@ -179,6 +187,10 @@ def agree(conn: Connection, ring: Keyring) -> Keyring:
     ring.lookup_key = base64.b64decode(ring.open(str(stored), LOOKUP_PURPOSE))
     return ring
 
+
+_ANY_SEALED = text(
+    "SELECT 1 FROM reporter_identities UNION ALL SELECT 1 FROM conversations LIMIT 1"
+)
 
 _installed: Keyring | None = None
 

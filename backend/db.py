@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, pool, text
+from sqlalchemy import event, inspect, pool, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, Connection, make_url
@@ -147,15 +147,22 @@ def create_engine(
     later (asyncpg's cache and SQLAlchemy's are off). intake_timeouts: the lock and
     statement timeouts (ms) that limit_waits() sets on the intake path's transactions.
     """
+    # A statement's parameters (an identity, before it is sealed) never go into the
+    # text of an error, and so never into a log.
     if is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_pragmas(engine, 30_000)
         return engine
     connect_args: dict[str, Any] = {}
     if pgbouncer:
         connect_args = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
     engine = create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        hide_parameters=True,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -211,6 +218,7 @@ def create_writer_engine(url: str) -> AsyncEngine | None:
         # process's own writers, which would only make each other wait for the lock.
         pool_size=1,
         max_overflow=0,
+        hide_parameters=True,
     )
     _sqlite_pragmas(engine, 0)
 
@@ -257,3 +265,50 @@ async def open_keys(engine: AsyncEngine, settings: Settings) -> Keyring:
         await conn.run_sync(agree, ring)
     install(ring)
     return ring
+
+
+# The tables that held identities in the clear before they were sealed (a Zalo follow's
+# key named its user in processed_updates).
+SEALED_TABLES = (
+    "reporter_identities",
+    "conversations",
+    "inbound_events",
+    "outbox",
+    "photos",
+    "processed_updates",
+)
+
+
+async def schema_revision(settings: Settings) -> str | None:
+    """The database's migration revision; None before the first migration."""
+    engine = engine_for(settings)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_revision)
+    finally:
+        await engine.dispose()
+
+
+def _revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    found = conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return None if found is None else str(found)
+
+
+async def compact_sealed_tables(settings: Settings) -> None:
+    """Rewrite the sealed tables whole: PostgreSQL keeps a dropped column's values and an
+    updated row's old version in the table's files until then, and SQLite its freed
+    pages (zeroed here)."""
+    engine = engine_for(settings)
+    try:
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if is_sqlite(settings.database_url):
+                await auto.execute(text("PRAGMA secure_delete = ON"))
+                await auto.execute(text("VACUUM"))
+                await auto.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            else:
+                await auto.execute(text(f"VACUUM FULL {', '.join(SEALED_TABLES)}"))
+    finally:
+        await engine.dispose()

@@ -10,6 +10,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# The migration that sealed identities held in the clear before it.
+SEALING_REVISION = "0013"
 
 
 def alembic_config(url: str) -> Config:

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backend.crypto import keys  # noqa: E402
 from bench.common import pg_dsn  # noqa: E402
 from bench.intake import CHATS, IN_FLIGHT, ROUND, update  # noqa: E402
 from handlers.events import Reply  # noqa: E402
@@ -245,13 +246,20 @@ async def enqueue(url: str, backlog: int) -> None:
     conn = await asyncpg.connect(pg_dsn(url))
     try:
         chats = backlog // 5
+        ring = keys()  # the run's key (bench.common), which the servers have too
         rows = [
-            ("telegram", str(100_000 + n % chats), json.dumps(Reply(f"#{n}").to_payload()))
+            (
+                "telegram",
+                ring.chat_key("telegram", chat),
+                ring.seal(chat, "outbox.address"),
+                ring.seal_json(Reply(f"#{n}").to_payload(), "outbox.payload"),
+            )
             for n in range(backlog)
+            if (chat := str(100_000 + n % chats))
         ]
         await conn.executemany(
-            "INSERT INTO outbox (channel, chat_id, payload, status, attempts, next_attempt_at,"
-            " created_at) VALUES ($1, $2, $3::json, 'pending', 0, now(), now())",
+            "INSERT INTO outbox (channel, chat_key, address, payload, status, attempts,"
+            " next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, now(), now())",
             rows,
         )
     finally:

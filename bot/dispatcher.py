@@ -766,13 +766,14 @@ class Dispatcher:
             exists = await session.get(ProcessedUpdate, (event.channel, event.update_id))
             if exists is not None:
                 return
-            conv = await session.scalar(
-                select(Conversation).where(
+            # The language alone: the draft need not open for the apology to go out.
+            stored_language = await session.scalar(
+                select(Conversation.language).where(
                     Conversation.channel == event.channel,
                     Conversation.chat_key == keys().chat_key(event.channel, event.chat_id),
                 )
             )
-            language = conv.language if conv else pick_language(event.language)
+            language = stored_language or pick_language(event.language)
             replies: list[Ack | Reply] = []
             if event.callback_id is not None:
                 replies.append(Ack(event.callback_id))

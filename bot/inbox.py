@@ -27,7 +27,7 @@ from functools import cache
 from secrets import token_hex
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import String, Table, bindparam, delete, func, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -71,10 +71,11 @@ class NotStored(Exception):
 class _Leased:
     id: int
     channel: str
-    # The chat's look-up names it here; its id (address) is opened for a job.
+    # The chat's look-up names it here. Its id and the update are opened when read:
+    # one sealed under a key this process lacks holds up its own chat only.
     chat_key: str
-    address: str
-    body: dict[str, Any]
+    sealed_address: str
+    sealed_body: str
     request_id: str | None
 
 
@@ -285,15 +286,18 @@ class Inbox:
 
     async def _read(self, row: _Leased) -> Incoming | None:
         request_id.set(row.request_id)  # this task's own context
-        if JOB in row.body:
+        ring = keys()
+        body = ring.open_json(row.sealed_body, "inbound_events.body")
+        if JOB in body:
             # A job left by a turn: one that fails (the database, say) is tried again.
-            return await self._dispatcher.run_job(row.channel, row.address, row.body)
+            address = ring.open(row.sealed_address, "inbound_events.address")
+            return await self._dispatcher.run_job(row.channel, address, body)
         reader = self._readers.get(row.channel)
         if reader is None:
             log.warning("a stored %s update has no reader; skipped", row.channel)
             return None
         try:
-            return await reader(row.body)
+            return await reader(body)
         except MediaUnavailable:
             raise  # the photo store is down: the update waits and is tried again
         except Exception:
@@ -414,7 +418,14 @@ def _claim_statements(dialect: str) -> _ClaimSQL:
         e.chat_key.in_(bindparam("b_ids", expanding=True)),
     )
     mine = or_(e.lease_owner.is_(None), e.lease_owner == bindparam("b_me"))
-    returning = (e.id, e.channel, e.chat_key, e.address, e.body, e.request_id)
+    returning = (
+        e.id,
+        e.channel,
+        e.chat_key,
+        type_coerce(e.address, String),
+        type_coerce(e.body, String),
+        e.request_id,
+    )
     table = cast(Table, InboundEvent.__table__)
 
     def leasable(free: Any) -> Any:

@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import error as telegram_error
 
+from backend.crypto import DataKeyError, keys
 from backend.logs import request_id
 from backend.metrics import OUTBOX_SENT, SEND_FAILURE_REASONS, SEND_FAILURES
 from backend.models import OutboxMessage, utcnow
@@ -274,8 +275,8 @@ class OutboxWorker:
                     OutboxMessage.id,
                     OutboxMessage.channel,
                     OutboxMessage.chat_key,
-                    OutboxMessage.address,
-                    OutboxMessage.payload,
+                    type_coerce(OutboxMessage.address, String),
+                    type_coerce(OutboxMessage.payload, String),
                     OutboxMessage.attempts,
                     OutboxMessage.next_attempt_at,
                     OutboxMessage.request_id,
@@ -283,8 +284,17 @@ class OutboxWorker:
             )
             wait = self._poll_interval
             due: dict[str, list[_Row]] = {}
+            ring = keys()
             for row_id, channel, chat_key, address, payload, attempts, next_at, rid in result:
-                row = _Row(row_id, channel, chat_key, address or "", payload, attempts, rid)
+                try:
+                    # Opened one by one: a row sealed under a key this process lacks
+                    # holds up its own chat only.
+                    opened = ring.open(address, "outbox.address") if address else ""
+                    content = ring.open_json(payload, "outbox.payload")
+                except DataKeyError as exc:
+                    self._quiet.failed(exc, "an outbox row cannot be opened")
+                    continue
+                row = _Row(row_id, channel, chat_key, opened, content, attempts, rid)
                 if (channel, chat_key) in self._flying:
                     continue
                 later = (next_at - now).total_seconds()

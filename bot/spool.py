@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from backend.crypto import keys
+from backend.crypto import DataKeyError, keys
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Spool:
                     self._file = None
                 self._lines = 0
             stored = 0
+            kept: DataKeyError | None = None
             for path in sorted(self._dir.glob(f"*{SUFFIX}")):
                 handle = _take(path)
                 if handle is None:
@@ -109,10 +110,15 @@ class Spool:
                         await store(items[start : start + CHUNK])
                     path.unlink()
                     stored += len(items)
+                except DataKeyError as exc:
+                    kept = kept or exc
                 finally:
                     handle.close()
             if stored:
                 log.info("stored %d updates from the spool", stored)
+            if kept is not None:
+                # Said by the caller, at most every few seconds (see Quiet).
+                raise DataKeyError(f"{kept}; kept for a process that has that key")
             return stored
         finally:
             self._draining = False
@@ -140,9 +146,16 @@ def _take(path: Path) -> IO[bytes] | None:
 def _records(path: Path, content: bytes) -> list[Stored]:
     """The spooled updates; a line cut short by a crash (never answered) is skipped."""
     items = []
+    ring = keys()
     for line in content.splitlines():
+        token = line.decode(errors="replace")
+        kid, dot, _ = token.partition(".")
+        if dot and not ring.known(kid):
+            # Sealed under a key this process lacks (HOTLINE_DATA_KEY_PREVIOUS removed
+            # too early): the file is kept for a process that has it, never skipped.
+            raise DataKeyError(f"the spool file {path.name} is sealed under key {kid!r}")
         try:
-            data = keys().open_json(line.decode(), PURPOSE)
+            data = ring.open_json(token, PURPOSE)
             items.append(
                 Stored(
                     channel=str(data["channel"]),

@@ -27,6 +27,7 @@ from backend.db import write_retrying
 from backend.models import Base, InstanceSecret
 
 BATCH = 500
+LOOKUP_NAME = "look-up key"
 # More tries for a batch that met a serialization failure or a lock timeout.
 RETRIES = 5
 
@@ -63,15 +64,17 @@ async def rotate(
     column), before anything of that batch is written.
     """
     done: dict[str, int] = {}
-    secrets = cast(Table, InstanceSecret.__table__)
-    secret = SealedColumn(secrets, secrets.c.value, LOOKUP_PURPOSE)
-    # The look-up key first: once it is under the new key, a process started with the
-    # new key alone agrees with the database.
-    done["look-up key"] = await _rotate_column(
-        engine, ring, secret, batch, progress, only=secrets.c.name == LOOKUP_SECRET
-    )
     for col in sealed_columns():
         done[col.name] = await _rotate_column(engine, ring, col, batch, progress)
+    secrets = cast(Table, InstanceSecret.__table__)
+    secret = SealedColumn(secrets, secrets.c.value, LOOKUP_PURPOSE)
+    # The look-up key last, once nothing else is left under an older key: until then a
+    # process started with the new key alone is refused at start (backend.crypto.agree),
+    # so none meets a value it cannot open.
+    if set(await left(engine, ring)) <= {LOOKUP_NAME}:
+        done[LOOKUP_NAME] = await _rotate_column(
+            engine, ring, secret, batch, progress, only=secrets.c.name == LOOKUP_SECRET
+        )
     return done
 
 
@@ -131,7 +134,7 @@ async def left(engine: AsyncEngine, ring: Keyring) -> dict[str, int]:
             select(InstanceSecret.value).where(InstanceSecret.name == LOOKUP_SECRET)
         )
         if lookup is not None and sealed_id(lookup) != ring.current_id:
-            found["look-up key"] = 1
+            found[LOOKUP_NAME] = 1
         for col in sealed_columns():
             raw = type_coerce(col.column, String)
             n = await conn.scalar(

@@ -28,11 +28,18 @@ def _json(value: Any) -> Any:
 
 def _seal_existing(conn: sa.Connection) -> None:
     """Seal what the tables held in the clear (nothing, on a new installation)."""
-    tables = ("reporter_identities", "conversations", "inbound_events", "outbox", "photos")
+    tables = (
+        "reporter_identities",
+        "conversations",
+        "inbound_events",
+        "outbox",
+        "photos",
+        "processed_updates",
+    )
     if not any(conn.scalar(sa.text(f"SELECT 1 FROM {t} LIMIT 1")) for t in tables):  # noqa: S608
         return
     # A key that did not seal this database refuses here, before anything is sealed.
-    ring = crypto.agree(conn, crypto.keys())
+    ring = crypto.agree(conn, crypto.keys(), first_use=True)
     rows = conn.execute(
         sa.text(
             "SELECT reporter_id, channel, chat_id, display_name, phone FROM reporter_identities"
@@ -89,6 +96,29 @@ def _seal_existing(conn: sa.Connection) -> None:
                 "a": ring.seal(chat_id, "outbox.address") if chat_id else None,
                 "p": ring.seal_json(_json(payload), "outbox.payload"),
             },
+        )
+
+    # A Zalo OA follow's key named its user: now a keyed hash, as bot.zalo_oa makes it.
+    def follow_key(key: str) -> str:
+        return "follow:" + ring.lookup("follow", key.removeprefix("follow:"))
+
+    for row_id, key in conn.execute(
+        sa.text("SELECT id, event_key FROM inbound_events WHERE event_key LIKE 'follow:%:%'")
+    ).all():
+        conn.execute(
+            sa.text("UPDATE inbound_events SET event_key = :k WHERE id = :i"),
+            {"i": row_id, "k": follow_key(key)},
+        )
+    for channel, key in conn.execute(
+        sa.text(
+            "SELECT channel, update_id FROM processed_updates WHERE update_id LIKE 'follow:%:%'"
+        )
+    ).all():
+        conn.execute(
+            sa.text(
+                "UPDATE processed_updates SET update_id = :k WHERE channel = :c AND update_id = :o"
+            ),
+            {"c": channel, "o": key, "k": follow_key(key)},
         )
     for row_id, lat, lon, taken in conn.execute(
         sa.text(

@@ -1,17 +1,17 @@
 """Identities sealed at rest: after residents report on Telegram, the Zalo OA and the Zalo
 Bot, and an operator files a caller's report, neither the database's bytes (the SQLite
-file and its WAL, or every PostgreSQL table) nor the logs name any of them."""
+file and its WAL; PostgreSQL's files of the database and its WAL, and every row of every
+table) nor the logs name any of them."""
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.crypto import keys
@@ -25,6 +25,7 @@ from tests.factories import make_user
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.fakes.zalo_bot import FakeZaloBot, ZaloBotUser
 from tests.fakes.zalo_oa import FakeZaloOA, ZaloFollower
+from tests.rawbytes import named, raw_database
 
 TELEGRAM_CHAT = 7239104586113
 RESIDENT_PHONE = "+84398765431"
@@ -37,55 +38,6 @@ CALLER_ADDRESS = "Số 17 ngõ Hoa Lư"
 PASSWORD = "Mat-khau-dai-1"
 
 
-def forms(value: str) -> list[bytes]:
-    """The ways a value could be written down: as is, JSON-escaped, and for a phone
-    number its national and bare forms."""
-    found = {value, json.dumps(value)[1:-1]}
-    if value.startswith("+84"):
-        found |= {"0" + value[3:], value[3:]}
-    return [f.encode() for f in found]
-
-
-def raw_sqlite(database_url: str) -> bytes:
-    path = Path(str(make_url(database_url).database))
-    return b"".join(
-        p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists()
-    )
-
-
-async def raw_postgres(engine: AsyncEngine) -> bytes:
-    """Every row of every table, as text."""
-    async with engine.connect() as conn:
-        tables = list(
-            await conn.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
-        )
-        dumps = [
-            await conn.scalar(
-                text(f"SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \"{name}\" t")  # noqa: S608
-            )
-            for name in tables
-        ]
-    return "\n".join(str(d) for d in dumps).encode()
-
-
-async def raw_database(database_url: str, engine: AsyncEngine) -> bytes:
-    if database_url.startswith("sqlite"):
-        return raw_sqlite(database_url)
-    return await raw_postgres(engine)
-
-
-def named(raw: bytes, secrets: list[str]) -> list[tuple[str, bytes]]:
-    """The secrets found in raw, each with what surrounds it."""
-    found = []
-    for secret in secrets:
-        for form in forms(secret):
-            at = raw.find(form)
-            if at >= 0:
-                found.append((secret, raw[max(0, at - 120) : at + len(form) + 60]))
-                break
-    return found
-
-
 async def test_a_copy_of_the_database_names_no_reporter(
     database_url: str,
     engine: AsyncEngine,
@@ -96,6 +48,7 @@ async def test_a_copy_of_the_database_names_no_reporter(
     zbot: FakeZaloBot,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    began = time.time() - 1
     caplog.set_level(logging.INFO)
     for ours in ("backend", "bot", "handlers", "hotline", "aiohttp"):
         caplog.set_level(logging.DEBUG, logger=ours)
@@ -149,8 +102,8 @@ async def test_a_copy_of_the_database_names_no_reporter(
             }
             async with http.post(f"{base}/intake/phone", data=form) as r:
                 assert r.status == 200, await r.text()
-        while_running = await raw_database(database_url, engine)
-    after = await raw_database(database_url, engine)
+        while_running = await raw_database(database_url, engine, began)
+    after = await raw_database(database_url, engine, began)
 
     async with sessions() as s:
         assert len(list(await s.scalars(select(Ticket)))) == 4

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import String, select, type_coerce, update
+from sqlalchemy import String, delete, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -34,6 +34,7 @@ from backend.crypto import (
 from backend.models import (
     Conversation,
     InboundEvent,
+    InstanceSecret,
     OutboxMessage,
     Photo,
     ReporterIdentity,
@@ -256,6 +257,10 @@ async def test_rotation_killed_half_way_and_run_again_loses_nothing(
             progress += 1
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
+    # Until the rotation is done, a process with the new key alone is refused at start.
+    with pytest.raises(DataKeyError, match="is not the key this database is sealed under"):
+        async with engine.begin() as conn:
+            await conn.run_sync(agree, keyring_from(new))
 
     both = keyring_from(new, [ring_key(old)])
     async with engine.begin() as conn:
@@ -324,3 +329,14 @@ async def test_rotation_killed_half_way_and_run_again_loses_nothing(
     with pytest.raises(DataKeyError, match="HOTLINE_DATA_KEY_PREVIOUS"):
         async with engine.begin() as conn:
             await conn.run_sync(agree, keyring_from(ring_key(old)))
+
+
+async def test_a_database_without_its_look_up_key_is_refused(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        await make_ticket(s)
+        await s.execute(delete(InstanceSecret))
+    with pytest.raises(DataKeyError, match="restore that row"):
+        async with engine.begin() as conn:
+            await conn.run_sync(agree, keyring_from(ring_key(keys())))

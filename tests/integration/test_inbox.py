@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.crypto import keys
+from backend.crypto import DataKeyError, keyring_from, keys, new_key
 from backend.models import InboundEvent
 from backend.services.presence import Presence
 from backend.services.units import WardIndex
@@ -92,3 +92,21 @@ async def test_a_spool_left_by_a_killed_process_is_stored_by_the_next(
     assert await inbox._spool.drain(inbox._dispatcher.store_rows) == 1
     assert await stored(sessions) == 1
     assert list(spool_dir.iterdir()) == []
+
+
+async def test_a_spool_file_under_a_key_this_process_lacks_is_kept_not_skipped(
+    inbox: Inbox, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    update = {"channel": "zalo_oa", "key": "m1", "chat_id": "u1", "body": {"a": 1}}
+    other = keyring_from(new_key())
+    (spool_dir / "0ld-1.jsonl").write_bytes(f"{other.seal_json(update, PURPOSE)}\n".encode())
+    mine = {**update, "key": "m2"}
+    (spool_dir / "n3w-1.jsonl").write_bytes(f"{keys().seal_json(mine, PURPOSE)}\n".encode())
+    assert inbox._spool is not None
+    with pytest.raises(DataKeyError, match=r"0ld-1\.jsonl"):
+        await inbox._spool.drain(inbox._dispatcher.store_rows)
+    # The other file was stored; this one waits for a process with its key.
+    assert await stored(sessions) == 1
+    assert [p.name for p in spool_dir.iterdir()] == ["0ld-1.jsonl"]

@@ -6,10 +6,11 @@ import asyncio
 import itertools
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import String, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.crypto import keyring_from, keys, new_key
 from backend.models import OutboxMessage, utcnow
 from bot.outbox import OutboxWorker
 from handlers.events import Reply
@@ -156,3 +157,37 @@ async def test_nothing_is_lost_or_repeated_across_a_restart(
     await serve_until(3)  # the restarted server carries on where the first stopped
     assert [s.text for s in api.sent_to(1)] == ["một", "hai", "ba"]
     assert [r.status for r in await rows(sessions)] == ["sent"] * 3
+
+
+async def test_a_row_sealed_under_a_key_this_process_lacks_holds_up_its_own_chat_only(
+    api: FakeTelegram, worker: OutboxWorker, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    stranger = keyring_from(new_key())
+    async with sessions() as session, session.begin():
+        session.add(
+            OutboxMessage(
+                channel="telegram",
+                chat_key=keys().chat_key("telegram", "1"),
+                address=None,
+                payload={"type": "reply", "text": "x"},
+            )
+        )
+    # What another key sealed (HOTLINE_DATA_KEY_PREVIOUS removed too early, say).
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(OutboxMessage).values(
+                address=type_coerce(stranger.seal("1", "outbox.address"), String),
+                payload=type_coerce(
+                    stranger.seal_json({"type": "reply"}, "outbox.payload"), String
+                ),
+            )
+        )
+    await enqueue(sessions, "2", "hello")
+    await worker.pump()
+    assert [s.text for s in api.sent_to(2)] == ["hello"]
+    assert api.sent_to(1) == []
+    async with sessions() as session:
+        statuses = list(
+            await session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id))
+        )
+    assert statuses == ["pending", "sent"], "the unreadable row is kept for the right key"
