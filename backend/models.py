@@ -244,6 +244,11 @@ class Ticket(Base):
     # when the pollution was confirmed and handled, False when it was not confirmed.
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     confirmed: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Whether any round reached verification, and whether one handled confirmed pollution
+    # through to an answer: the statistics count the steps a case reached, which a
+    # transfer or a reopen does not undo.
+    was_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    was_handled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     answered_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     reopen_until: Mapped[datetime | None] = mapped_column(default=None, index=True)

@@ -8,6 +8,7 @@ from backend.services.categories import CATEGORIES
 from backend.services.duplicates import join_case, nearby_cases
 from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
+from backend.services.photos import ACCEPTED_NAMES
 from backend.services.reporters import (
     find_or_create_reporter,
     has_consent,
@@ -23,6 +24,8 @@ from handlers.turn import Job, Services, Turn
 
 MAX_PHOTOS = 5
 MAX_DESCRIPTION = 2000
+# Without a photo, a description shorter than this says too little to verify.
+MIN_DESCRIPTION = 10
 MAX_POLLUTER = 200
 MAX_ADDRESS = 300
 NATURES = ("one_off", "recurring")
@@ -139,7 +142,7 @@ class Photos(Step):
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
         if event.media_error is not None:
-            turn.say(f"photos.error.{event.media_error}")
+            turn.say(f"photos.error.{event.media_error}", formats=ACCEPTED_NAMES)
             return True
         if event.media is None:
             return False
@@ -447,6 +450,9 @@ class Description(Step):
         text = text.strip()
         if not text:
             turn.say("description.empty")
+        elif len(text) < MIN_DESCRIPTION and not turn.data.get("photos"):
+            # Without a photo, a few letters cannot be verified.
+            turn.say("description.too_short", min=MIN_DESCRIPTION, length=len(text))
         elif len(text) > MAX_DESCRIPTION:
             turn.say("description.too_long", max=MAX_DESCRIPTION, length=len(text))
         else:

@@ -178,7 +178,8 @@ STORIES = [
         receive=30,
         claim=40290,
     ),
-    # Answered, reopened, claimed again and not yet verified: overdue.
+    # Answered, reopened, claimed again and not yet verified: overdue. It keeps the steps
+    # it reached before the reopening (verified, handled).
     story(
         "F",
         W1,
@@ -194,7 +195,7 @@ STORIES = [
             ("claim", at(10, 16, 10), None),
             ("verify", at(10, 16, 10, 30), None),
         ],
-        "case open overdue reopened",
+        "case verified handled open overdue reopened",
         receive=15,
         claim=60,
     ),

@@ -40,6 +40,9 @@ ACCEPTED_FORMATS = {
     "WEBP": "image/webp",
     "HEIF": "image/heic",
 }
+# How each accepted format is named to a resident.
+FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC (iPhone)"}
+ACCEPTED_NAMES = ", ".join(FORMAT_NAMES[f] for f in ACCEPTED_FORMATS)
 STORED_TYPE = "image/jpeg"
 MAX_SIDE = 2048
 THUMB_SIDE = 320

@@ -429,6 +429,7 @@ async def _verified(step: _Step) -> str | None:
     _, ticket, request, _, _, now = step
     ticket.verified_at = now
     ticket.confirmed = request.action == "confirm"
+    ticket.was_verified = True
     return None
 
 
@@ -442,6 +443,8 @@ async def _answer(step: _Step) -> str | None:
     session, ticket, request, _, policy, now = step
     ticket.result_text = (request.result or "").strip()
     ticket.answered_at = now
+    if ticket.confirmed:
+        ticket.was_handled = True
     ticket.due_at = None
     ticket.reopen_until = policy.reopen_until(now)
     session.add_all(photo_rows(ticket.id, request.photos, "result", now))
@@ -487,6 +490,8 @@ async def _reopen(step: _Step) -> str | None:
     ticket.reopen_until = None
     ticket.answered_at = None
     ticket.claimed_by = None
+    # Claimed again in the new round: the old claim would make its wait negative.
+    ticket.claimed_at = None
     ticket.assigned_at = now
     ticket.due_at = policy.claim_due(now)
     await post_cards(session, ticket)

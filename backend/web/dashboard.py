@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -183,6 +184,10 @@ async def queue(request: web.Request) -> web.Response:
             )
         }
         categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
+        moved = None
+        if q.get("moved") and q.get("to"):
+            went = await session.scalar(select(Unit.name).where(Unit.code == q["to"]))
+            moved = {"code": q["moved"][:20], "unit": went} if went else None
     names = {c.code: c.name_vi for c in categories}
     rows = [
         {
@@ -205,6 +210,7 @@ async def queue(request: web.Request) -> web.Response:
         categories=categories,
         states=STATES,
         query=q,
+        moved=moved,
     )
 
 
@@ -324,7 +330,9 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
         urgency=str(form.get("urgency") or "") or None,
     )
 
-    async def attempt() -> str | None:
+    async def attempt() -> tuple[str | None, str | None]:
+        """(the refusal's code, or the unit the ticket went to when it left the actor's
+        sight, as a transfer to another unit does)."""
         async with request.app[SESSIONS]() as session, session.begin():
             _, actor = await require_user(request, session)
             # Not locked here: act() locks what the action changes, in one order.
@@ -333,13 +341,20 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
                 await act(session, ticket, request_action, actor, request.app[POLICIES])
             except WorkflowError as exc:
                 await session.rollback()
-                return exc.code
-        return None
+                return exc.code, None
+            if await find_visible_ticket(session, actor, code) is None:
+                unit = await session.get(Unit, ticket.unit_id)
+                return None, unit.code if unit is not None else None
+        return None, None
 
+    gone_to: str | None = None
     if problem is None:
         # A race the database settled against this transaction (a deadlock) runs the
         # action again: it then sees what the other did, and says so if it cannot be done.
-        problem = await write_retrying(attempt, retries=ACTION_RETRIES)
+        problem, gone_to = await write_retrying(attempt, retries=ACTION_RETRIES)
+    if gone_to is not None:
+        # Out of the actor's sight now: say where it went, rather than show "not found".
+        raise web.HTTPSeeOther(f"/queue?{urlencode({'moved': code, 'to': gone_to})}")
     target = f"/tickets/{code}?" + (f"error={problem}" if problem else "done=ok")
     raise web.HTTPSeeOther(target)
 

@@ -271,3 +271,21 @@ async def test_an_admin_manages_accounts_and_group_links(
     await link.locator("input[name=unit]").fill("W99999")
     await link.locator("button").click()
     assert "no unit W99999" in await page.inner_text(".error")
+
+
+async def test_a_leader_who_transfers_a_report_away_is_told_where_it_went(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    code = await forwarded_ticket(sessions, chat="7051")
+    password = await account(sessions, "hoa", "ward_leader", "W14812")
+    page = await log_in(browser, served, "hoa", password)
+    await page.wait_for_url("**/queue")
+    await page.goto(f"{served}/tickets/{code}")
+    transfer = page.locator("form.action-transfer")
+    await transfer.locator("select[name=competence]").select_option("province")
+    await transfer.locator("input[name=reason]").fill("Vượt thẩm quyền của phường")
+    await transfer.locator("button").click()
+    await page.wait_for_url("**/queue?**")
+    status = await page.inner_text("p.ok[role=status]")
+    assert code in status and "Sở Nông nghiệp và Môi trường" in status, status
+    assert await page.locator(f"text={code}").count() == 1  # the message only, not the list

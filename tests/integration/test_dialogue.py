@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.models import Consent, OutboxMessage, Ticket
+from backend.services.photos import ACCEPTED_FORMATS
 from backend.services.reporters import CONSENT_TEXT_VERSION
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
@@ -144,6 +145,15 @@ async def test_bad_files_get_a_clear_message_and_change_nothing(
     assert await chat.state() == "photos"
 
 
+async def test_a_file_that_is_no_photo_is_told_every_format_taken(chat: Chat) -> None:
+    await to_photos(chat)
+    await chat.send("photo", media_error="not_image")
+    told = texts(await chat.replies())
+    for name in ("JPEG", "PNG", "WebP", "HEIC"):
+        assert name in told, told
+    assert set(ACCEPTED_FORMATS) == {"JPEG", "PNG", "WEBP", "HEIF"}, "a format to name"
+
+
 async def test_location_errors_ask_again(chat: Chat) -> None:
     await to_photos(chat)
     await chat.say("/skip")
@@ -182,6 +192,27 @@ async def test_descriptions_too_short_or_too_long(chat: Chat) -> None:
     assert "10000" in texts(replies) and "2000" in texts(replies)
     assert await chat.state() == "description"
     await chat.say("x" * 2000)
+    assert await chat.state() == "polluter"
+
+
+async def test_a_description_of_a_few_letters_needs_a_photo(chat: Chat) -> None:
+    await to_photos(chat)
+    await chat.say("/skip")
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    await chat.press("category|burning")
+    await chat.replies()
+    assert await chat.state() == "description"
+    replies = await chat.say("Rác quá")
+    assert "ít nhất 10 ký tự" in texts(replies) and "7 ký tự" in texts(replies)
+    assert await chat.state() == "description"
+    await chat.say("Khói đen mỗi tối")
+    assert await chat.state() == "polluter"
+
+
+async def test_with_a_photo_a_few_letters_will_do(chat: Chat) -> None:
+    await to_description(chat)
+    await chat.say("Rác")
     assert await chat.state() == "polluter"
 
 
