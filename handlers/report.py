@@ -19,7 +19,7 @@ from backend.services.reporters import (
 from backend.services.workflow import WorkflowError
 from backend.text import parse_point, search_key
 from backend.timeutil import format_local, local
-from handlers.events import Button, GeocodeOutcome, Incoming
+from handlers.events import Button, GeocodeOutcome, Incoming, MediaRef
 from handlers.turn import Job, Services, Turn
 
 MAX_PHOTOS = 5
@@ -122,7 +122,26 @@ class Consent(Step):
             return False
         await record_consent(turn.session, turn.conv.reporter_id, turn.conv.language)
         turn.say("consent.thanks")
-        await advance(turn, "photos")
+        early = turn.data.pop("early_photos", [])
+        if not early:
+            await advance(turn, "photos")
+            return True
+        # The photos sent before consenting are the report's first.
+        turn.goto("photos")
+        turn.data.update(photos=early, media_groups=[])
+        for photo in early:
+            _offer_its_place(turn, photo)
+        turn.say("photos.received", buttons=STEPS["photos"].options(turn), max=MAX_PHOTOS)
+        return True
+
+    async def photo(self, turn: Turn, event: Incoming) -> bool:
+        """A photo before consenting is kept for the report (until they decline)."""
+        if event.media is None:
+            return False
+        early: list[dict[str, object]] = turn.data.setdefault("early_photos", [])
+        if len(early) < MAX_PHOTOS and all(p["sha256"] != event.media.sha256 for p in early):
+            early.append(_photo(event.media))
+        turn.say("consent.photo_kept", buttons=self.options(turn))
         return True
 
 
@@ -157,21 +176,8 @@ class Photos(Step):
                 turn.say("photos.full", max=MAX_PHOTOS)
             return True
         if all(p["sha256"] != event.media.sha256 for p in photos):
-            m = event.media
-            photos.append(
-                {
-                    "sha256": m.sha256,
-                    "content_type": m.content_type,
-                    "width": m.width,
-                    "height": m.height,
-                    "size_bytes": m.size_bytes,
-                    "gps": list(m.gps) if m.gps else None,
-                    "taken_at": m.taken_at,
-                }
-            )
-            if m.gps and "lat" not in turn.data and "photo_gps" not in turn.data:
-                # A photo sent as a file kept its position: offer it as the place.
-                turn.data["photo_gps"] = list(m.gps)
+            photos.append(_photo(event.media))
+            _offer_its_place(turn, photos[-1])
         if len(photos) >= MAX_PHOTOS:
             if not quiet:
                 turn.say("photos.full", max=MAX_PHOTOS)
@@ -648,6 +654,39 @@ class Idle(Step):
 
     def prompt(self, turn: Turn) -> None:
         turn.say("idle.help")
+
+    async def photo(self, turn: Turn, event: Incoming) -> bool:
+        """A photo before anything else, as residents often begin: the report starts,
+        and the photo waits in it for their consent (dropped if they decline)."""
+        if event.media is None:
+            return False
+        reporter_id = turn.conv.reporter_id
+        if reporter_id is not None and await has_consent(turn.session, reporter_id):
+            return False
+        await begin(turn)
+        if turn.state != "consent":
+            return False
+        return await STEPS["consent"].photo(turn, event)
+
+
+def _photo(m: MediaRef) -> dict[str, object]:
+    """A photo as the draft keeps it."""
+    return {
+        "sha256": m.sha256,
+        "content_type": m.content_type,
+        "width": m.width,
+        "height": m.height,
+        "size_bytes": m.size_bytes,
+        "gps": list(m.gps) if m.gps else None,
+        "taken_at": m.taken_at,
+    }
+
+
+def _offer_its_place(turn: Turn, photo: dict[str, object]) -> None:
+    gps = photo.get("gps")
+    if isinstance(gps, list) and "lat" not in turn.data and "photo_gps" not in turn.data:
+        # A photo sent as a file kept its position: offer it as the place.
+        turn.data["photo_gps"] = gps
 
 
 STEPS: dict[str, Step] = {

@@ -216,6 +216,38 @@ async def test_with_a_photo_a_few_letters_will_do(chat: Chat) -> None:
     assert await chat.state() == "polluter"
 
 
+async def test_a_photo_before_consent_waits_for_it_and_goes_into_the_report(
+    chat: Chat,
+) -> None:
+    await chat.send("photo", media=PHOTO)
+    told = texts(await chat.replies())
+    assert "xử lý dữ liệu cá nhân" in told and "Đã giữ ảnh" in told
+    assert await chat.state() == "consent"
+    replies = await chat.press("consent|yes")
+    assert "Đã nhận ảnh" in texts(replies)
+    assert await chat.state() == "photos"
+    await chat.press("photos|done")
+    assert await chat.state() == "location"
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    await chat.press("category|burning")
+    await chat.replies()
+    # With the photo, a short description is enough.
+    await chat.say("Khói")
+    assert await chat.state() == "polluter"
+
+
+async def test_a_photo_before_a_declined_consent_is_dropped(chat: Chat) -> None:
+    await chat.send("photo", media=PHOTO)
+    await chat.press("consent|no")
+    assert await chat.state() == "idle"
+    await chat.say("/start")
+    replies = await chat.press("consent|yes")
+    assert "Bước 1" in texts(replies) and "Đã nhận ảnh" not in texts(replies)
+    await chat.press("photos|skip")
+    assert await chat.state() == "location"
+
+
 async def test_invalid_phone_is_refused(chat: Chat) -> None:
     await to_description(chat)
     await chat.say("Rác đổ đầy lề đường.")
