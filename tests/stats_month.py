@@ -412,7 +412,7 @@ async def build_month(session: AsyncSession) -> dict[str, str]:
 
 async def _request(action: str, arg: Any, tickets: dict[str, Ticket]) -> tuple[Action, str]:
     if action == "classify":
-        return Action("classify", urgency=arg), "operator"
+        return Action("classify", urgency=arg, competence="ward"), "operator"
     if action == "merge":
         return Action("merge", case_code=tickets[arg].code), "operator"
     if action == "reject":

@@ -107,7 +107,7 @@ def _t(
 
 
 TRANSITIONS: tuple[Transition, ...] = (
-    _t("classify", ["received"], "classified", _TRIAGE | {"system"}),
+    _t("classify", ["received"], "classified", _TRIAGE | {"system"}, ["competence"]),
     _t("assign", ["classified"], "assigned", _TRIAGE | {"system"}),
     _t("claim", ["assigned", "transferred", "reopened"], "claimed", _HANDLERS),
     _t("verify", ["claimed"], "verifying", _HANDLERS),
@@ -355,6 +355,9 @@ def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: 
         raise WorkflowError("result_required")
     if "photos" in needs and not request.photos:
         raise WorkflowError("photos_required")
+    if "competence" in needs and not request.competence:
+        # Who is competent (Điều 6) decides who handles it: never left to a default.
+        raise WorkflowError("competence_required")
     if "unit" in needs and not request.unit_code and not request.competence:
         raise WorkflowError("unit_required")
     if "due" in needs:

@@ -45,7 +45,7 @@ async def test_the_dashboard_runs_under_its_policy(
     )
     async with sessions() as s, s.begin():
         ticket = await make_ticket(s, chat_id="9301")
-        await apply(s, ticket, Action("classify"), Actor.system(), POLICIES)
+        await apply(s, ticket, Action("classify", competence="ward"), Actor.system(), POLICIES)
         await apply(s, ticket, Action("assign"), Actor.system(), POLICIES)
         code = ticket.code
         operator = (await make_user(s, "operator", "P38", password=PASSWORD)).username

@@ -8,8 +8,10 @@ import re
 
 import aiohttp
 from playwright.async_api import Browser, Page
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.models import Ticket
 from backend.services.accounts import create_user, set_password
 from backend.services.deadlines import Policies
 from backend.services.workflow import Action, Actor, apply
@@ -28,7 +30,7 @@ async def forwarded_ticket(
     async with sessions() as s, s.begin():
         ticket = await make_ticket(s, chat_id=chat)
         ticket.description = description
-        await apply(s, ticket, Action("classify"), Actor.system(), POLICIES)
+        await apply(s, ticket, Action("classify", competence="ward"), Actor.system(), POLICIES)
         await apply(s, ticket, Action("assign"), Actor.system(), POLICIES)
         return ticket.code
 
@@ -289,3 +291,26 @@ async def test_a_leader_who_transfers_a_report_away_is_told_where_it_went(
     status = await page.inner_text("p.ok[role=status]")
     assert code in status and "Sở Nông nghiệp và Môi trường" in status, status
     assert await page.locator(f"text={code}").count() == 1  # the message only, not the list
+
+
+async def test_classifying_needs_a_competence(
+    browser: Browser, served: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        code = (await make_ticket(s, chat_id="7061")).code
+    password = await account(sessions, "tam", "operator", "P38")
+    page = await log_in(browser, served, "tam", password)
+    await page.wait_for_url("**/queue")
+    await page.goto(f"{served}/tickets/{code}")
+    classify = page.locator("form.action-classify")
+    await classify.locator("button").click()
+    # The browser holds the form back: nothing chosen, nothing sent.
+    assert await classify.locator("select[name=competence]:invalid").count() == 1
+    assert page.url.endswith(f"/tickets/{code}")
+    await classify.locator("select[name=competence]").select_option("ward")
+    await classify.locator("button").click()
+    await page.wait_for_selector(".ok")
+    async with sessions() as s:
+        ticket = await s.scalar(select(Ticket).where(Ticket.code == code))
+    assert ticket is not None and ticket.classified_at is not None
+    assert ticket.competence == "ward"

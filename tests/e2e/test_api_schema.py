@@ -107,7 +107,7 @@ async def test_every_api_operation_matches_its_document(
         # Another one, which the session sees in its lists.
         handled = await make_ticket(s, chat_id="9502")
         for action in ("classify", "assign"):
-            await apply(s, handled, Action(action), Actor.system(), POLICIES)
+            await apply(s, handled, Action(action, competence="ward"), Actor.system(), POLICIES)
         admin = (await make_user(s, "admin", None, password=PASSWORD)).username
         code = received.code
     port = free_port()

@@ -41,7 +41,7 @@ async def test_report_to_closure_as_the_reporter_sees_it(
         async with sessions() as s:
             code = (await s.scalars(select(Ticket.code))).one()
 
-        classified = await triage.act(code, "classify", urgency="normal")
+        classified = await triage.act(code, "classify", urgency="normal", competence="ward")
         assert classified["state"] == "assigned"  # forwarded at once
         assigned = await user.reply()
         await staff.act(code, "claim")

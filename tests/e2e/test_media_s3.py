@@ -130,7 +130,7 @@ async def test_chat_photos_live_in_the_bucket_and_staff_fetch_them_within_scope(
         result_photo = image_bytes("JPEG", (640, 480), "blue")
         async with aiohttp.ClientSession() as http:
             triage, worker = Staff(http, base, operator), Staff(http, base, staff)
-            await triage.act(ticket.code, "classify", urgency="normal")
+            await triage.act(ticket.code, "classify", urgency="normal", competence="ward")
             await worker.act(ticket.code, "claim")
             await worker.act(ticket.code, "verify")
             await worker.act(ticket.code, "confirm")

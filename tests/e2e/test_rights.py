@@ -79,7 +79,9 @@ async def test_mydata_says_what_is_held_and_who_unsealed_it_without_names(
         async with browser.post(identity, data={"csrf": csrf, "reason": "Hẹn xác minh"}) as r:
             assert r.status == 200
             assert PHONE in await r.text()
-        await Staff(http, base, "lan.operator").act(code, "classify", urgency="normal")
+        await Staff(http, base, "lan.operator").act(
+            code, "classify", urgency="normal", competence="ward"
+        )
         await until(user, "đã được chuyển tới")
         await user.text("/mydata")
         held = await user.reply()
@@ -169,7 +171,7 @@ async def test_forgetme_erases_the_identity_and_the_report_is_still_answered(
         # The ward still handles the report through to its answer; nothing reaches the chat.
         triage = Staff(http, base, operator.username)
         staff = Staff(http, base, ward.username)
-        await triage.act(code, "classify", urgency="normal")
+        await triage.act(code, "classify", urgency="normal", competence="ward")
         await staff.act(code, "claim")
         await staff.act(code, "verify")
         await staff.act(code, "confirm")
@@ -234,7 +236,7 @@ async def test_withdraw_drops_the_draft_and_stops_everything_new_until_consent_a
 
         # No notices, and no rating or reopening.
         triage = Staff(http, base, operator.username)
-        await triage.act(code, "classify", urgency="normal")
+        await triage.act(code, "classify", urgency="normal", competence="ward")
         await quiet_for(api, CHAT)
         await user.text(f"/reopen {code}")
         assert "rút lại sự đồng ý" in ((await user.reply()).text or "")

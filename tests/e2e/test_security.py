@@ -64,7 +64,7 @@ async def handling_ticket(
         colleague = await make_user(s, "ward_staff", "W14812")
         actor = await Actor.of_user(s, staff)
         for action in ("classify", "assign"):
-            await apply(s, ticket, Action(action), Actor.system(), POLICIES)
+            await apply(s, ticket, Action(action, competence="ward"), Actor.system(), POLICIES)
         for action in ("claim", "verify", "confirm"):
             await apply(s, ticket, Action(action), actor, POLICIES)
         return ticket.code, staff.username, colleague.username

@@ -47,7 +47,9 @@ async def test_cards_in_a_linked_group_and_who_may_claim(
 
         async with sessions() as s, s.begin():
             ticket = await make_ticket(s, photo=photo)
-            await apply(s, ticket, Action("classify"), Actor.system(), Policies.load())
+            await apply(
+                s, ticket, Action("classify", competence="ward"), Actor.system(), Policies.load()
+            )
             await apply(s, ticket, Action("assign"), Actor.system(), Policies.load())
             ticket_code = ticket.code
         card = await lan.reply()

@@ -117,7 +117,7 @@ async def answer_with_photo(
         code = (await s.scalars(select(Ticket.code))).one()
     async with aiohttp.ClientSession() as http:
         triage, staff = Staff(http, base, operator.username), Staff(http, base, staff_user.username)
-        await triage.act(code, "classify", urgency="normal")
+        await triage.act(code, "classify", urgency="normal", competence="ward")
         await staff.act(code, "claim")
         await staff.act(code, "verify")
         await staff.act(code, "confirm")

@@ -321,7 +321,7 @@ def metres_north(lat: float, lon: float, metres: float) -> tuple[float, float]:
 async def answer(session: AsyncSession, ticket: Ticket) -> None:
     system, policies = Actor.system(), Policies.load()
     staff = await actor(session, "ward_staff", "W14812")
-    for action in (Action("classify"), Action("assign")):
+    for action in (Action("classify", competence="ward"), Action("assign")):
         await apply(session, ticket, action, system, policies)
     for action in (Action("claim"), Action("verify"), Action("confirm")):
         await apply(session, ticket, action, staff, policies)

@@ -55,6 +55,8 @@ def _request(action: str, case_code: str, now: datetime, competence: str | None)
         photos=[PHOTO],
         competence=("ward" if competence == "province" else "province")
         if action == "transfer"
+        else "ward"
+        if action == "classify"
         else None,
         due=now + timedelta(days=30),
         case_code=case_code,

@@ -69,7 +69,7 @@ async def test_the_whole_procedure(sessions: async_sessionmaker[AsyncSession]) -
         policy = POLICIES.default
         assert ticket.due_at == T0 + timedelta(hours=6)  # normal: 6 h to classify
 
-        await apply(s, ticket, Action("classify"), operator, POLICIES, now=T0)
+        await apply(s, ticket, Action("classify", competence="ward"), operator, POLICIES, now=T0)
         assert (ticket.state, ticket.due_at) == ("classified", T0 + timedelta(minutes=15))
         await apply(s, ticket, Action("assign"), Actor.system(), POLICIES, now=T0)
         assert (ticket.state, ticket.due_at) == ("assigned", policy.claim_due(T0))
@@ -121,7 +121,9 @@ async def test_the_whole_procedure(sessions: async_sessionmaker[AsyncSession]) -
 @pytest.mark.parametrize(
     ("role", "action", "problem"),
     [
-        ("ward_staff", Action("classify"), "forbidden"),
+        ("ward_staff", Action("classify", competence="ward"), "forbidden"),
+        ("operator", Action("classify"), "competence_required"),
+        ("operator", Action("classify", competence=""), "competence_required"),
         ("operator", Action("claim"), "wrong_state"),
         ("operator", Action("reject"), "reason_required"),
         ("operator", Action("reject", reason="looks odd"), "reason_required"),
@@ -149,7 +151,7 @@ async def test_staff_of_another_ward_are_out_of_scope(
     async with sessions() as s, s.begin():
         ticket = await make_ticket(s)
         operator = await actor(s, "operator", "P38")
-        await apply(s, ticket, Action("classify"), operator, POLICIES)
+        await apply(s, ticket, Action("classify", competence="ward"), operator, POLICIES)
         await apply(s, ticket, Action("assign"), Actor.system(), POLICIES)
         other_ward = await s.scalar(
             select(Unit.code).where(Unit.code != "W14812", Unit.code.like("W%"))
@@ -185,7 +187,14 @@ async def test_transfer_extend_and_reject_tell_the_reporter(
         ticket = await make_ticket(s, now=T0)
         operator = await actor(s, "operator", "P38")
         supervisor = await actor(s, "supervisor", "P38")
-        await apply(s, ticket, Action("classify", urgency="urgent"), operator, POLICIES, now=T0)
+        await apply(
+            s,
+            ticket,
+            Action("classify", urgency="urgent", competence="ward"),
+            operator,
+            POLICIES,
+            now=T0,
+        )
         assert ticket.urgency == "urgent"
         await apply(s, ticket, Action("assign"), Actor.system(), POLICIES, now=T0)
         await apply(
@@ -253,7 +262,9 @@ async def test_a_unit_in_another_province_is_no_unit_to_transfer_to(
 ) -> None:
     async with sessions() as s, s.begin():
         ticket = await make_ticket(s, now=T0)  # Phường Bỉm Sơn, Thanh Hóa (38)
-        await apply(s, ticket, Action("classify"), Actor.system(), POLICIES, now=T0)
+        await apply(
+            s, ticket, Action("classify", competence="ward"), Actor.system(), POLICIES, now=T0
+        )
         operator = await actor(s, "operator", "P38")
         refusals = []
         for unit in ("W00004", "P01", "NO-SUCH-UNIT"):  # Hà Nội's ward and department
@@ -284,7 +295,7 @@ async def test_a_merged_report_hears_the_case_result(
         await apply(s, duplicate, Action("merge", case_code=case.code), operator, POLICIES, now=T0)
         assert (duplicate.state, duplicate.case_id) == ("merged", case.id)
         for step in ("classify", "assign"):
-            await apply(s, case, Action(step), operator, POLICIES, now=T0)
+            await apply(s, case, Action(step, competence="ward"), operator, POLICIES, now=T0)
         for step in ("claim", "verify", "confirm"):
             await apply(s, case, Action(step), staff, POLICIES, now=T0)
         await apply(
@@ -325,7 +336,7 @@ async def test_reopen_within_the_window_then_close_after_it(
             )
 
         for step in ("classify", "assign"):
-            await apply(s, ticket, Action(step), operator, POLICIES, now=T0)
+            await apply(s, ticket, Action(step, competence="ward"), operator, POLICIES, now=T0)
         await answer(T0)
         later = T0 + timedelta(days=2)
         await apply(s, ticket, Action("reopen"), reporter, POLICIES, now=later)

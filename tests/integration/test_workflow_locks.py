@@ -113,7 +113,7 @@ async def audit(
 
 async def assigned_ticket(session: AsyncSession) -> Ticket:
     ticket = await make_ticket(session)
-    await act(session, ticket, Action("classify"), Actor.system(), POLICIES)
+    await act(session, ticket, Action("classify", competence="ward"), Actor.system(), POLICIES)
     assert ticket.state == "assigned"
     return ticket
 

@@ -62,7 +62,7 @@ def _request(action: str, complete: bool, case_code: str, now: datetime) -> Acti
         reason=REJECT_REASONS[0] if action == "reject" else "lý do",
         result="Đã xử lý",
         photos=[PHOTO],
-        competence="province" if action == "transfer" else None,
+        competence={"transfer": "province", "classify": "ward"}.get(action),
         due=now + timedelta(days=30),
         case_code=case_code,
         urgency="urgent",
