@@ -250,6 +250,8 @@ class Ticket(Base):
     was_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     was_handled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     answered_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the answer was due by (the ticket page says whether it came in time).
+    answered_due_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     reopen_until: Mapped[datetime | None] = mapped_column(default=None, index=True)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -353,7 +353,9 @@ def _check_requirements(rule: Transition, request: Action, ticket: Ticket, now: 
         raise WorkflowError("reason_required", f"one of {', '.join(REJECT_REASONS)}")
     if "result" in needs and not (request.result or "").strip():
         raise WorkflowError("result_required")
-    if "photos" in needs and not request.photos:
+    if "photos" in needs and not request.photos and ticket.confirmed is not False:
+        # A photo shows what was done; where no pollution was found, the reason given
+        # at not_confirmed and the answer's text say why.
         raise WorkflowError("photos_required")
     if "competence" in needs and not request.competence:
         # Who is competent (Điều 6) decides who handles it: never left to a default.
@@ -446,6 +448,7 @@ async def _answer(step: _Step) -> str | None:
     session, ticket, request, _, policy, now = step
     ticket.result_text = (request.result or "").strip()
     ticket.answered_at = now
+    ticket.answered_due_at = ticket.due_at
     if ticket.confirmed:
         ticket.was_handled = True
     ticket.due_at = None

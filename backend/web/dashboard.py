@@ -245,6 +245,14 @@ async def _ticket_response(
         unit = await session.get(Unit, ticket.unit_id)
         category = await session.get(Category, ticket.category_code)
         reporter = await session.get(Reporter, ticket.reporter_id) if ticket.reporter_id else None
+        # Anonymous: no phone to call back (known by its look-up; nothing is unsealed).
+        anonymous = reporter is not None and bool(
+            await session.scalar(
+                select(ReporterIdentity.phone_key.is_(None)).where(
+                    ReporterIdentity.reporter_id == reporter.id
+                )
+            )
+        )
         case = await session.get(Ticket, ticket.case_id) if ticket.case_id else None
         photos = list(
             await session.scalars(
@@ -280,7 +288,9 @@ async def _ticket_response(
         category=category,
         pseudonym=f"#{reporter.pseudonym}" if reporter else None,
         case=case,
-        photos=photos,
+        evidence=[p for p in photos if p.kind != "result"],
+        results=[p for p in photos if p.kind == "result"],
+        anonymous=anonymous,
         events=events,
         notes=notes,
         unsent=unsent,

@@ -1,5 +1,6 @@
 """The steps a case reached (verified, handled) kept across a transfer or a reopen, for
-the statistics; filled in from the audit trail for the cases there are.
+the statistics, filled in from the audit trail for the cases there are; and what an
+answer was due by.
 
 Revision ID: 0014
 Revises: 0013
@@ -10,6 +11,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+import backend.models
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -24,6 +27,9 @@ def upgrade() -> None:
         )
         batch.add_column(
             sa.Column("was_handled", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+        batch.add_column(
+            sa.Column("answered_due_at", backend.models.UTCDateTime(timezone=True), nullable=True)
         )
     # Verification ended in some round; pollution confirmed and then answered.
     op.execute(
@@ -41,5 +47,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("tickets") as batch:
+        batch.drop_column("answered_due_at")
         batch.drop_column("was_handled")
         batch.drop_column("was_verified")

@@ -80,6 +80,12 @@ async def test_claim_and_answer_with_a_photo_reaches_the_reporter(
     await answer.locator("button").click()
     await page.wait_for_selector(".ok")
     assert "Đã trả lời" in await page.inner_text("h1")
+    # The resident's photo and the result's, each under its own heading; when it was
+    # answered against its due time; an anonymous reporter said to be one.
+    assert await page.locator(".photos.evidence_photos img").count() == 1
+    assert await page.locator(".photos.result_photos img").count() == 1
+    assert "đúng hạn" in await page.inner_text("dd.answered")
+    assert "Ẩn danh" in await page.inner_text("dl.facts")
     await no_sideways_scroll(page)
     await page.screenshot(path=str(ARTIFACTS / "ticket-360.png"), full_page=True)
     assert await page.locator(".photos img").count() == 2  # the evidence and the result

@@ -419,3 +419,24 @@ async def test_two_workers_never_escalate_the_same_ticket(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "escalate")
         )
     assert events == 12
+
+
+async def test_no_pollution_found_is_answered_with_a_reason_not_a_photo(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as s, s.begin():
+        found, not_found = await make_ticket(s, now=T0), await make_ticket(s, now=T0)
+        operator = await actor(s, "operator", "P38")
+        staff = await actor(s, "ward_staff", "W14812")
+        for ticket, verdict in ((found, "confirm"), (not_found, "not_confirmed")):
+            await apply(s, ticket, Action("classify", competence="ward"), operator, POLICIES)
+            await apply(s, ticket, Action("assign"), operator, POLICIES)
+            for step in ("claim", "verify"):
+                await apply(s, ticket, Action(step), staff, POLICIES)
+            await apply(s, ticket, Action(verdict, reason="Không thấy rác"), staff, POLICIES)
+        answer = Action("answer", result="Đoàn kiểm tra không thấy dấu hiệu ô nhiễm.")
+        with pytest.raises(WorkflowError) as refused:
+            await apply(s, found, answer, staff, POLICIES)
+        assert refused.value.code == "photos_required"
+        await apply(s, not_found, answer, staff, POLICIES)
+        assert not_found.state == "answered" and not_found.answered_due_at is not None
