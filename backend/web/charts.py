@@ -77,6 +77,8 @@ class TrendChart:
     # "x,y x,y …" for the on-time line, through the periods that answered something.
     rate_points: str
     gridlines: list[tuple[float, str]]
+    # The y-axis of the columns: (y, how many reports).
+    count_lines: list[tuple[float, str]]
 
 
 TREND_HEIGHT = 200.0
@@ -105,4 +107,6 @@ def trend_chart(points: Sequence[tuple[str, int, int, float | None]]) -> TrendCh
         )
     line = " ".join(f"{c.x + step / 2:.1f},{c.rate_y:.1f}" for c in columns if c.rate_y is not None)
     grid = [(plot * (1 - share), f"{share:.0%}") for share in (0.0, 0.5, 1.0)]
-    return TrendChart(WIDTH, TREND_HEIGHT, plot, step, columns, line, grid)
+    counts = sorted({0, top // 2, top}, reverse=True)
+    count_lines = [(plot * (1 - n / top), f"{n:,}".replace(",", ".")) for n in counts]
+    return TrendChart(WIDTH, TREND_HEIGHT, plot, step, columns, line, grid, count_lines)

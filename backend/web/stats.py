@@ -163,6 +163,7 @@ async def stats_page(request: web.Request) -> web.Response:
         query=query,
         download=urlencode(sorted(query.items())),
         percent=_percent,
+        decimal=_decimal,
         cell=_cell,
         categories=categories,
         provinces=provinces,
@@ -172,8 +173,16 @@ async def stats_page(request: web.Request) -> web.Response:
     )
 
 
+def _decimal(value: float, digits: int) -> str:
+    """A number written the Vietnamese way: a decimal comma (thousands take a point)."""
+    return f"{value:,.{digits}f}".translate(_VI_SEPARATORS)
+
+
+_VI_SEPARATORS = str.maketrans({",": ".", ".": ","})
+
+
 def _percent(share: float | None) -> str:
-    return "–" if share is None else f"{share * 100:.1f} %"
+    return "–" if share is None else f"{_decimal(share * 100, 1)} %"
 
 
 def _cell(value: Any, kind: str) -> str:
@@ -183,9 +192,9 @@ def _cell(value: Any, kind: str) -> str:
     if kind == "pct":
         return _percent(value)
     if kind in ("hours", "rating"):
-        return f"{value:.2f}"
+        return _decimal(value, 2)
     if kind == "int" and isinstance(value, int):
-        return f"{value:,}".replace(",", ".")
+        return _decimal(value, 0)
     return str(value)
 
 

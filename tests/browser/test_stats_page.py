@@ -31,12 +31,16 @@ async def test_a_supervisor_reads_and_downloads_the_month(
     await page.wait_for_url("**/stats?month=2026-10*")
     assert await page.text_content("#kpi-received") == str(figures["received"])
     assert await page.text_content("#kpi-cases") == str(figures["cases"])
-    answered = f"{figures['answered']} · {figures['answered'] / figures['cases'] * 100:.1f} %"
+    # Numbers written the Vietnamese way: a decimal comma.
+    share = figures["answered"] / figures["cases"] * 100
+    answered = f"{figures['answered']} · {share:.1f} %".replace(".", ",")
     assert await page.text_content("#kpi-answered") == answered
-    on_time = f"{figures['on_time'] / figures['answered'] * 100:.1f} %"
+    on_time = f"{figures['on_time'] / figures['answered'] * 100:.1f} %".replace(".", ",")
     assert await page.text_content("#kpi-on-time") == on_time
+    assert "," in on_time
     assert await page.text_content("#kpi-overdue") == str(overdue_now(stories, utcnow()))
-    assert await page.text_content("#kpi-rating") == f"{figures['mean_rating']:.2f}"
+    rating = f"{figures['mean_rating']:.2f}".replace(".", ",")
+    assert await page.text_content("#kpi-rating") == rating
 
     # The charts: a bar per category and per ward with reports, 12 months of columns,
     # and the on-time line.
@@ -48,8 +52,11 @@ async def test_a_supervisor_reads_and_downloads_the_month(
     assert values[0] == str(sum(s.category == "dumping" for s in stories))
     ward_labels = await page.locator("#chart-ward svg text.label").all_text_contents()
     assert sorted(ward_labels) == ["Phường Bỉm Sơn", "Phường Hạc Thành"]
-    ticks = await page.locator("#chart-trend svg text.tick").all_text_contents()
+    ticks = await page.locator("#chart-trend svg text.tick:not(.axis-count)").all_text_contents()
     assert ticks[0] == "11/25" and ticks[-1] == "10/26" and len(ticks) == 12
+    # A y-axis: from 0 to the busiest month's reports.
+    counts = await page.locator("#chart-trend svg text.axis-count").all_text_contents()
+    assert counts[0] == str(figures["received"]) and counts[-1] == "0", counts
     assert await page.locator("#chart-on-time polyline").count() == 1
     await no_sideways_scroll(page)
     await page.screenshot(path=str(ARTIFACTS / "stats-360.png"), full_page=True)
