@@ -276,19 +276,38 @@ class WardIndex:
         Exact names first, then names containing the text; ties go to the ward nearest
         to `near` when given.
         """
+        exact, partial = self._named(text)
+
+        def rank(w: WardInfo) -> float:
+            return 0.0 if near is None else haversine_km(near[0], near[1], w.lat, w.lon)
+
+        return (sorted(exact, key=rank) + sorted(partial, key=rank))[:limit]
+
+    def _named(self, text: str) -> tuple[list[WardInfo], list[WardInfo]]:
+        """(wards named text, wards whose name contains it), tone marks, spacing and the
+        "Phường"/"Xã" prefix ignored."""
         key = search_key(text)
-        if len(key) < 2:
-            return []
         exact: list[WardInfo] = []
         partial: list[WardInfo] = []
+        if len(key) < 2:
+            return exact, partial
         for w in self._wards:
             short_key = w.key.removeprefix("phuong").removeprefix("xa").removeprefix("dackhu")
             if key in (w.key, short_key):
                 exact.append(w)
             elif key in w.key:
                 partial.append(w)
+        return exact, partial
 
-        def rank(w: WardInfo) -> float:
-            return 0.0 if near is None else haversine_km(near[0], near[1], w.lat, w.lon)
-
-        return (sorted(exact, key=rank) + sorted(partial, key=rank))[:limit]
+    def meant(self, text: str, province_code: str | None, limit: int = 8) -> list[WardInfo]:
+        """The wards a typed name may mean to someone working in province_code: the
+        wards of that name there; else of that name anywhere; else those whose name
+        contains it, there first. One ward is an answer; several, a choice to offer."""
+        exact, partial = self._named(text)
+        for group in (exact, partial):
+            own = [w for w in group if w.province_code == province_code]
+            if own:
+                return own[:limit]
+            if group and group is exact:
+                return group[:limit]
+        return partial[:limit]

@@ -41,7 +41,7 @@ from backend.services.reporters import (
     normalise_phone,
     record_consent,
 )
-from backend.services.units import WardIndex
+from backend.services.units import WardIndex, WardInfo
 from backend.services.workflow import (
     ACTION_RETRIES,
     OPEN_STATES,
@@ -462,6 +462,8 @@ async def phone_form(request: web.Request) -> web.Response:
         categories=categories,
         form={},
         problem=None,
+        choices=[],
+        filed=request.query.get("filed", "")[:20],
         tiles=request.app[SETTINGS].map_tile_url,
     )
 
@@ -479,12 +481,20 @@ class _Place:
     address: str | None = None
 
 
-async def _place(wards: WardIndex, geocoder: Geocoder, form: dict[str, Any]) -> _Place | None:
-    """Where a phone report is: a ward pick, a point on the map, or a typed address."""
+async def _place(
+    wards: WardIndex, geocoder: Geocoder, form: dict[str, Any], province: str | None
+) -> _Place | list[WardInfo] | None:
+    """Where a phone report is: a ward pick, a point on the map, or a typed address; or
+    the wards a typed name may mean, to choose from (the operator's province's first)."""
     picked = str(form.get("ward") or "").strip()
     point = parse_point(str(form.get("point") or ""))
     if picked:
-        ward = wards.get(picked) or next(iter(wards.search(picked, near=point)), None)
+        ward = wards.get(picked)
+        if ward is None:
+            meant = wards.meant(picked, province)
+            if len(meant) > 1:
+                return meant
+            ward = meant[0] if meant else None
         if ward is not None:
             lat, lon = point if point and wards.covers(*point) else (ward.lat, ward.lon)
             return _Place(ward.code, lat, lon, "ward_pick" if not point else "map")
@@ -519,7 +529,11 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
     phone_text = fields.get("phone", "").strip()
     phone = normalise_phone(phone_text) if phone_text else None
     description = fields.get("description", "").strip()
-    place = await _place(request.app[WARDS], request.app[GEOCODER], fields)
+    async with request.app[SESSIONS]() as session:
+        province = (await require_triage(request, session)).province_code
+    found = await _place(request.app[WARDS], request.app[GEOCODER], fields, province)
+    place = found if isinstance(found, _Place) else None
+    choices = found if isinstance(found, list) else []
     caller = [fields.get(k, "").strip() for k in ("name", "phone", "address")]
     if phone_text and phone is None:
         problem = "phone.bad_phone"
@@ -528,6 +542,8 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         problem = "phone.no_consent"
     elif not description:
         problem = "phone.no_description"
+    elif choices:
+        problem = "phone.choose_ward"
     elif place is None:
         problem = "phone.no_place"
     photos: list[dict[str, Any]] = []
@@ -566,6 +582,8 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
                 categories=categories,
                 form=fields,
                 problem=problem,
+                choices=choices,
+                filed="",
                 tiles=settings.map_tile_url,
             )
         reporter_id = await create_phone_reporter(
@@ -599,6 +617,10 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         ticket = await session.get(Ticket, submitted.ticket_id)
         if ticket is not None:
             session.add(audit_note(ticket, actor.label, "phone_intake", None, utcnow()))
+        visible = await find_visible_ticket(session, actor, submitted.code) is not None
+    if not visible:
+        # The code is what the operator reads back to the caller: shown in any case.
+        raise web.HTTPSeeOther(f"/intake/phone?{urlencode({'filed': submitted.code})}")
     raise web.HTTPSeeOther(f"/tickets/{submitted.code}")
 
 
