@@ -12,6 +12,7 @@ from backend.services.photos import ACCEPTED_NAMES
 from backend.services.reporters import (
     find_or_create_reporter,
     has_consent,
+    has_open_reports,
     is_erased,
     normalise_phone,
     record_consent,
@@ -661,12 +662,11 @@ class Idle(Step):
         if event.media is None:
             return False
         reporter_id = turn.conv.reporter_id
-        if reporter_id is not None and await has_consent(turn.session, reporter_id):
+        if reporter_id is not None and await has_open_reports(turn.session, reporter_id):
             return False
         await begin(turn)
-        if turn.state != "consent":
-            return False
-        return await STEPS["consent"].photo(turn, event)
+        # Waiting for consent, or (consent given before) the report's first photo.
+        return await STEPS[turn.state].photo(turn, event)
 
 
 def _photo(m: MediaRef) -> dict[str, object]:

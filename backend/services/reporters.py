@@ -14,7 +14,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import keys
-from backend.models import Consent, Reporter, ReporterIdentity, utcnow
+from backend.models import Consent, Reporter, ReporterIdentity, Ticket, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
 CONSENT_TEXT_VERSION = "2026-12-v3"
@@ -145,3 +145,16 @@ async def set_phone(session: AsyncSession, reporter_id: int, phone: str | None) 
     if identity is not None and phone is not None:
         identity.phone = phone
         identity.phone_key = keys().phone_key(phone)
+
+
+async def has_open_reports(session: AsyncSession, reporter_id: int) -> bool:
+    """Whether a report of theirs is not yet closed, rejected or merged."""
+    found = await session.scalar(
+        select(Ticket.id)
+        .where(
+            Ticket.reporter_id == reporter_id,
+            Ticket.state.not_in(("closed", "rejected", "merged")),
+        )
+        .limit(1)
+    )
+    return found is not None

@@ -300,14 +300,16 @@ class WardIndex:
         return exact, partial
 
     def meant(self, text: str, province_code: str | None, limit: int = 8) -> list[WardInfo]:
-        """The wards a typed name may mean to someone working in province_code: the
-        wards of that name there; else of that name anywhere; else those whose name
-        contains it, there first. One ward is an answer; several, a choice to offer."""
+        """The wards a typed name may mean to someone working in province_code (None:
+        anywhere): the wards of that name there, else those whose name contains it
+        there; else the first of that name elsewhere. One ward is an answer; several, a
+        choice to offer."""
         exact, partial = self._named(text)
+        if province_code is None:
+            return (exact or partial)[:limit]
         for group in (exact, partial):
             own = [w for w in group if w.province_code == province_code]
             if own:
                 return own[:limit]
-            if group and group is exact:
-                return group[:limit]
-        return partial[:limit]
+        # Only elsewhere: the one it names, which the form then says is not theirs.
+        return exact[:1]

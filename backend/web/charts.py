@@ -106,7 +106,7 @@ def trend_chart(points: Sequence[tuple[str, int, int, float | None]]) -> TrendCh
             )
         )
     line = " ".join(f"{c.x + step / 2:.1f},{c.rate_y:.1f}" for c in columns if c.rate_y is not None)
-    grid = [(plot * (1 - share), f"{share:.0%}") for share in (0.0, 0.5, 1.0)]
-    counts = sorted({0, top // 2, top}, reverse=True)
+    grid = [(plot * (1 - share), f"{share * 100:.0f} %") for share in (0.0, 0.5, 1.0)]
+    counts = sorted({0, top // 2, top}, reverse=True) if any(p[1] for p in points) else []
     count_lines = [(plot * (1 - n / top), f"{n:,}".replace(",", ".")) for n in counts]
     return TrendChart(WIDTH, TREND_HEIGHT, plot, step, columns, line, grid, count_lines)

@@ -185,8 +185,8 @@ async def queue(request: web.Request) -> web.Response:
         }
         categories = list(await session.scalars(select(Category).order_by(Category.sort_order)))
         moved = None
-        if q.get("moved") and q.get("to"):
-            went = await session.scalar(select(Unit.name).where(Unit.code == q["to"]))
+        if q.get("moved") and q.get("unit"):
+            went = await session.scalar(select(Unit.name).where(Unit.code == q["unit"]))
             moved = {"code": q["moved"][:20], "unit": went} if went else None
     names = {c.code: c.name_vi for c in categories}
     rows = [
@@ -245,12 +245,13 @@ async def _ticket_response(
         unit = await session.get(Unit, ticket.unit_id)
         category = await session.get(Category, ticket.category_code)
         reporter = await session.get(Reporter, ticket.reporter_id) if ticket.reporter_id else None
-        # Anonymous: no phone to call back (known by its look-up; nothing is unsealed).
+        # Anonymous: left neither a phone nor a name (a chat reporter who chose
+        # "Ẩn danh"); asked of the look-up and of NULL, nothing is unsealed.
         anonymous = reporter is not None and bool(
             await session.scalar(
-                select(ReporterIdentity.phone_key.is_(None)).where(
-                    ReporterIdentity.reporter_id == reporter.id
-                )
+                select(
+                    ReporterIdentity.phone_key.is_(None) & ReporterIdentity.display_name.is_(None)
+                ).where(ReporterIdentity.reporter_id == reporter.id)
             )
         )
         case = await session.get(Ticket, ticket.case_id) if ticket.case_id else None
@@ -364,7 +365,7 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
         problem, gone_to = await write_retrying(attempt, retries=ACTION_RETRIES)
     if gone_to is not None:
         # Out of the actor's sight now: say where it went, rather than show "not found".
-        raise web.HTTPSeeOther(f"/queue?{urlencode({'moved': code, 'to': gone_to})}")
+        raise web.HTTPSeeOther(f"/queue?{urlencode({'moved': code, 'unit': gone_to})}")
     target = f"/tickets/{code}?" + (f"error={problem}" if problem else "done=ok")
     raise web.HTTPSeeOther(target)
 
@@ -463,7 +464,6 @@ async def phone_form(request: web.Request) -> web.Response:
         form={},
         problem=None,
         choices=[],
-        filed=request.query.get("filed", "")[:20],
         tiles=request.app[SETTINGS].map_tile_url,
     )
 
@@ -492,6 +492,9 @@ async def _place(
         ward = wards.get(picked)
         if ward is None:
             meant = wards.meant(picked, province)
+            near = wards.place(*point).nearest if point is not None else None
+            if len(meant) > 1 and near is not None and near in meant:
+                meant = [near]  # the point on the map says which
             if len(meant) > 1:
                 return meant
             ward = meant[0] if meant else None
@@ -583,7 +586,6 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
                 form=fields,
                 problem=problem,
                 choices=choices,
-                filed="",
                 tiles=settings.map_tile_url,
             )
         reporter_id = await create_phone_reporter(
@@ -617,10 +619,8 @@ async def phone_intake(request: web.Request) -> web.StreamResponse:
         ticket = await session.get(Ticket, submitted.ticket_id)
         if ticket is not None:
             session.add(audit_note(ticket, actor.label, "phone_intake", None, utcnow()))
-        visible = await find_visible_ticket(session, actor, submitted.code) is not None
-    if not visible:
-        # The code is what the operator reads back to the caller: shown in any case.
-        raise web.HTTPSeeOther(f"/intake/phone?{urlencode({'filed': submitted.code})}")
+    # Filed in the operator's own province (or by an admin): its page shows the code to
+    # read back to the caller.
     raise web.HTTPSeeOther(f"/tickets/{submitted.code}")
 
 

@@ -41,7 +41,11 @@ def upgrade() -> None:
         "UPDATE tickets SET was_handled = TRUE WHERE (confirmed AND answered_at IS NOT NULL)"
         " OR EXISTS (SELECT 1 FROM audit_events c JOIN audit_events a"
         " ON a.ticket_id = c.ticket_id AND a.action = 'answer' AND a.id > c.id"
-        " WHERE c.ticket_id = tickets.id AND c.action = 'confirm')"
+        " WHERE c.ticket_id = tickets.id AND c.action = 'confirm'"
+        # …in the same round: no transfer, reopen or new verdict between the two.
+        " AND NOT EXISTS (SELECT 1 FROM audit_events r WHERE r.ticket_id = c.ticket_id"
+        " AND r.id > c.id AND r.id < a.id"
+        " AND r.action IN ('transfer', 'reopen', 'confirm', 'not_confirmed')))"
     )
 
 

@@ -237,6 +237,18 @@ async def test_a_photo_before_consent_waits_for_it_and_goes_into_the_report(
     assert await chat.state() == "polluter"
 
 
+async def test_a_photo_from_a_resident_who_consented_before_starts_a_report(
+    chat: Chat,
+) -> None:
+    await to_photos(chat)
+    await chat.say("/cancel")
+    assert await chat.state() == "idle"
+    await chat.send("photo", media=PHOTO)
+    told = texts(await chat.replies())
+    assert "Đã nhận ảnh" in told and "xử lý dữ liệu cá nhân" not in told
+    assert await chat.state() == "photos"
+
+
 async def test_a_photo_before_a_declined_consent_is_dropped(chat: Chat) -> None:
     await chat.send("photo", media=PHOTO)
     await chat.press("consent|no")

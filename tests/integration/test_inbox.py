@@ -81,13 +81,13 @@ async def test_a_spool_left_by_a_killed_process_is_stored_by_the_next(
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     ring = keys()
-    whole = {"channel": "zalo_oa", "key": "m1", "chat_id": "u1", "body": {"a": 1}}
+    whole = {"channel": "zalo_oa", "key": "m1", "chat_id": "7261934085512743", "body": {}}
     cut = ring.seal_json({**whole, "key": "m2"}, PURPOSE)
     (spool_dir / "deadbeef-1.jsonl").write_bytes(
         f"{ring.seal_json(whole, PURPOSE)}\n{cut[: len(cut) // 2]}".encode()
     )
     # Sealed, like the database's copy: nothing of the update shows in the file.
-    assert b"u1" not in (spool_dir / "deadbeef-1.jsonl").read_bytes()
+    assert b"7261934085512743" not in (spool_dir / "deadbeef-1.jsonl").read_bytes()
     assert inbox._spool is not None
     assert await inbox._spool.drain(inbox._dispatcher.store_rows) == 1
     assert await stored(sessions) == 1
