@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from backend.services.workflow import Action, Actor, WorkflowError, apply, find_ticket, rate
+from backend.services.workflow import (
+    Action,
+    Actor,
+    WorkflowError,
+    apply,
+    find_ticket,
+    lock_tickets,
+    rate,
+)
 from handlers.events import Incoming
 from handlers.turn import Turn
 
@@ -27,10 +35,20 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
             turn.ack(event.callback_id)
             turn.say("feedback.thanks", rating=int(rest[0]), code=code)
         elif action == "reopen":
-            # The service tells the reporter that it was reopened.
+            # A report merged into a case is reopened through the case, which each of
+            # its reporters may reopen; the service tells them all.
+            case = ticket
+            if ticket.case_id is not None and ticket.reporter_id == reporter_id:
+                found = await lock_tickets(turn.session, [ticket.case_id])
+                case = found[0] if found else ticket
+            if case.reopen_count > 0 and case.state not in ("answered", "closed"):
+                # Someone on the case reopened it already: it is being handled again.
+                turn.ack(event.callback_id)
+                turn.say("feedback.already_reopened", code=code)
+                return
             await apply(
                 turn.session,
-                ticket,
+                case,
                 Action("reopen", note="not fixed (reporter)"),
                 actor,
                 turn.services.policies,

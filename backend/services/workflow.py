@@ -501,7 +501,8 @@ async def _reopen(step: _Step) -> str | None:
     ticket.assigned_at = now
     ticket.due_at = policy.claim_due(now)
     await post_cards(session, ticket)
-    await tell_reporters(session, [ticket], "notify.reopened", {})
+    # Everyone on the case hears it, whoever of them reopened it.
+    await tell_reporters(session, await case_tickets(session, ticket), "notify.reopened", {})
     return None
 
 

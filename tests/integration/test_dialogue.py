@@ -10,14 +10,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.models import Consent, OutboxMessage, Ticket
+from backend.services.deadlines import Policies
 from backend.services.photos import ACCEPTED_FORMATS
 from backend.services.reporters import CONSENT_TEXT_VERSION
 from backend.services.units import WardIndex
+from backend.services.workflow import Action, apply
 from bot.dispatcher import Dispatcher
 from handlers.events import MediaRef
 from handlers.i18n import translate
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, TEXT_ONLY, Chat, texts
+from tests.factories import PHOTO as FACTORY_PHOTO
+from tests.factories import actor, make_ticket
 
 
 @pytest.fixture
@@ -440,3 +444,41 @@ async def test_digits_that_are_not_ascii_are_not_numbers(chat: Chat) -> None:
     replies = await chat.say("²")
     assert replies and all(r["text"] != internal for r in replies)
     assert await chat.state() == state
+
+
+async def test_a_reporter_merged_into_a_case_reopens_it_and_everyone_hears(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    policies = Policies.load()
+    async with sessions() as s, s.begin():
+        case = await make_ticket(s, chat_id="9101")
+        joined = await make_ticket(s, chat_id="9102")
+        operator = await actor(s, "operator", "P38")
+        staff = await actor(s, "ward_staff", "W14812")
+        await apply(s, joined, Action("merge", case_code=case.code), operator, policies)
+        for step in ("classify", "assign"):
+            await apply(s, case, Action(step, competence="ward"), operator, policies)
+        for step in ("claim", "verify", "confirm"):
+            await apply(s, case, Action(step), staff, policies)
+        answer = Action("answer", result="Đã thu gom.", photos=[FACTORY_PHOTO])
+        await apply(s, case, answer, staff, policies)
+        codes = (case.code, joined.code)
+    first = Chat(dispatcher, sessions, chat_id="9101")
+    second = Chat(dispatcher, sessions, chat_id="9102")
+    # The joined reporter's answer carries their own code: "Chưa xử lý xong" on it.
+    await second.press(f"t|{codes[1]}|reopen")
+    async with sessions() as s:
+        reopened = (await s.scalars(select(Ticket).where(Ticket.code == codes[0]))).one()
+        told = {
+            o.address
+            for o in await s.scalars(select(OutboxMessage))
+            if o.payload.get("key") == "notify.reopened"
+        }
+    assert reopened.state == "reopened" and reopened.reopen_count == 1
+    assert told == {"9101", "9102"}, "everyone on the case hears it"
+    # The case's own reporter presses the same button after: told it is reopened already.
+    replies = await first.press(f"t|{codes[0]}|reopen")
+    assert "đã được mở lại" in texts(replies)
+    async with sessions() as s:
+        again = (await s.scalars(select(Ticket).where(Ticket.code == codes[0]))).one()
+    assert again.reopen_count == 1
