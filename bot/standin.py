@@ -531,6 +531,7 @@ class DemoChats:
                     ],
                     "keyboard": [b["text"] for b in keyboard],
                     "request_location": bool(keyboard and keyboard[0].get("request_location")),
+                    "request_contact": bool(keyboard and keyboard[0].get("request_contact")),
                     "remove_keyboard": bool((s.reply_markup or {}).get("remove_keyboard")),
                     "photo": s.photo is not None,
                 }

@@ -322,6 +322,11 @@ class TelegramChannel:
         if point is not None:
             return Incoming(kind="location", location=point.pair, **base)
         if msg.contact is not None:
+            own = msg.sender is not None and msg.contact.user_id == msg.sender.id
+            # Someone else's card (shared from the address book) is not the reporter's
+            # phone: it is answered as input the step did not expect.
+            if not own:
+                return Incoming(kind="other", **base)
             return Incoming(kind="contact", phone=msg.contact.phone_number, **base)
         source = _media_of(msg)
         if source is not None:

@@ -165,6 +165,8 @@ class TelegramFile(Model):
 
 class TelegramContact(Model):
     phone_number: ShortText
+    # The Telegram user the contact is, if any: the sender's own for a shared phone.
+    user_id: TelegramId | None = None
 
 
 class TelegramVenue(Model):

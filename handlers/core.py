@@ -8,8 +8,8 @@ from backend.services.privacy import has_withdrawn
 from handlers.events import Incoming
 from handlers.feedback import PREFIX, is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
+from handlers.report import RENAMED_STEPS, Step, begin
 from handlers.report import STEPS as REPORT_STEPS
-from handlers.report import Step, begin
 from handlers.rights import RIGHTS_STEPS, ask_forget, ask_withdraw, show_data
 from handlers.staff import group_event
 from handlers.status import show_mine, show_status
@@ -22,9 +22,7 @@ STEPS: dict[str, Step] = {**REPORT_STEPS, **RIGHTS_STEPS}
 
 def remind(turn: Turn, problem: str | None = None) -> None:
     """Say what went wrong (if anything), then ask for the current step again."""
-    if problem is not None:
-        turn.say(problem)
-    STEPS[turn.state].prompt(turn)
+    STEPS[turn.state].remind(turn, problem)
 
 
 async def _command(turn: Turn, event: Incoming) -> None:
@@ -109,6 +107,8 @@ async def step(turn: Turn, event: Incoming) -> None:
     if event.group:
         await group_event(turn, event)
         return
+    if turn.state in RENAMED_STEPS:
+        turn.goto(RENAMED_STEPS[turn.state])
     current = STEPS[turn.state]
     if is_ticket_button(event):
         if await _withdrawn(turn, event.callback_id):

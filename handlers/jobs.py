@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from handlers.events import Incoming
-from handlers.report import GEOCODE, look_up
+from handlers.report import GEOCODE, REVERSE, look_up, reverse_look_up
 from handlers.turn import Services
 
 # The key of a stored job's body that names its kind.
@@ -26,4 +26,7 @@ async def run_job(
     kind, update_id, args = body[JOB], str(body["update_id"]), body["args"]
     if kind == GEOCODE:
         return await look_up(services, channel, chat_id, update_id, str(args["query"]))
+    if kind == REVERSE:
+        lat, lon = float(args["lat"]), float(args["lon"])
+        return await reverse_look_up(services, channel, chat_id, update_id, lat, lon)
     raise ValueError(f"no such job: {kind}")

@@ -86,6 +86,11 @@ class Turn:
     ) -> None:
         """Send the catalogue message key, with buttons laid out in rows of `columns`."""
         text = self.t(key, **params)
+        # Only a channel that shows a keyboard (to share the place or the phone) has one
+        # to remove.
+        remove_keyboard = remove_keyboard and (
+            self.caps.request_location or self.caps.request_contact
+        )
         if buttons and not self.caps.inline_buttons:
             # No buttons on this channel: numbered choices, answered by typing the number
             # (handlers.text_match), or the words.
@@ -96,12 +101,20 @@ class Turn:
             tuple(buttons[i : i + columns]) for i in range(0, len(buttons), max(1, columns))
         )
         last = self.out[-1] if self.out else None
-        if isinstance(last, Reply) and last == Reply(text=last.text) and photo_sha256 is None:
-            # Plain text followed by more ("that was not a photo" + the step's prompt)
-            # goes as one message: the resident reads it at once, and a chat gets one
-            # message a second.
+        if (
+            isinstance(last, Reply)
+            and last == Reply(text=last.text, remove_keyboard=last.remove_keyboard)
+            and photo_sha256 is None
+            # Inline buttons cannot ride on a message that removes the keyboard.
+            and not (last.remove_keyboard and rows and request is None)
+        ):
+            # An acknowledgement followed by the next prompt ("photo received" + the
+            # next question) goes as one message: the resident reads it at once, and a
+            # chat gets one message a second. A keyboard of the prompt's own replaces the
+            # one the acknowledgement removed.
             self.out.pop()
             text = f"{last.text}\n\n{text}"
+            remove_keyboard = remove_keyboard or (last.remove_keyboard and request is None)
         self.out.append(
             Reply(
                 text=text,

@@ -97,6 +97,9 @@ class DeadlinePolicy:
     escalate_again_hours: float = 4
     work_days: tuple[date, ...] = ()
     days_off: tuple[date, ...] = ()
+    # A province's option: a report whose category is clear is classified (urgency from
+    # its category and nature, competence from its category) and forwarded at once.
+    auto_classify: bool = False
 
     @property
     def calendar(self) -> WorkCalendar:
@@ -193,6 +196,10 @@ def _apply(policy: DeadlinePolicy, values: Mapping[str, Any], where: str) -> Dea
     for name, value in values.items():
         if name in ("work_days", "days_off"):
             changes[name] = tuple(_dates(value))
+        elif name == "auto_classify":
+            if not isinstance(value, bool):
+                raise ValueError(f"auto_classify in {where} is true or false, not {value!r}")
+            changes[name] = value
         else:
             changes[name] = float(value)
     return replace(policy, **changes)

@@ -16,15 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import InstanceSecret, Unit, User, Ward
 from backend.services.accounts import new_password_hash, verify_password
-from backend.services.units import province_unit_code, ward_unit_code
+from backend.services.units import police_unit_code, province_unit_code, ward_unit_code
 from backend.services.upsert import insert_for
 
 log = logging.getLogger(__name__)
 
 SEED_NAME = "demo-password-seed"
-# Thanh Hóa, and the ward of the README's examples (Phường Bỉm Sơn).
+# Thanh Hóa, and the wards of the README's examples: Phường Bỉm Sơn (Thanh Hóa) and
+# Phường Sài Gòn (Thành phố Hồ Chí Minh, whose intake has accounts of its own).
 DEMO_PROVINCE = "38"
-DEMO_WARDS = ("14812",)
+DEMO_WARDS = ("14812", "26740")
+OTHER_PROVINCES = ("79",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +44,15 @@ async def demo_accounts(session: AsyncSession) -> list[DemoAccount]:
     accounts = [
         DemoAccount("demo-operator", "operator", department, "Tổng đài viên (demo)"),
         DemoAccount("demo-supervisor", "supervisor", department, "Giám sát Sở NN&MT (demo)"),
+        DemoAccount("demo-police", "police", police_unit_code(DEMO_PROVINCE), "Công an (demo)"),
         DemoAccount("demo-admin", "admin", None, "Quản trị (demo)"),
     ]
+    for code in OTHER_PROVINCES:
+        unit = province_unit_code(code)
+        accounts += [
+            DemoAccount(f"demo-operator-{code}", "operator", unit, f"Tổng đài viên {code} (demo)"),
+            DemoAccount(f"demo-supervisor-{code}", "supervisor", unit, f"Giám sát {code} (demo)"),
+        ]
     for code in DEMO_WARDS:
         ward = await session.get(Ward, code)
         name = ward.name if ward is not None else code

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.db import write_retrying
 from backend.metrics import GEOCODER_CALLS
 from backend.models import GeocodeCache, SharedLimit, utcnow
-from backend.services.units import WardIndex, WardInfo
+from backend.services.units import WARD_TITLES, WardIndex, WardInfo
 from backend.services.upsert import dialect_insert, upsert
 from backend.text import search_key
 
@@ -285,7 +285,6 @@ class Geocoder:
             task.exception()  # retrieved: a failure was logged where it happened
 
 
-_WARD_WORDS = ("phuong", "xa", "dackhu", "thitran")
 _PROVINCE_WORDS = ("thanhpho", "tinh", "tp")
 
 
@@ -303,7 +302,7 @@ def match_ward_name(wards: WardIndex, text: str) -> WardInfo | None:
     candidates = [
         w
         for w in wards.search(ward_key, limit=50)
-        if w.key == ward_key or any(w.key == word + ward_key for word in _WARD_WORDS)
+        if w.key == ward_key or any(w.key == word + ward_key for word in WARD_TITLES)
     ]
     if province_key:
         candidates = [w for w in candidates if search_key(w.province_name) == province_key]

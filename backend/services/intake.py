@@ -43,6 +43,15 @@ class Submitted:
     due_at: datetime
 
 
+# Where the place came from when it is only the ward's centre (a ward picked or named,
+# no point): shown as approximate wherever the place is.
+APPROXIMATE_SOURCES = frozenset({"ward_pick", "ward_name"})
+
+
+def is_approximate(location_source: str) -> bool:
+    return location_source in APPROXIMATE_SOURCES
+
+
 # Categories urgent whatever the nature: hazardous or medical waste is a police matter
 # and spreads harm before anyone can classify it (DOMAIN.md, competence).
 URGENT_CATEGORIES = frozenset({"hazardous"})

@@ -6,6 +6,7 @@ the intake's hot path, where the ORM's unit of work would cost more than the SQL
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import cast
 
@@ -14,7 +15,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import keys
-from backend.models import Consent, Reporter, ReporterIdentity, Ticket, utcnow
+from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
 CONSENT_TEXT_VERSION = "2026-12-v3"
@@ -55,6 +56,17 @@ def normalise_phone(text: str) -> str | None:
     ):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+# A message that is a phone number and nothing else ("0912 345 678", "+84-912.345.678").
+_PHONE_ONLY = re.compile(r"\+?[0-9][0-9 ().\-]{7,19}")
+
+
+def phone_only(text: str) -> str | None:
+    """normalise_phone() of a text that is only a phone number; None for anything else
+    (a sentence that happens to hold someone's number is not the reporter's phone)."""
+    stripped = text.strip()
+    return normalise_phone(stripped) if _PHONE_ONLY.fullmatch(stripped) else None
 
 
 async def find_reporter(session: AsyncSession, channel: str, chat_id: str) -> int | None:
@@ -145,16 +157,3 @@ async def set_phone(session: AsyncSession, reporter_id: int, phone: str | None) 
     if identity is not None and phone is not None:
         identity.phone = phone
         identity.phone_key = keys().phone_key(phone)
-
-
-async def has_open_reports(session: AsyncSession, reporter_id: int) -> bool:
-    """Whether a report of theirs is not yet closed, rejected or merged."""
-    found = await session.scalar(
-        select(Ticket.id)
-        .where(
-            Ticket.reporter_id == reporter_id,
-            Ticket.state.not_in(("closed", "rejected", "merged")),
-        )
-        .limit(1)
-    )
-    return found is not None

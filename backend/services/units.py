@@ -184,6 +184,10 @@ class Placement:
         return self.ward or (self.nearby[0].ward if self.nearby else None)
 
 
+# How a ward's name begins, as search_key() folds it.
+WARD_TITLES = ("phuong", "xa", "dackhu", "thitran")
+
+
 class WardIndex:
     """The wards in memory: boundaries (when imported), centroids for the nearest wards,
     and name look-ups, all without a query."""
@@ -245,6 +249,30 @@ class WardIndex:
         )
         return [NearbyWard(w, haversine_km(lat, lon, w.lat, w.lon)) for w in best]
 
+    def _offered(self, lat: float, lon: float, k: int = 3) -> list[NearbyWard]:
+        """The k nearest wards to offer without a boundary: those of the nearest ward's
+        province first (a centre across a provincial border is rarely the answer)."""
+        near = self.nearest(lat, lon, k=2 * k)
+        if not near:
+            return []
+        province = near[0].ward.province_code
+        ranked = sorted(near, key=lambda n: n.ward.province_code != province)
+        return ranked[:k]
+
+    def named_in(self, address: str, provinces: Iterable[str]) -> WardInfo | None:
+        """The ward an address names ("…, Phường Bỉm Sơn, Tỉnh Thanh Hóa, Việt Nam"),
+        matched by name among the wards of these provinces; None unless one fits."""
+        within = set(provinces)
+        parts = [p for p in address.split(",") if search_key(p)]
+        # "Phường X" before a bare "X": a street is often named after another ward.
+        titled = [p for p in parts if search_key(p).startswith(WARD_TITLES)]
+        for part in [*titled, *(p for p in parts if p not in titled)]:
+            exact, _ = self._named(part)
+            found = [w for w in exact if w.province_code in within]
+            if len(found) == 1:
+                return found[0]
+        return None
+
     def covers(self, lat: float, lon: float) -> bool:
         """Whether the point is plausibly inside Vietnam (near some ward's centroid)."""
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
@@ -262,7 +290,7 @@ class WardIndex:
         """The ward for a point: by boundary when one holds it, else the nearest three."""
         code = self.boundaries.locate(lat, lon) if self.boundaries is not None else None
         ward = self._by_code.get(code) if code is not None else None
-        nearby = self.nearest(lat, lon, k=3) if -90 <= lat <= 90 and -180 <= lon <= 180 else []
+        nearby = self._offered(lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else []
         in_vietnam = ward is not None or self.covers(lat, lon)
         found = ward or (nearby[0].ward if nearby else None)
         served = in_vietnam and found is not None and self.serves(found.province_code)

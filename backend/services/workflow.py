@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Select, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.metrics import TRANSITIONS as TRANSITIONS_MADE
-from backend.models import AuditEvent, Ticket, Unit, User, Ward, utcnow
+from backend.models import AuditEvent, Category, Ticket, Unit, User, Ward, utcnow
 from backend.services.cards import post_cards
 from backend.services.deadlines import DeadlinePolicy, Policies
 from backend.services.intake import photo_rows
@@ -53,6 +53,7 @@ STATES = (
     "merged",
 )
 # States with a step still to do: these can be overdue.
+AUTO = "auto"
 OPEN_STATES = (
     "received",
     "classified",
@@ -174,9 +175,13 @@ class Actor:
     unit_id: int | None = None
     province_code: str | None = None
     reporter_id: int | None = None
+    # The system acting on a province's policy rather than on its own clock: "auto".
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name is not None:
+            return self.name
         if self.user_id is not None:
             return f"user:{self.user_id}"
         if self.reporter_id is not None:
@@ -186,6 +191,11 @@ class Actor:
     @classmethod
     def system(cls) -> Actor:
         return cls(role="system")
+
+    @classmethod
+    def auto(cls) -> Actor:
+        """Auto-classification (a province's auto_classify policy)."""
+        return cls(role="system", name=AUTO)
 
     @classmethod
     async def of_user(cls, session: AsyncSession, user: User) -> Actor:
@@ -314,6 +324,34 @@ async def apply(
     return ticket
 
 
+# A report of this category says too little to be classified without a person.
+UNCLEAR_CATEGORY = "other"
+
+
+async def auto_classify(
+    session: AsyncSession, ticket: Ticket, policies: Policies, now: datetime
+) -> bool:
+    """Under a province's auto_classify policy, classify a report just received whose
+    category is clear and forward it at once; audited as "auto", and reclassified by an
+    operator like any other. Whether it was."""
+    ward = await session.get(Ward, ticket.ward_code)
+    policy = policies.for_province(ward.province_code if ward else None)
+    if not policy.auto_classify or ticket.category_code == UNCLEAR_CATEGORY:
+        return False
+    if ticket.state != "received":
+        return False
+    category = await session.get(Category, ticket.category_code)
+    handler = category.default_handler if category is not None else "ward"
+    request = Action(
+        "classify",
+        urgency=ticket.urgency,
+        competence=handler if handler in COMPETENCES else "ward",
+    )
+    await apply(session, ticket, request, Actor.auto(), policies, now=now)
+    await apply(session, ticket, Action("assign"), Actor.auto(), policies, now=now)
+    return True
+
+
 async def act(
     session: AsyncSession,
     ticket: Ticket,
@@ -408,12 +446,14 @@ async def _assign(step: _Step) -> str | None:
     unit = await session.get(Unit, ticket.unit_id)
     ward = await session.get(Ward, ticket.ward_code)
     await post_cards(session, ticket)
-    await tell_reporters(
-        session,
-        await case_tickets(session, ticket),
-        "notify.assigned",
-        {"unit": unit.name if unit else "", "ward": ward.name if ward else ""},
-    )
+    if step.actor.label != AUTO:
+        # Forwarded as it was received: the confirmation of the report says so.
+        await tell_reporters(
+            session,
+            await case_tickets(session, ticket),
+            "notify.assigned",
+            {"unit": unit.name if unit else "", "ward": ward.name if ward else ""},
+        )
     return unit.code if unit else None
 
 

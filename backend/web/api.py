@@ -37,6 +37,7 @@ from backend.models import (
     User,
     utcnow,
 )
+from backend.services.intake import is_approximate
 from backend.services.media_store import MediaUnavailable
 from backend.services.notify import needs_call
 from backend.services.photos import NotAnImage, TooLarge, image_fields, store_photo
@@ -197,6 +198,8 @@ async def _detail(session: AsyncSession, ticket: Ticket, actor: Actor) -> dict[s
         "nature": ticket.nature,
         "lat": ticket.lat,
         "lon": ticket.lon,
+        "approximate": is_approximate(ticket.location_source),
+        "address": ticket.address,
         "reporter": f"#{reporter.pseudonym}" if reporter else None,
         "result": ticket.result_text,
         "rating": ticket.rating,

@@ -3,6 +3,7 @@ with Jinja2 (autoescaped), scoped to the signed-in user's units, CSRF on every f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import write_retrying
+from backend.geo import haversine_km
 from backend.i18n import Catalogues
 from backend.models import (
     AuditEvent,
@@ -29,8 +31,9 @@ from backend.models import (
     Ward,
     utcnow,
 )
+from backend.services.additions import ADDED
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
-from backend.services.intake import ReportDraft, submit_report
+from backend.services.intake import ReportDraft, is_approximate, submit_report
 from backend.services.media_store import MediaUnavailable
 from backend.services.notify import mark_called, needs_call, undelivered
 from backend.services.photos import NotAnImage, TooLarge, read_photo, store_photo
@@ -63,6 +66,7 @@ from backend.timeutil import VN_TZ, format_local
 from backend.web.app import GEOCODER, MEDIA, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 from backend.web.bodies import read_form, upload_limit
+from backend.web.timeline import describe, people_and_units
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -76,12 +80,17 @@ _ENV = jinja2.Environment(
 )
 
 
-def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
+def translator(request: web.Request) -> Callable[..., str]:
+    """The page's catalogue: English when asked (?lang=en), else Vietnamese."""
     language = "en" if request.query.get("lang") == "en" else "vi"
+    return lambda key, **p: TEXT.translate(language, key, **p)
+
+
+def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     user = signed_in(request)
     web_session = request.get(WEB_SESSION)
     html = _ENV.get_template(name).render(
-        t=lambda key, **p: TEXT.translate(language, key, **p),
+        t=translator(request),
         user=user,
         csrf=web_session.csrf_token if web_session else "",
         local=lambda dt: format_local(dt) if dt else "",
@@ -265,6 +274,7 @@ async def _ticket_response(
                 select(AuditEvent).where(AuditEvent.ticket_id == ticket.id).order_by(AuditEvent.id)
             )
         )
+        named, units = await people_and_units(session, events)
         notes = list(
             await session.execute(
                 select(TicketNote, User.display_name)
@@ -275,24 +285,29 @@ async def _ticket_response(
         )
         unsent = await undelivered(session, ticket.id)
     now = utcnow()
-    # Where the pin is, in words (the geocoder's answer is cached: once per place).
-    address = ticket.address or await request.app[GEOCODER].reverse_within(
-        ticket.lat, ticket.lon, REVERSE_WAIT
-    )
+    # Where the pin is, in words (the geocoder's answer is cached: once per place); a
+    # ward's centre is no address.
+    approximate = is_approximate(ticket.location_source)
+    address = ticket.address
+    if address is None and not approximate:
+        address = await request.app[GEOCODER].reverse_within(ticket.lat, ticket.lon, REVERSE_WAIT)
     return render(
         request,
         "ticket.html",
         ticket=ticket,
         address=address,
+        approximate=approximate,
         ward=ward,
         unit=unit,
         category=category,
         pseudonym=f"#{reporter.pseudonym}" if reporter else None,
         case=case,
-        evidence=[p for p in photos if p.kind != "result"],
+        evidence=[p for p in photos if p.kind not in ("result", "addition")],
+        added=[p for p in photos if p.kind == "addition"],
         results=[p for p in photos if p.kind == "result"],
+        additions=[e for e in events if e.action == ADDED],
         anonymous=anonymous,
-        events=events,
+        timeline=describe(events, named, units, translator(request), TEXT.catalogue("vi")),
         notes=notes,
         unsent=unsent,
         actions=allowed_actions(ticket, actor.role),
@@ -499,13 +514,14 @@ async def _place(
                 return meant
             ward = meant[0] if meant else None
         if ward is not None:
-            lat, lon = point if point and wards.covers(*point) else (ward.lat, ward.lon)
-            return _Place(ward.code, lat, lon, "ward_pick" if not point else "map")
+            if point is not None and wards.covers(*point):
+                return _Place(ward.code, point[0], point[1], "map")
+            return await _within(wards, geocoder, ward, _typed_place(form))
     if point is not None:
         placed = wards.place(*point)
         if placed.in_vietnam and placed.nearest is not None:
             return _Place(placed.nearest.code, point[0], point[1], "map")
-    typed = " ".join(str(form.get("place") or "").split())[:300]
+    typed = _typed_place(form)
     if not typed:
         return None
     try:
@@ -521,6 +537,29 @@ async def _place(
         if named:
             return _Place(named[0].code, named[0].lat, named[0].lon, "address", typed)
     return None
+
+
+def _typed_place(form: dict[str, Any]) -> str:
+    return " ".join(str(form.get("place") or "").split())[:300]
+
+
+# How far from a ward's centre a geocoded address may lie and still be in it, at least.
+WITHIN_WARD_KM = 3.0
+
+
+async def _within(wards: WardIndex, geocoder: Geocoder, ward: WardInfo, typed: str) -> _Place:
+    """A ward picked with an address: the address's point if the geocoder finds it in
+    the ward, else the ward's centre (approximate); the address is kept either way."""
+    if typed:
+        try:
+            spot = await find_place(geocoder, wards, f"{typed}, {ward.label}")
+        except GeocoderDown:
+            spot = None
+        if spot is not None and spot.source == "nominatim":
+            reach = max(WITHIN_WARD_KM, 2 * ward.radius_km)
+            if haversine_km(spot.lat, spot.lon, ward.lat, ward.lon) <= reach:
+                return _Place(ward.code, spot.lat, spot.lon, "address", typed)
+    return _Place(ward.code, ward.lat, ward.lon, "ward_pick", typed or None)
 
 
 async def phone_intake(request: web.Request) -> web.StreamResponse:

@@ -37,6 +37,7 @@ class ChatUser(Protocol):
 
     async def text(self, text: str) -> dict[str, Any]: ...
     async def location(self, lat: float, lon: float) -> dict[str, Any]: ...
+    async def contact(self, phone: str) -> dict[str, Any]: ...
     async def photo(self, data: bytes, media_group_id: str | None = None) -> dict[str, Any]: ...
     async def press_data(self, data: str, message_id: int = 1) -> dict[str, Any]: ...
 
@@ -86,6 +87,8 @@ class _Sent(BaseModel):
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
     lon: Annotated[float, Field(ge=-180, le=180)] | None = None
     button: Annotated[str, StringConstraints(max_length=64)] | None = None
+    # The keyboard's "share phone number": a contact, as Telegram sends it.
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ]{8,16}$")] | None = None
     message_id: Annotated[int, Field(ge=1, le=2**31)] = 1
 
 
@@ -106,12 +109,15 @@ async def send(request: web.Request) -> web.Response:
         body = _Sent.model_validate(parse_json(await read_body(request, JSON_LIMIT)))
     except (BadJSON, ValidationError) as exc:
         raise web.HTTPBadRequest(
-            text='send a JSON object: {"text": …}, {"lat": …, "lon": …} or {"button": …}'
+            text='send a JSON object: {"text": …}, {"lat": …, "lon": …}, {"phone": …} '
+            'or {"button": …}'
         ) from exc
     if body.button is not None:
         await user.press_data(body.button, body.message_id)
     elif body.lat is not None and body.lon is not None:
         await user.location(body.lat, body.lon)
+    elif body.phone is not None:
+        await user.contact(body.phone)
     elif body.text is not None and body.text.strip():
         await user.text(body.text)
     else:

@@ -77,6 +77,9 @@ class TicketDetail(TicketSummary):
     nature: str
     lat: float
     lon: float
+    # The ward's centre, not the place itself (a ward picked or named without a point).
+    approximate: bool
+    address: str | None
     reporter: str | None
     result: str | None
     rating: int | None

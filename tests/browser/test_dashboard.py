@@ -11,12 +11,13 @@ from playwright.async_api import Browser, Page
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.models import Ticket
+from backend.models import Ticket, utcnow
 from backend.services.accounts import create_user, set_password
+from backend.services.additions import add_to_report
 from backend.services.deadlines import Policies
 from backend.services.workflow import Action, Actor, apply
 from tests.browser.conftest import ARTIFACTS, log_in
-from tests.factories import make_ticket
+from tests.factories import PHOTO, make_ticket
 from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -59,6 +60,12 @@ async def test_claim_and_answer_with_a_photo_reaches_the_reporter(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     code = await forwarded_ticket(sessions, chat="7001")
+    async with sessions() as s, s.begin():
+        # The resident added a photo and a few words after sending it.
+        reporter = await s.scalar(select(Ticket.reporter_id).where(Ticket.code == code))
+        assert reporter is not None
+        added = await add_to_report(s, code, reporter, [PHOTO], "Lại đổ thêm sáng nay.", utcnow())
+        assert added is not None
     password = await account(sessions, "lan", "ward_staff", "W14812")
     page = await log_in(browser, served, "lan", password, width=360)
     await page.wait_for_url("**/queue")
@@ -83,12 +90,23 @@ async def test_claim_and_answer_with_a_photo_reaches_the_reporter(
     # The resident's photo and the result's, each under its own heading; when it was
     # answered against its due time; an anonymous reporter said to be one.
     assert await page.locator(".photos.evidence_photos img").count() == 1
+    assert await page.locator(".photos.added_photos img").count() == 1
     assert await page.locator(".photos.result_photos img").count() == 1
+    assert "Lại đổ thêm sáng nay." in await page.inner_text("ul.additions")
+    # The timeline in words: who did each step, and what the notes mean.
+    timeline = await page.inner_text("ol.timeline")
+    assert "Người phản ánh bổ sung thông tin" in timeline
+    assert "qua Telegram, 1 ảnh" in timeline
+    assert "mức độ: Thông thường; thẩm quyền:" in timeline
+    assert "tới UBND Phường Bỉm Sơn" in timeline
+    assert "lan (Cán bộ xã/phường, UBND Phường Bỉm Sơn)" in timeline
+    for raw in ("W14812", "photo(s)", "urgency=", "competence=", "user:", "reporter:"):
+        assert raw not in timeline, raw
     assert "đúng hạn" in await page.inner_text("dd.answered")
     assert "Ẩn danh" in await page.inner_text("dl.facts")
     await no_sideways_scroll(page)
     await page.screenshot(path=str(ARTIFACTS / "ticket-360.png"), full_page=True)
-    assert await page.locator(".photos img").count() == 2  # the evidence and the result
+    assert await page.locator(".photos img").count() == 3  # evidence, addition, result
     assert await page.locator(".map .leaflet-marker-icon").count() == 1
 
     sent = await api.wait_sent(7001, 2)  # "sent to the ward", then the answer
@@ -223,7 +241,10 @@ async def test_an_operator_files_a_phone_report(
     identity = await page.inner_text(".identity")
     assert "Nguyễn Văn An" in identity and "+84912000111" in identity
     timeline = await page.inner_text(".timeline")
-    assert "Xem danh tính · Gọi lại để hẹn xác minh" in timeline
+    # Who looked, and why, in the same step of the timeline.
+    looked = [line for line in timeline.splitlines() if "Xem danh tính" in line]
+    assert len(looked) == 1 and looked[0].endswith("· Gọi lại để hẹn xác minh"), looked
+    assert "Cán bộ tiếp nhận" in looked[0]
 
 
 async def test_a_phone_report_without_a_place_keeps_what_was_typed(

@@ -17,6 +17,7 @@ from backend.cli import server_app
 from backend.models import Ticket
 from tests.browser.conftest import log_in
 from tests.e2e.staff_http import web_settings
+from tests.fakes.images import image_bytes
 
 
 async def bot_says(page: Page, text: str) -> None:
@@ -55,37 +56,61 @@ async def test_a_resident_reports_in_the_simulator_and_the_ward_sees_it(
         await say("/start")
         await page.locator(".log li.bot button", has_text="Tôi đồng ý").click()
         await bot_says(page, "Bước 1")
-        await say("/skip")
-        await bot_says(page, "vị trí")
-        await page.locator("#pick").click()  # a spot on the map, shared as a location
-        await bot_says(page, "Phường")
+        await page.set_input_files(
+            "#photo", {"name": "bai-rac.jpg", "mimeType": "image/jpeg", "buffer": image_bytes()}
+        )
+        await bot_says(page, "Đã nhận ảnh")
+        # The resident's own photo shows as a thumbnail.
+        mine = page.locator(".log li.me img")
+        assert (await mine.count()) == 1
+        box = await mine.bounding_box()
+        assert box is not None and 0 < box["width"] <= 160
+        # The keyboard's first button shares the location, as Telegram's does.
+        await page.locator("#keyboard button", has_text="Gửi vị trí").click()
+        await bot_says(page, "Đã nhận vị trí")
         await page.locator(".log li.bot button", has_text="Phường Bỉm Sơn").last.click()
         await page.locator(".log li.bot button", has_text="Đốt rác").last.click()
         await say("Đốt rác thải nhựa mỗi tối sau chợ")
-        await page.locator(".log li.bot button", has_text="Không rõ").last.click()
+        await page.locator("#keyboard button", has_text="Đối tượng, tính chất").click()
         await page.locator(".log li.bot button", has_text="Thường xuyên").last.click()
-        await page.locator("#keyboard button", has_text="Ẩn danh").click()
-        await page.locator(".log li.bot button", has_text="Gửi").last.click()
+        # "Send with my phone number" shares a number, not its own label.
+        await page.locator("#keyboard button", has_text="Gửi kèm số điện thoại").click()
         await bot_says(page, "Mã theo dõi")
+        assert "+84912345678" in await page.locator(".log li.bot").last.inner_text()
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 360
+        # The chat scrolls inside its box, and the input stays on the screen.
+        log = await page.evaluate(
+            "(() => { const l = document.getElementById('log');"
+            " return [l.scrollHeight, l.clientHeight, l.scrollTop]; })()"
+        )
+        assert log[0] > log[1] and log[2] > 0, log
+        field = await page.locator("#text").bounding_box()
+        assert field is not None and field["y"] + field["height"] <= 740
 
         async with sessions() as s:
             ticket = (await s.scalars(select(Ticket))).one()
         assert ticket.category_code == "burning" and ticket.ward_code == "14812"
         accounts = printed_accounts(capsys.readouterr().out)
-        assert set(accounts) == {
-            "demo-operator",
-            "demo-supervisor",
-            "demo-admin",
-            "demo-staff-14812",
-            "demo-leader-14812",
-        }
-        # The operator sees it among the new reports; the ward's staff among all theirs.
-        for username, view in (("demo-operator", "new"), ("demo-staff-14812", "all")):
-            staff_page = await log_in(browser, base, username, accounts[username])
-            await staff_page.wait_for_url("**/queue")
-            await staff_page.goto(f"/queue?view={view}")
-            assert await staff_page.locator(f"text={ticket.code}").count() == 1
+        assert {"demo-operator", "demo-staff-14812", "demo-leader-26740"} <= set(accounts)
+        # The README's walk-through: the operator finds it under «Mới»; the ward's staff
+        # only under «Tất cả» until the operator classifies it, then under «Mới».
+        pages = {}
+        for username in ("demo-operator", "demo-staff-14812"):
+            pages[username] = await log_in(browser, base, username, accounts[username])
+            await pages[username].wait_for_url("**/queue")
+        operator, staff = pages["demo-operator"], pages["demo-staff-14812"]
+
+        async def listed(page: Page, view: str) -> int:
+            await page.goto(f"/queue?view={view}")
+            return await page.locator(f"text={ticket.code}").count()
+
+        assert await listed(operator, "new") == 1
+        assert (await listed(staff, "new"), await listed(staff, "all")) == (0, 1)
+        await operator.goto(f"/tickets/{ticket.code}")
+        await operator.select_option("form.action-classify select[name=competence]", "ward")
+        await operator.click("form.action-classify button")
+        await operator.wait_for_selector(".ok")
+        assert await listed(staff, "new") == 1
     finally:
         await runner.cleanup()

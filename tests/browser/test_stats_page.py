@@ -58,6 +58,17 @@ async def test_a_supervisor_reads_and_downloads_the_month(
     counts = await page.locator("#chart-trend svg text.axis-count").all_text_contents()
     assert counts[0] == str(figures["received"]) and counts[-1] == "0", counts
     assert await page.locator("#chart-on-time polyline").count() == 1
+    # Every column of every table, the rates at the right end included, is on the
+    # 360 px screen, each value under its column's name.
+    cells = page.locator(".report-table td")
+    edges = await cells.evaluate_all(
+        "cells => cells.map(c => { const r = c.getBoundingClientRect();"
+        " return [r.left, r.right, r.width, c.innerText,"
+        " getComputedStyle(c, '::before').content]; })"
+    )
+    assert edges and all(left >= 0 and right <= 360 and w > 0 for left, right, w, *_ in edges)
+    rates = [label for *_, text, label in edges if text.endswith("%")]
+    assert rates and all("Tỷ lệ" in label or "đúng hạn" in label for label in rates), rates[:3]
     await no_sideways_scroll(page)
     await page.screenshot(path=str(ARTIFACTS / "stats-360.png"), full_page=True)
 

@@ -57,34 +57,31 @@ async def report_in_bim_son(
     user: FakeUser, category: str, description: str, nature: str, phone: str | None = None
 ) -> dict[str, Any]:
     """A whole report without photos at 20.0740, 105.9120, as a resident makes it on
-    Telegram, anonymous unless the phone is shared; returns the confirming button press
-    (an update)."""
+    Telegram, anonymous unless the phone is shared; returns the update that sent it."""
     await user.text("/start")
-    await user.replies(2)
+    await user.reply()
     await user.press("✅ Tôi đồng ý")
     await user.reply()
     await user.text("/skip")
     await user.reply()
     await user.text("20.0740, 105.9120")
-    await user.replies(2)
+    await user.replies(2)  # the place (the keyboard removed), then the ward question
     await user.press("Phường Bỉm Sơn, Thanh Hóa")
     await user.reply()
     await user.press(category)
     await user.reply()
     await user.text(description)
     await user.reply()
-    await user.press("Không rõ")
+    await user.tap("➕ Đối tượng, tính chất (không bắt buộc)")
     await user.reply()
     await user.press(nature)
     await user.reply()
     if phone is None:
-        await user.tap("Ẩn danh")
+        sent = await user.tap("✅ Gửi ẩn danh")
     else:
-        await user.contact(phone)
-    await user.replies(2)
-    confirm = await user.press("✅ Gửi")
+        sent = await user.contact(phone)
     await user.reply()
-    return confirm
+    return sent
 
 
 @asynccontextmanager

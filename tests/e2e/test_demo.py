@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cli import server_app
 from backend.config import Settings
-from backend.models import User
+from backend.models import Unit, User
 from backend.services.accounts import password_matches
 from backend.services.demo import DemoRefused
+from backend.services.workflow import ROLES
 from tests.e2e.conftest import free_port
 from tests.e2e.staff_http import sign_in, web_settings
 from tests.factories import make_user
@@ -82,19 +83,24 @@ async def test_demo_passwords_stay_the_same_across_restarts(
     assert set(first) == {
         "demo-operator",
         "demo-supervisor",
+        "demo-police",
         "demo-admin",
+        "demo-operator-79",
+        "demo-supervisor-79",
         "demo-staff-14812",
         "demo-leader-14812",
+        "demo-staff-26740",
+        "demo-leader-26740",
     }
     async with sessions() as s:
         users = {u.username: u for u in await s.scalars(select(User).where(User.demo))}
-    assert {u.role for u in users.values()} == {
-        "operator",
-        "supervisor",
-        "admin",
-        "ward_staff",
-        "ward_leader",
-    }
+    # Every staff role, and the wards of the README's examples, each with its unit.
+    assert {u.role for u in users.values()} == set(ROLES) - {"reporter", "system"}
+    async with sessions() as s:
+        codes = {uid: code for uid, code in await s.execute(select(Unit.id, Unit.code))}
+    units = {u.username: codes.get(u.unit_id or 0) for u in users.values()}
+    assert units["demo-staff-26740"] == units["demo-leader-26740"] == "W26740"
+    assert (units["demo-operator-79"], units["demo-police"]) == ("P79", "C38")
     for username, password in first.items():
         assert password_matches(users[username].password_hash, password)
         assert not users[username].must_change_password

@@ -50,7 +50,7 @@ async def store_in_bucket(settings: Settings, data: bytes) -> StoredImage:
 
 async def to_photo_step(user: FakeUser) -> None:
     await user.text("/start")
-    await user.replies(2)
+    await user.reply()
     await user.press("✅ Tôi đồng ý")
     await user.reply()
 
@@ -60,9 +60,7 @@ async def report_with_photo(user: FakeUser, photo: bytes) -> str:
     await to_photo_step(user)
     await user.photo(photo)
     assert "Đã nhận ảnh" in ((await user.reply()).text or "")
-    await user.press("Xong")
-    await user.reply()
-    await user.text("20.0740, 105.9120")
+    await user.location(20.0740, 105.9120)
     await user.replies(2)
     await user.press("Phường Bỉm Sơn, Thanh Hóa")
     await user.reply()
@@ -70,13 +68,7 @@ async def report_with_photo(user: FakeUser, photo: bytes) -> str:
     await user.reply()
     await user.text("Bãi rác tự phát cạnh kênh.")
     await user.reply()
-    await user.press("Không rõ")
-    await user.reply()
-    await user.press("Thường xuyên, lặp lại")
-    await user.reply()
-    await user.tap("Ẩn danh")
-    await user.replies(2)
-    await user.press("✅ Gửi")
+    await user.tap("✅ Gửi ẩn danh")
     return (await user.reply()).text or ""
 
 

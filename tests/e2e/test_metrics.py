@@ -211,7 +211,7 @@ async def test_a_reply_is_logged_under_its_webhooks_request_id(
             ) as r:
                 assert r.status == 200
                 rid = r.headers[REQUEST_ID_HEADER]
-            await api.wait_sent(RESIDENT, 2)
+            await api.wait_sent(RESIDENT, 1)
             await _until_sent(sessions, "telegram")
     async with sessions() as s:
         stored = await s.scalar(select(InboundEvent.request_id))
@@ -219,7 +219,7 @@ async def test_a_reply_is_logged_under_its_webhooks_request_id(
             await s.scalars(select(OutboxMessage.id).where(OutboxMessage.request_id == rid))
         )
     assert stored == rid
-    assert len(replies) >= 2
+    assert len(replies) >= 1
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     sent = [x for x in lines if x["logger"] == "bot.outbox" and " sent on " in x["message"]]
     assert {x["message"] for x in sent} >= {f"outbox row {i} sent on telegram" for i in replies}

@@ -17,6 +17,7 @@ from backend.services.units import WardIndex
 from tests.e2e.conftest import running
 from tests.e2e.staff_http import sign_in
 from tests.factories import make_user
+from tests.fakes.nominatim import BIM_SON_MARKET, FakeNominatim
 
 PASSWORD = "a long and private passphrase"
 
@@ -92,3 +93,35 @@ async def test_a_name_several_wards_share_is_offered_as_a_choice(
 async def _index(sessions: async_sessionmaker[AsyncSession]) -> WardIndex:
     async with sessions() as s:
         return await WardIndex.load(s)
+
+
+@pytest.mark.parametrize("mode", ["polling"])
+async def test_a_typed_address_with_a_ward_is_kept_and_looked_up_within_the_ward(
+    chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The ward picked and an address typed: the address is kept, and its point is used
+    when the geocoder finds it in the ward; else the ward's centre, marked approximate on
+    the ticket's page and in the API."""
+    nominatim = FakeNominatim()
+    settings = chat_settings.model_copy(update={"nominatim_url": await nominatim.start()})
+    async with sessions() as s, s.begin():
+        operator = (await make_user(s, "operator", "P38", password=PASSWORD)).username
+    try:
+        async with running(settings):
+            found = await file(
+                settings, operator, {"ward": "14812", "place": "Chợ Bỉm Sơn, Trần Phú"}
+            )
+            unknown = await file(settings, operator, {"ward": "14812", "place": "Ngõ 7 xóm Bến"})
+    finally:
+        await nominatim.stop()
+    codes = [url.rsplit("/", 1)[1] for _, url, _ in (found, unknown)]
+    async with sessions() as s:
+        tickets = {t.code: t for t in await s.scalars(select(Ticket).where(Ticket.code.in_(codes)))}
+    at_market, at_centre = tickets[codes[0]], tickets[codes[1]]
+    assert (at_market.lat, at_market.lon) == (BIM_SON_MARKET.lat, BIM_SON_MARKET.lon)
+    assert at_market.location_source == "address"
+    assert at_market.address == "Chợ Bỉm Sơn, Trần Phú"
+    assert "gần đúng" not in found[2]
+    assert at_centre.location_source == "ward_pick" and at_centre.address == "Ngõ 7 xóm Bến"
+    assert "Ngõ 7 xóm Bến" in unknown[2]
+    assert "vị trí gần đúng: trung tâm xã/phường" in unknown[2]

@@ -215,7 +215,7 @@ async def test_withdraw_drops_the_draft_and_stops_everything_new_until_consent_a
         code = await only_code(sessions)
         # A second report, half written.
         await user.text("/start")
-        await user.replies(2)  # welcome; the consent is on record: the photo step
+        await user.reply()  # welcome; the consent is on record: the photo step
         await user.text("/withdraw")
         explain = await user.reply()
         assert "soạn dở sẽ bị bỏ" in (explain.text or "")
@@ -243,7 +243,7 @@ async def test_withdraw_drops_the_draft_and_stops_everything_new_until_consent_a
 
         # /start asks for consent again; given, the resident is heard again.
         await user.text("/start")
-        _, consent_text = await user.replies(2)
+        consent_text = await user.reply()
         assert "đồng ý" in (consent_text.text or "")
         await user.press("✅ Tôi đồng ý")
         await user.reply()

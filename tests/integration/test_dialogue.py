@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import Consent, OutboxMessage, Ticket
+from backend.models import AuditEvent, Consent, OutboxMessage, Photo, Ticket
 from backend.services.deadlines import Policies
 from backend.services.photos import ACCEPTED_FORMATS
-from backend.services.reporters import CONSENT_TEXT_VERSION
+from backend.services.reporters import CONSENT_TEXT_VERSION, record_consent
 from backend.services.units import WardIndex
 from backend.services.workflow import Action, apply
 from bot.dispatcher import Dispatcher
@@ -21,7 +21,7 @@ from handlers.i18n import translate
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, TEXT_ONLY, Chat, texts
 from tests.factories import PHOTO as FACTORY_PHOTO
-from tests.factories import actor, make_ticket
+from tests.factories import actor, make_ticket, make_user
 
 
 @pytest.fixture
@@ -51,12 +51,11 @@ async def to_photos(chat: Chat) -> None:
 
 
 async def submit(chat: Chat, description: str) -> None:
-    """From the description step to a confirmed, anonymous, recurring report."""
+    """From the description step to a recurring report, sent anonymously."""
     await chat.say(description)
-    await chat.press("polluter|skip")
-    await chat.press("nature|recurring")
-    await chat.say("Ẩn danh")
-    await chat.press("summary|confirm")
+    await chat.press("summary|details")
+    await chat.press("details|recurring")
+    await chat.press("summary|anonymous")
 
 
 async def to_description(chat: Chat) -> None:
@@ -76,9 +75,10 @@ async def to_description(chat: Chat) -> None:
 
 async def test_consent_is_asked_first_and_never_pre_ticked(chat: Chat) -> None:
     replies = await chat.say("/start")
-    assert len(replies) == 2
-    consent = replies[1]
-    assert "91/2025/QH15" in consent["text"]
+    # The welcome and the consent question are one message.
+    assert len(replies) == 1
+    consent = replies[0]
+    assert "Đường dây nóng" in consent["text"] and "91/2025/QH15" in consent["text"]
     assert [b["data"] for b in consent["buttons"][0] + consent["buttons"][1]] == [
         "consent|yes",
         "consent|no",
@@ -196,7 +196,7 @@ async def test_descriptions_too_short_or_too_long(chat: Chat) -> None:
     assert "10000" in texts(replies) and "2000" in texts(replies)
     assert await chat.state() == "description"
     await chat.say("x" * 2000)
-    assert await chat.state() == "polluter"
+    assert await chat.state() == "summary"
 
 
 async def test_a_description_of_a_few_letters_needs_a_photo(chat: Chat) -> None:
@@ -211,13 +211,21 @@ async def test_a_description_of_a_few_letters_needs_a_photo(chat: Chat) -> None:
     assert "ít nhất 10 ký tự" in texts(replies) and "7 ký tự" in texts(replies)
     assert await chat.state() == "description"
     await chat.say("Khói đen mỗi tối")
-    assert await chat.state() == "polluter"
+    assert await chat.state() == "summary"
 
 
 async def test_with_a_photo_a_few_letters_will_do(chat: Chat) -> None:
     await to_description(chat)
     await chat.say("Rác")
-    assert await chat.state() == "polluter"
+    assert await chat.state() == "summary"
+    # The photo edited away: the few letters are no longer enough.
+    await chat.press("summary|edit")
+    await chat.press("edit|photos")
+    replies = await chat.press("photos|skip")
+    assert "không còn ảnh" in texts(replies)
+    assert await chat.state() == "description"
+    await chat.say("Rác đổ đầy lề đường.")
+    assert await chat.state() == "summary"
 
 
 async def test_a_photo_before_consent_waits_for_it_and_goes_into_the_report(
@@ -238,7 +246,7 @@ async def test_a_photo_before_consent_waits_for_it_and_goes_into_the_report(
     await chat.replies()
     # With the photo, a short description is enough.
     await chat.say("Khói")
-    assert await chat.state() == "polluter"
+    assert await chat.state() == "summary"
 
 
 async def test_a_photo_from_a_resident_who_consented_before_starts_a_report(
@@ -267,14 +275,66 @@ async def test_a_photo_before_a_declined_consent_is_dropped(chat: Chat) -> None:
 async def test_invalid_phone_is_refused(chat: Chat) -> None:
     await to_description(chat)
     await chat.say("Rác đổ đầy lề đường.")
-    await chat.say("Công ty ABC")
-    await chat.press("nature|recurring")
+    await chat.press("summary|edit")
+    await chat.press("edit|contact")
     replies = await chat.say("12345")
     assert "không hợp lệ" in texts(replies)
     assert await chat.state() == "contact"
     replies = await chat.say("+84 912 345 678")
     assert "+84912345678" in texts(replies)
     assert await chat.state() == "summary"
+    # A phone given: the summary sends with it, and anonymity stays one edit away.
+    assert "summary|confirm" in str(replies[-1]["buttons"])
+
+
+async def test_a_phone_typed_at_the_summary_sends_the_report_with_it(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await to_description(chat)
+    await chat.say("Rác đổ đầy lề đường.")
+    replies = await chat.say("12345")
+    assert "Số điện thoại Việt Nam có dạng" in texts(replies)
+    assert await chat.state() == "summary"
+    replies = await chat.say("0912 345 678")
+    assert "Mã theo dõi: 38-" in texts(replies) and "+84912345678" in texts(replies)
+    async with sessions() as session:
+        ticket = (await session.scalars(select(Ticket))).one()
+    assert ticket.nature == "unknown" and ticket.urgency == "normal"
+
+
+async def test_the_optional_details_are_one_step_offered_with_the_summary(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await to_description(chat)
+    replies = await chat.say("Rác đổ đầy lề đường.")
+    assert "Đối tượng gây ô nhiễm: không rõ" in texts(replies)
+    await chat.press("summary|details")
+    replies = await chat.say("Công ty ABC")
+    assert "Đã ghi đối tượng: Công ty ABC" in texts(replies)
+    assert await chat.state() == "details"
+    replies = await chat.press("details|one_off")
+    assert "Công ty ABC" in texts(replies) and "Đột xuất" in texts(replies)
+    assert await chat.state() == "summary"
+    await chat.press("summary|anonymous")
+    async with sessions() as session:
+        ticket = (await session.scalars(select(Ticket))).one()
+    assert (ticket.polluter, ticket.nature, ticket.urgency) == ("Công ty ABC", "one_off", "urgent")
+
+
+@pytest.mark.parametrize(
+    ("typed", "state"),
+    [("đồng ý", "photos"), ("Agree", "photos"), ("không", "idle"), ("maybe", "consent")],
+)
+async def test_consent_can_be_typed_and_a_wrong_answer_gets_one_line(
+    chat: Chat, typed: str, state: str
+) -> None:
+    await chat.say("/start")
+    replies = await chat.say(typed)
+    assert await chat.state() == state
+    if state == "consent":
+        # A reminder, not the whole text again.
+        assert len(replies) == 1 and "91/2025/QH15" not in replies[0]["text"]
+        assert "gõ «đồng ý»" in replies[0]["text"] and replies[0]["buttons"]
 
 
 async def test_stale_and_forged_buttons_change_nothing(chat: Chat) -> None:
@@ -305,15 +365,14 @@ async def test_edit_from_summary_returns_to_summary(
 ) -> None:
     await to_description(chat)
     await chat.say("Khói đen bốc lên.")
-    await chat.press("polluter|skip")
-    await chat.press("nature|one_off")
-    await chat.say("Ẩn danh")
+    await chat.press("summary|details")
+    await chat.press("details|one_off")
     assert await chat.state() == "summary"
     await chat.press("summary|edit")
     await chat.press("edit|category")
     replies = await chat.press("category|burning")
     assert "Đốt rác" in texts(replies) and await chat.state() == "summary"
-    replies = await chat.press("summary|confirm")
+    replies = await chat.press("summary|anonymous")
     assert "Mã theo dõi: 38-" in texts(replies)
     async with sessions() as session:
         ticket = (await session.scalars(select(Ticket))).one()
@@ -342,9 +401,9 @@ async def test_same_update_twice_is_handled_once(
 ) -> None:
     uid = await chat.send("command", command="start", text="/start")
     await chat.send("command", update_id=uid, command="start", text="/start")
-    assert len(await chat.replies()) == 2
+    assert len(await chat.replies()) == 1
     async with sessions() as session:
-        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
+        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
 
 
 async def test_status_shows_details_only_to_the_reporter(
@@ -412,12 +471,13 @@ async def test_a_channel_without_buttons_gets_numbered_choices_and_pin_help(
     replies = await chat.say("99")  # no such choice: asked again, nothing chosen
     assert await chat.state() == "category"
     await chat.say("1")
-    await chat.say("Rác đổ ven đường")
-    await chat.say("1")  # polluter: not known
+    replies = await chat.say("Rác đổ ven đường")
+    # The summary: typed phone, or the numbered ways to send.
+    assert "Gõ số điện thoại" in replies[-1]["text"]
+    assert "1. ✅ Gửi ẩn danh" in replies[-1]["text"] and replies[-1]["buttons"] == []
+    await chat.say("2")  # the optional details
     await chat.say("2")  # recurring
-    replies = await chat.say("1")  # anonymous
-    assert "1. " in replies[-1]["text"] and replies[-1]["buttons"] == []
-    replies = await chat.say("1")  # send
+    replies = await chat.say("1")  # send anonymously
     assert "38-" in texts(replies)
     async with sessions() as session:
         ticket = await session.scalar(select(Ticket).where(Ticket.channel == "textonly"))
@@ -482,3 +542,297 @@ async def test_a_reporter_merged_into_a_case_reopens_it_and_everyone_hears(
     async with sessions() as s:
         again = (await s.scalars(select(Ticket).where(Ticket.code == codes[0]))).one()
     assert again.reopen_count == 1
+
+
+async def sent_report(chat: Chat, description: str = "Rác đổ đầy lề đường.") -> str:
+    """A whole report from the chat; its code."""
+    await to_description(chat)
+    await chat.say(description)
+    replies = await chat.press("summary|anonymous")
+    code = texts(replies).split("Mã theo dõi: ")[1].split()[0]
+    assert code.startswith("38-")
+    return code
+
+
+async def test_a_photo_and_words_after_sending_are_added_to_the_report_and_staff_hear(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        staff = await make_user(s, "ward_staff", "W14812", chat_id="7001")
+        await make_user(s, "ward_staff", "W14901", chat_id="7002")  # another ward
+        operator = await make_user(s, "operator", "P38", chat_id="7003")
+    code = await sent_report(chat)
+    other = MediaRef("c" * 64, "image/jpeg", 64, 48, 900)
+    await chat.send("photo", media=other)
+    offered = texts(await chat.replies())
+    assert f"Thêm vào phản ánh {code}" in offered and "1 ảnh" in offered
+    assert await chat.state() == "addition"
+    # Words before choosing join the same addition.
+    offered = texts(await chat.say("Hôm nay lại đổ thêm hai xe."))
+    assert "Hôm nay lại đổ thêm hai xe." in offered
+    replies = await chat.press(f"addition|{code}")
+    assert f"Đã bổ sung vào phản ánh {code} (1 ảnh)" in texts(replies)
+    assert await chat.state() == "idle"
+    async with sessions() as s:
+        ticket = (await s.scalars(select(Ticket).where(Ticket.code == code))).one()
+        kinds = [p.kind for p in await s.scalars(select(Photo).where(Photo.ticket_id == ticket.id))]
+        added = (await s.scalars(select(AuditEvent).where(AuditEvent.action == "added_info"))).one()
+        notices = [
+            (o.address, o.payload["params"]["code"])
+            for o in await s.scalars(select(OutboxMessage))
+            if o.payload.get("key") == "addition.staff"
+        ]
+    assert kinds == ["evidence", "addition"]
+    assert added.ticket_id == ticket.id and added.note == "Hôm nay lại đổ thêm hai xe."
+    # Not yet forwarded: the province's operators hear it, not the ward.
+    assert notices == [(operator.telegram_chat_id, code)]
+
+    # Forwarded to the ward: its staff hear the next one, and the reporter is told so.
+    async with sessions() as s, s.begin():
+        forwarded = (await s.scalars(select(Ticket).where(Ticket.code == code))).one()
+        triage = await actor(s, "operator", "P38")
+        await apply(s, forwarded, Action("classify", competence="ward"), triage, Policies.load())
+        await apply(s, forwarded, Action("assign"), triage, Policies.load())
+    await chat.say("Xe tải đổ rác lúc 5 giờ sáng nay.")
+    replies = await chat.press(f"addition|{code}")
+    assert "Cán bộ xử lý đã được báo" in texts(replies)
+    async with sessions() as s:
+        told = [
+            o.address
+            for o in await s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+            if o.payload.get("key") == "addition.staff"
+        ]
+    assert told == [operator.telegram_chat_id, staff.telegram_chat_id], "the ward's staff only"
+
+
+async def test_an_addition_nobody_can_be_told_of_says_where_staff_will_see_it(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Staff without a linked chat (or none at all): the reporter is not told they were
+    notified, only that it is on the report's page."""
+    code = await sent_report(chat)
+    await chat.say("Hôm nay lại đổ thêm hai xe rác.")
+    replies = await chat.press(f"addition|{code}")
+    said = texts(replies)
+    assert "sẽ thấy trên trang phản ánh" in said and "đã được báo" not in said
+
+
+async def test_a_greeting_after_a_report_gets_the_help_not_an_offer(chat: Chat) -> None:
+    await sent_report(chat)
+    replies = await chat.say("Cảm ơn!")
+    assert "/start" in texts(replies) and await chat.state() == "idle"
+
+
+async def test_an_album_after_a_report_is_one_offer(chat: Chat) -> None:
+    await sent_report(chat)
+    for n in range(3):
+        await chat.send(
+            "photo", media=MediaRef(str(n) * 64, "image/jpeg", 8, 8, 99), media_group="a1"
+        )
+    replies = await chat.replies()
+    assert len(replies) == 1 and "Thêm vào phản ánh" in replies[0]["text"]
+    replies = await chat.say("/cancel")
+    assert await chat.state() == "idle"
+
+
+async def test_a_new_report_from_words_keeps_them_as_its_description(chat: Chat) -> None:
+    await sent_report(chat)
+    await chat.say("Có người đốt rác ở bãi đất trống sau trường.")
+    replies = await chat.press("addition|new")
+    assert len(replies) == 1 and "Bước 1" in replies[0]["text"]
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    replies = await chat.press("category|burning")
+    if await chat.state() == "duplicate":
+        replies = await chat.press("duplicate|new")
+    assert "Có người đốt rác ở bãi đất trống sau trường." in texts(replies)
+    replies = await chat.press("description|keep")
+    assert await chat.state() == "summary"
+    assert "Mô tả: Có người đốt rác ở bãi đất trống sau trường." in texts(replies)
+
+
+async def test_with_several_open_reports_the_reporter_picks_one(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    first = await sent_report(chat)
+    second = await sent_report(chat, "Khói đen từ lò đốt rác.")
+    replies = await chat.say("Thêm: có mùi khét vào buổi tối.")
+    offered = replies[-1]
+    buttons = [b["data"] for row in offered["buttons"] for b in row]
+    assert buttons == [f"addition|{second}", f"addition|{first}", "addition|new", "addition|cancel"]
+    assert first in texts(replies) and second in texts(replies)
+    await chat.press(f"addition|{first}")
+    async with sessions() as s:
+        noted = (await s.scalars(select(AuditEvent).where(AuditEvent.action == "added_info"))).one()
+        ticket = await s.get(Ticket, noted.ticket_id)
+    assert ticket is not None and ticket.code == first
+
+
+async def test_a_report_closed_before_the_choice_is_not_added_to(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    code = await sent_report(chat)
+    await chat.send("photo", media=PHOTO)
+    await chat.replies()
+    async with sessions() as s, s.begin():
+        ticket = (await s.scalars(select(Ticket).where(Ticket.code == code))).one()
+        operator = await actor(s, "operator", "P38")
+        await apply(s, ticket, Action("reject", reason="spam"), operator, Policies.load())
+    replies = await chat.press(f"addition|{code}")
+    assert "vừa kết thúc" in texts(replies)
+    async with sessions() as s:
+        assert (
+            await s.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "added_info")
+            )
+            == 0
+        )
+    # Nothing else open: the photo starts a new report instead.
+    await chat.send("photo", media=PHOTO)
+    assert await chat.state() == "photos"
+
+
+async def test_a_new_report_from_the_offer_begins_with_the_photo(chat: Chat) -> None:
+    await sent_report(chat)
+    await chat.send("photo", media=PHOTO)
+    await chat.replies()
+    replies = await chat.press("addition|new")
+    assert "Đã nhận ảnh" in texts(replies)
+    assert await chat.state() == "photos"
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    await chat.press("category|burning")
+    await chat.replies()
+    if await chat.state() == "duplicate":
+        await chat.press("duplicate|new")
+    replies = await chat.say("Khói")  # with the photo, a few letters will do
+    assert "Ảnh: 1" in texts(replies)
+
+
+async def test_a_merged_reporter_adds_to_the_case(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        case = await make_ticket(s, chat_id="9201")
+        joined = await make_ticket(s, chat_id="9202")
+        assert joined.reporter_id is not None
+        await record_consent(s, joined.reporter_id, "vi")
+        operator = await actor(s, "operator", "P38")
+        await apply(s, joined, Action("merge", case_code=case.code), operator, Policies.load())
+        case_code = case.code
+    chat = Chat(dispatcher, sessions, chat_id="9202")
+    offered = texts(await chat.say("Vẫn còn đổ rác ở đây."))
+    assert f"Thêm vào phản ánh {case_code}" in offered
+    await chat.press(f"addition|{case_code}")
+    async with sessions() as s:
+        noted = (await s.scalars(select(AuditEvent).where(AuditEvent.action == "added_info"))).one()
+    assert noted.ticket_id == case.id
+
+
+AUTO_38 = "[province.38]\nauto_classify = true\n"
+
+
+async def test_a_province_may_classify_and_forward_clear_reports_at_once(
+    sessions: async_sessionmaker[AsyncSession], writer: AsyncEngine
+) -> None:
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    policies = Policies.from_text(AUTO_38, "test")
+    d = Dispatcher(writer, Services(wards=wards, policies=policies), {"telegram": TELEGRAM_LIKE})
+    d.start()
+    try:
+        chat = Chat(d, sessions, chat_id="9301")
+        await to_description(chat)
+        await chat.say("Rác đổ đầy lề đường.")
+        replies = await chat.press("summary|anonymous")
+        assert "đã được chuyển ngay tới UBND Phường Bỉm Sơn" in texts(replies)
+        other = Chat(d, sessions, chat_id="9302")
+        await to_photos(other)
+        await other.send("location", location=(20.0740, 105.9120))
+        await other.press("ward|14812")
+        await other.press("category|other")
+        await other.replies()
+        if await other.state() == "duplicate":
+            await other.press("duplicate|new")
+        await other.say("Mùi lạ từ bãi đất trống.")
+        replies = await other.press("summary|anonymous")
+        assert "sẽ được phân loại" in texts(replies)
+    finally:
+        await d.stop()
+    async with sessions() as s:
+        tickets = {t.category_code: t for t in await s.scalars(select(Ticket))}
+        trail = [
+            (e.actor, e.action)
+            for e in await s.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.ticket_id == tickets["dumping"].id)
+                .order_by(AuditEvent.id)
+            )
+        ]
+        notices = [o.payload.get("key") for o in await s.scalars(select(OutboxMessage))]
+    assert tickets["dumping"].state == "assigned" and tickets["dumping"].competence == "ward"
+    assert trail == [("reporter", "submit"), ("auto", "classify"), ("auto", "assign")]
+    # "Khác" needs a person: it waits for the operator.
+    assert tickets["other"].state == "received"
+    # The confirmation said where it went: no second message about it.
+    assert "notify.assigned" not in notices
+    # An operator can still move it.
+    async with sessions() as s, s.begin():
+        ticket = await s.get(Ticket, tickets["dumping"].id)
+        assert ticket is not None
+        operator = await actor(s, "operator", "P38")
+        move = Action("transfer", competence="province", reason="Cơ sở sản xuất")
+        await apply(s, ticket, move, operator, policies)
+        assert ticket.state == "transferred"
+
+
+def test_auto_classify_is_off_by_default_and_takes_true_or_false_only() -> None:
+    assert Policies.load().for_province("38").auto_classify is False
+    assert Policies.from_text(AUTO_38, "t").for_province("38").auto_classify is True
+    assert Policies.from_text(AUTO_38, "t").for_province("79").auto_classify is False
+    with pytest.raises(ValueError, match="true or false"):
+        Policies.from_text('[province.38]\nauto_classify = "yes"\n', "t")
+
+
+async def test_a_sentence_with_a_number_at_the_summary_does_not_send_the_report(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await to_description(chat)
+    await chat.say("Rác đổ đầy lề đường.")
+    for typed in ("Chủ bãi là ông Tuấn, sđt 0912345678", "Nhà máy gạch ở số 24 38253123"):
+        replies = await chat.say(typed)
+        assert "Số điện thoại Việt Nam có dạng" in texts(replies), typed
+        assert await chat.state() == "summary"
+    async with sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(Ticket)) == 0
+
+
+async def test_photos_sent_stay_when_the_step_is_asked_again(chat: Chat) -> None:
+    await to_photos(chat)
+    for n in (1, 2):
+        await chat.send("photo", media=MediaRef(str(n) * 64, "image/jpeg", 8, 8, 99))
+    await chat.say("/help")
+    replies = await chat.say("không biết")  # not a place either: asked again
+    assert "Xong" in str(replies[-1]["buttons"])
+    await chat.press("photos|done")
+    await chat.send("location", location=(20.0740, 105.9120))
+    await chat.press("ward|14812")
+    await chat.press("category|dumping")
+    if await chat.state() == "duplicate":
+        await chat.press("duplicate|new")
+    replies = await chat.say("Rác")
+    assert "Ảnh: 2" in texts(replies)
+
+
+async def test_the_keyboard_that_shared_the_place_is_removed_before_inline_buttons(
+    chat: Chat,
+) -> None:
+    """Telegram cannot remove a keyboard and show inline buttons in one message: the
+    acknowledgement removes it, and the question with buttons follows."""
+    await to_photos(chat)
+    await chat.send("location", location=(20.0740, 105.9120))
+    received, ward = await chat.replies()
+    assert received["remove_keyboard"] is True and "Đã nhận vị trí" in received["text"]
+    assert ward["buttons"] and ward["remove_keyboard"] is False

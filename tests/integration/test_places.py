@@ -40,7 +40,7 @@ from bot.tasks import cancel
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, Chat, texts
 from tests.factories import PHOTO, actor, chat_key, make_ticket
-from tests.fakes.nominatim import BIM_SON_MARKET, FakeNominatim
+from tests.fakes.nominatim import BIM_SON_MARKET, FakeNominatim, Place
 
 BIM_SON = (20.0740, 105.9120)
 HA_NOI = (21.0285, 105.8542)
@@ -280,7 +280,17 @@ async def test_a_geocoder_that_times_out_asks_for_a_pin_or_falls_back_on_ward_na
     await chat.say("phuong bim son, tinh thanh hoa")
     replies = await chat.wait_replies(timeout=10)
     assert "Phường Bỉm Sơn, Thanh Hóa" in texts(replies)
+    # Only the ward was found: its centre stands for the place, and is said to be
+    # approximate, here and in the summary.
+    assert "Chỉ tìm thấy xã/phường" in texts(replies) and "gần đúng" in texts(replies)
     assert replies[-1]["buttons"][0][0]["data"] == "ward|14812"
+    await chat.press("ward|14812")
+    await chat.press("category|noise")
+    await chat.replies()
+    if await chat.state() == "duplicate":
+        await chat.press("duplicate|new")
+    summary = texts(await chat.say("Tiếng ồn máy cưa cả đêm."))
+    assert "(gần đúng: trung tâm xã/phường)" in summary
     async with sessions() as session:
         # Failures are not cached: the geocoder is asked again next time.
         assert await session.scalar(select(func.count()).select_from(GeocodeCache)) == 0
@@ -352,11 +362,10 @@ async def test_a_second_report_nearby_joins_the_case_and_hears_its_answer(
     assert buttons == [f"duplicate|{first_code}", "duplicate|new"]
 
     await chat.press(f"duplicate|{first_code}")
-    await chat.say("Vẫn còn, lại đổ thêm hôm nay")
-    assert await chat.state() == "contact"
-    said = texts(await chat.press("contact|anonymous"))
+    said = texts(await chat.say("Vẫn còn, lại đổ thêm hôm nay"))
+    assert await chat.state() == "summary"
     assert f"Gộp vào vụ: {first_code}" in said
-    said = texts(await chat.press("summary|confirm"))
+    said = texts(await chat.press("summary|anonymous"))
     assert f"gộp vào vụ {first_code}" in said
 
     async with sessions() as session, session.begin():
@@ -528,3 +537,133 @@ async def test_two_processes_keep_one_pace_and_one_pause_with_the_geocoder(
             await coder.close()
         for e in engines:
             await e.dispose()
+
+
+async def test_without_boundaries_the_wards_of_the_nearest_centres_province_come_first(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A point in Thanh Hóa whose second-nearest ward centre is across the border in
+    Ninh Bình: Thanh Hóa's wards are offered first."""
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    point = (20.0795, 105.912)
+    plain = [n.ward.province_code for n in wards.nearest(*point, k=3)]
+    assert plain[0] == "38" and "37" in plain, plain  # the trap is there
+    offered = [n.ward.province_code for n in wards.place(*point).nearby]
+    assert offered == ["38", "38", "38"]
+
+
+async def test_the_maps_name_for_a_pin_puts_its_ward_first(
+    sessions: async_sessionmaker[AsyncSession],
+    make_chat: MakeChat,
+    nominatim: FakeNominatim,
+    geocoder: MakeGeocoder,
+) -> None:
+    """No boundaries, a geocoder: the ward the reverse look-up names (matched by name in
+    the candidates' provinces) is offered first, as the map's, even when another ward's
+    centre is nearer the pin."""
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    bim_son = wards.get("14812")
+    assert bim_son is not None
+    other = next(n.ward for n in wards.nearest(bim_son.lat, bim_son.lon, k=3)[1:])
+    # A pin a third of the way from the other ward's centre: nearer to it.
+    pin = (
+        other.lat + (bim_son.lat - other.lat) * 0.35,
+        other.lon + (bim_son.lon - other.lon) * 0.35,
+    )
+    assert wards.nearest(*pin, k=1)[0].ward.code == other.code
+    nominatim.places.append(
+        Place(
+            names=("le loi",),
+            lat=pin[0],
+            lon=pin[1],
+            display_name="Đường Lê Lợi, Phường Bỉm Sơn, Tỉnh Thanh Hóa, Việt Nam",
+            address={"suburb": "Phường Bỉm Sơn", "state": "Tỉnh Thanh Hóa", "country_code": "vn"},
+            osm_id=777,
+        )
+    )
+    chat = await make_chat(geocoder=geocoder())
+    await to_location(chat)
+    await chat.send("location", location=pin)
+    replies = await chat.wait_replies()
+    if len(replies) == 1:  # the ward question may come a moment after the place
+        replies += await chat.wait_replies()
+    assert "Đã nhận vị trí" in replies[0]["text"]
+    assert "Theo bản đồ, hiện trường thuộc Phường Bỉm Sơn, Thanh Hóa" in replies[1]["text"]
+    first = replies[1]["buttons"][0][0]
+    assert first == {"label": "📍 Phường Bỉm Sơn, Thanh Hóa (theo bản đồ)", "data": "ward|14812"}
+    assert [r.path for r in nominatim.requests] == ["/reverse"]
+
+    # Where the map names no ward: the nearest centres, as before.
+    plain = await make_chat(geocoder=geocoder())
+    await to_location(plain)
+    await plain.send("location", location=HA_NOI)
+    replies = await plain.wait_replies()
+    assert "Theo bản đồ" not in replies[-1]["text"]
+    assert replies[-1]["buttons"][0][0]["data"].startswith("ward|")
+
+
+async def test_a_typed_ward_far_from_the_pin_is_checked_with_the_reporter(
+    sessions: async_sessionmaker[AsyncSession], make_chat: MakeChat
+) -> None:
+    """A pin in Hà Nội and the ward typed as "Bỉm Sơn" (Thanh Hóa): the reporter is asked
+    which is right, and each answer is kept as given."""
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=HA_NOI)
+    await chat.replies()
+    replies = await chat.say("Bỉm Sơn")
+    assert await chat.state() == "ward_check"
+    asked = replies[-1]
+    assert "Phường Bỉm Sơn, Thanh Hóa cách vị trí bạn gửi khoảng" in asked["text"]
+    assert [b["data"] for row in asked["buttons"] for b in row] == [
+        "ward_check|pin",
+        "ward_check|ward",
+    ]
+    # The pin is right: the wards near it again, none of Thanh Hóa.
+    replies = await chat.press("ward_check|pin")
+    assert await chat.state() == "ward"
+    offered = [b["label"] for row in replies[-1]["buttons"] for b in row]
+    assert offered and not any("Thanh Hóa" in label for label in offered)
+
+    # The typed ward is right: its centre stands for the place, marked approximate.
+    await chat.say("Bỉm Sơn")
+    replies = await chat.press("ward_check|ward")
+    assert "trung tâm Phường Bỉm Sơn, Thanh Hóa (gần đúng)" in texts(replies)
+    assert await chat.state() == "category"
+    await chat.press("category|noise")
+    await chat.replies()
+    if await chat.state() == "duplicate":
+        await chat.press("duplicate|new")
+    summary = texts(await chat.say("Tiếng ồn máy cưa cả đêm."))
+    assert "Phường Bỉm Sơn, Thanh Hóa" in summary and "(gần đúng" in summary
+    await chat.press("summary|anonymous")
+    async with sessions() as session:
+        ticket = (await session.scalars(select(Ticket).order_by(Ticket.id.desc()))).first()
+    assert ticket is not None and ticket.ward_code == "14812"
+    assert ticket.location_source == "ward_name"
+
+
+async def test_a_ward_offered_for_the_pin_is_taken_without_a_check(
+    make_chat: MakeChat,
+) -> None:
+    chat = await make_chat()
+    await to_location(chat)
+    await chat.send("location", location=BIM_SON)
+    replies = await chat.replies()
+    first = replies[-1]["buttons"][0][0]["data"]
+    await chat.press(first)
+    assert await chat.state() == "category"
+
+
+async def test_a_street_named_after_another_ward_does_not_name_the_ward(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        wards = await WardIndex.load(session)
+    found = wards.named_in("12, Quang Trung, Phường Bỉm Sơn, Thanh Hóa", {"38"})
+    assert found is not None and found.code == "14812"
+    found = wards.named_in("Hạc Thành, Phường Bỉm Sơn", {"38"})
+    assert found is not None and found.code == "14812"
+    assert wards.named_in("Đường Lê Lợi, Tỉnh Thanh Hóa, Việt Nam", {"38"}) is None

@@ -204,9 +204,9 @@ class TelegramResident(Resident):
         file_id = self.api.add_file(image)
         size = {"file_id": file_id, "file_unique_id": file_id, "width": 64, "height": 48}
         await self.text("/start", "start.welcome", "consent.text")
-        await self._step(self._press("consent|yes"), "consent.thanks", "photos.ask")
+        await self._step(self._press("consent|yes"), "consent.thanks", "photos.ask_button")
         await self._step(
-            self._message(photo=[{**size, "file_size": len(image)}]), "photos.received"
+            self._message(photo=[{**size, "file_size": len(image)}]), "photos.received_button"
         )
         await self._step(self._press("photos|done"), "location.ask_button")
         got = await self.place_step()
@@ -216,12 +216,11 @@ class TelegramResident(Resident):
         await self._step(self._press(wards[0][1]), "ward.chosen", "category.ask")
         await self._step(self._press("category|dumping"), "description.ask")
         await self.text(
-            f"Bãi rác tự phát số {self.n} cạnh kênh, bốc mùi nhiều ngày.", "polluter.ask"
+            f"Bãi rác tự phát số {self.n} cạnh kênh, bốc mùi nhiều ngày.",
+            *self.summary,
+            "summary.how_to_send_button",
         )
-        await self._step(self._press("polluter|skip"), "nature.ask")
-        await self._step(self._press("nature|recurring"), "contact.ask_button")
-        await self.text("Ẩn danh", "contact.anonymous_ok", *self.summary)
-        await self._step(self._press("summary|confirm"), "submitted.normal")
+        await self._step(self._press("summary|anonymous"), "submitted.normal")
 
     async def place_step(self) -> list[Received[Any]]:
         lat, lon = place(self.n)
@@ -273,11 +272,10 @@ class ZaloResident(Resident):
         await self.say("1", "ward.chosen", "category.ask")
         await self.say("1", "description.ask")
         await self.say(
-            f"Bãi rác tự phát số {self.n} cạnh kênh, bốc mùi nhiều ngày.", "polluter.ask"
+            f"Bãi rác tự phát số {self.n} cạnh kênh, bốc mùi nhiều ngày.",
+            "summary.text",
+            "summary.how_to_send",
         )
-        await self.say("1", "nature.ask")
-        await self.say("2", "contact.ask")
-        await self.say("1", "contact.anonymous_ok", "summary.text")
         await self.say("1", "submitted.normal")
 
 

@@ -4,6 +4,7 @@
   const log = document.getElementById("log");
   const keyboard = document.getElementById("keyboard");
   let shown = 0;
+  const DEMO_PHONE = "0912 345 678";
 
   async function send(body) {
     const options = body instanceof FormData
@@ -13,12 +14,25 @@
     setTimeout(poll, 150);
   }
 
-  function mine(text) {
+  // The newest message in view: the chat box scrolls, the page does not.
+  function show(li) {
+    log.appendChild(li);
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function mine(text, image) {
     const li = document.createElement("li");
     li.className = "me";
-    li.textContent = text;
-    log.appendChild(li);
-    li.scrollIntoView();
+    if (image) {
+      const img = document.createElement("img");
+      img.src = URL.createObjectURL(image);
+      img.alt = text;
+      li.appendChild(img);
+    }
+    const p = document.createElement("p");
+    p.textContent = text;
+    li.appendChild(p);
+    show(li);
   }
 
   function render(message) {
@@ -45,8 +59,7 @@
       }
       li.appendChild(div);
     }
-    log.appendChild(li);
-    li.scrollIntoView();
+    show(li);
     if (message.keyboard.length || message.remove_keyboard) {
       keyboard.replaceChildren();
       for (const label of message.keyboard) {
@@ -55,10 +68,16 @@
         b.className = "secondary";
         b.textContent = label;
         b.addEventListener("click", () => {
-          mine(label);
-          if (message.request_location && label === message.keyboard[0]) {
+          const first = label === message.keyboard[0];
+          if (message.request_location && first) {
+            mine("📍 20.0740, 105.9120");
             send({ lat: 20.074, lon: 105.912 });
+          } else if (message.request_contact && first) {
+            // Telegram shares the account's number; the simulated account has this one.
+            mine("📱 " + DEMO_PHONE);
+            send({ phone: DEMO_PHONE });
           } else {
+            mine(label);
             send({ text: label });
           }
         });
@@ -88,7 +107,7 @@
     if (!file) return;
     const form = new FormData();
     form.append("photo", file);
-    mine("📷 " + file.name);
+    mine("📷 " + file.name, file);
     send(form);
     event.target.value = "";
   });

@@ -1,0 +1,126 @@
+"""A ticket's audit trail in words, for its page: what was done, by whom (the staff
+member's name, role and unit; the reporter; the system), and why.
+
+The trail stores short machine notes ("urgency=urgent; competence=ward", a unit's code,
+"telegram; 2 photo(s)"); they are read here, and any other note (a reason typed by
+staff) is shown as written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import AuditEvent, Unit, User
+
+Translate = Callable[..., str]
+
+_SUBMIT = re.compile(r"^(\w+); (\d+) photo\(s\)$")
+_CLASSIFY = re.compile(r"^urgency=(\w+); competence=(\w+)$")
+_MOVE = re.compile(r"^(\S+) → (\S+): (.*)$", re.S)
+_EXTEND = re.compile(r"^(.*?) → (.*?): (.*)$", re.S)
+_UNIT = re.compile(r"^[A-Z]{1,2}\d{2,5}$")
+_STAFF = re.compile(r"^user:(\d+)$")
+# Notes written by the system in English, said in words.
+_FIXED_NOTES = {"not fixed (reporter)": "timeline.note.not_fixed"}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    at: datetime
+    what: str
+    who: str
+    state: str | None
+    detail: str | None
+
+
+async def people_and_units(
+    session: AsyncSession, events: Iterable[AuditEvent]
+) -> tuple[dict[int, User], dict[str, Unit]]:
+    """The staff named by the events, and every unit by code (for ids and codes in notes)."""
+    ids = {int(m.group(1)) for e in events if (m := _STAFF.match(e.actor))}
+    users = {u.id: u for u in await session.scalars(select(User).where(User.id.in_(ids)))}
+    units = {u.code: u for u in await session.scalars(select(Unit))}
+    return users, units
+
+
+def describe(
+    events: Iterable[AuditEvent],
+    users: Mapping[int, User],
+    units: Mapping[str, Unit],
+    t: Translate,
+    known: Mapping[str, Any],
+) -> list[Step]:
+    units_by_id = {u.id: u for u in units.values()}
+
+    def label(prefix: str, key: str) -> str:
+        return t(f"{prefix}.{key}") if f"{prefix}.{key}" in known else key
+
+    def unit_name(code: str) -> str:
+        unit = units.get(code)
+        return unit.name if unit is not None else code
+
+    def who(actor: str) -> str:
+        if m := _STAFF.match(actor):
+            user = users.get(int(m.group(1)))
+            if user is None:
+                return t("timeline.who.staff")
+            unit = units_by_id.get(user.unit_id) if user.unit_id is not None else None
+            role = label("role", user.role)
+            where = f", {unit.name}" if unit is not None else ""
+            return f"{user.display_name} ({role}{where})"
+        kind = actor.split(":", 1)[0]
+        if f"timeline.who.{kind}" in known:
+            return t(f"timeline.who.{kind}")
+        return label("role", kind)
+
+    def detail(event: AuditEvent) -> str | None:
+        note = event.note
+        if not note:
+            return None
+        if note in _FIXED_NOTES:
+            return t(_FIXED_NOTES[note])
+        if event.action == "submit" and (m := _SUBMIT.match(note)):
+            return t("timeline.note.submit", channel=label("channel", m[1]), photos=int(m[2]))
+        if event.action == "classify" and (m := _CLASSIFY.match(note)):
+            competence = m[2] if m[2] != "default" else "by_category"
+            return t(
+                "timeline.note.classify",
+                urgency=label("urgency", m[1]),
+                competence=label("competence", competence),
+            )
+        if event.action == "assign" and _UNIT.match(note):
+            return t("timeline.note.assign", unit=unit_name(note))
+        if event.action == "transfer" and (m := _MOVE.match(note)):
+            return t(
+                "timeline.note.transfer", before=unit_name(m[1]), after=unit_name(m[2]), why=m[3]
+            )
+        if event.action == "extend" and (m := _EXTEND.match(note)):
+            return t("timeline.note.extend", before=m[1], after=m[2], why=m[3])
+        if event.action == "reject":
+            reason, _, words = note.partition(": ")
+            return f"{label('reject', reason)}: {words}" if words else label("reject", reason)
+        if event.action == "merge":
+            return t("timeline.note.merge", case=note)
+        if event.action == "rate":
+            return t("timeline.note.rate", stars=note)
+        if event.action == "escalate" and note.startswith("due "):
+            return t("timeline.note.escalate", due=note[4:])
+        return note
+
+    return [
+        Step(
+            at=e.created_at,
+            what=label("action", e.action),
+            who=who(e.actor),
+            state=e.to_state if e.to_state and e.to_state != e.from_state else None,
+            detail=detail(e),
+        )
+        for e in events
+    ]

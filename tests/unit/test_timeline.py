@@ -1,0 +1,56 @@
+"""The ticket's timeline in words: every machine note the workflow writes is said in
+words, with who did it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from backend.models import AuditEvent, Unit, User
+from backend.web.dashboard import TEXT
+from backend.web.timeline import describe
+
+AT = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+WARD = Unit(id=1, code="W14812", name="UBND Phường Bỉm Sơn", kind="ward")
+DEPT = Unit(id=2, code="P38", name="Sở NN&MT Thanh Hóa", kind="province")
+LAN = User(id=7, username="lan", display_name="Lan", role="ward_leader", unit_id=1)
+
+
+def said(actor: str, action: str, note: str | None, to_state: str | None = None) -> str:
+    event = AuditEvent(
+        actor=actor, action=action, note=note, from_state="x", to_state=to_state, created_at=AT
+    )
+    catalogue = TEXT.catalogue("vi")
+    [step] = describe(
+        [event],
+        {7: LAN},
+        {"W14812": WARD, "P38": DEPT},
+        lambda key, **p: TEXT.translate("vi", key, **p),
+        catalogue,
+    )
+    return " | ".join(filter(None, [step.what, step.who, step.detail]))
+
+
+def test_each_machine_note_is_said_in_words() -> None:
+    assert said("reporter", "submit", "zalo_oa; 2 photo(s)") == (
+        "Tiếp nhận | Người phản ánh | qua Zalo OA, 2 ảnh"
+    )
+    assert said("auto", "classify", "urgency=urgent; competence=default") == (
+        "Phân loại | Tự động (tỉnh bật tự phân loại) | mức độ: Khẩn; thẩm quyền: theo lĩnh vực"
+    )
+    assert said("auto", "assign", "W14812").endswith("tới UBND Phường Bỉm Sơn")
+    assert said("user:7", "transfer", "W14812 → P38: Cơ sở sản xuất lớn") == (
+        "Chuyển cơ quan khác | Lan (Lãnh đạo UBND, UBND Phường Bỉm Sơn)"
+        " | từ UBND Phường Bỉm Sơn sang Sở NN&MT Thanh Hóa. Lý do: Cơ sở sản xuất lớn"
+    )
+    assert said("reporter:3", "reopen", "not fixed (reporter)") == (
+        "Mở lại | Người phản ánh | người phản ánh báo chưa xử lý xong"
+    )
+    assert "Tin rác" in said("user:7", "reject", "spam")
+    assert said("user:9", "claim", None) == "Nhận xử lý | Cán bộ"
+    assert said("operator", "phone_intake", None) == (
+        "Tổng đài viên nhập phản ánh qua điện thoại | Cán bộ tiếp nhận"
+    )
+    # A reason typed by staff is shown as written.
+    assert said("user:7", "not_confirmed", "Không thấy rác tại chỗ").endswith(
+        "Không thấy rác tại chỗ"
+    )
