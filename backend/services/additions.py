@@ -93,6 +93,7 @@ HANDLERS_OF_UNIT = {
     "ward_committee": ("ward_staff", "ward_leader"),
     "province_department": ("supervisor",),
     "police": ("police",),
+    "ministry": ("supervisor",),
 }
 
 

@@ -52,8 +52,9 @@ STATES = (
     "rejected",
     "merged",
 )
-# States with a step still to do: these can be overdue.
+# The actor of a province's auto-classification (its audit trail says so).
 AUTO = "auto"
+# States with a step still to do: these can be overdue.
 OPEN_STATES = (
     "received",
     "classified",
@@ -109,6 +110,9 @@ def _t(
 
 TRANSITIONS: tuple[Transition, ...] = (
     _t("classify", ["received"], "classified", _TRIAGE | {"system"}, ["competence"]),
+    # Forwarded but not yet taken up (an auto-classified report): urgency and competence
+    # changed by intake; another unit gets it afresh.
+    _t("reclassify", ["assigned"], None, _TRIAGE, ["competence"]),
     _t("assign", ["classified"], "assigned", _TRIAGE | {"system"}),
     _t("claim", ["assigned", "transferred", "reopened"], "claimed", _HANDLERS),
     _t("verify", ["claimed"], "verifying", _HANDLERS),
@@ -332,8 +336,8 @@ async def auto_classify(
     session: AsyncSession, ticket: Ticket, policies: Policies, now: datetime
 ) -> bool:
     """Under a province's auto_classify policy, classify a report just received whose
-    category is clear and forward it at once; audited as "auto", and reclassified by an
-    operator like any other. Whether it was."""
+    category is clear and forward it at once; audited as "auto". Intake may reclassify
+    it until it is taken up. Whether it was."""
     ward = await session.get(Ward, ticket.ward_code)
     policy = policies.for_province(ward.province_code if ward else None)
     if not policy.auto_classify or ticket.category_code == UNCLEAR_CATEGORY:
@@ -437,6 +441,20 @@ async def _classify(step: _Step) -> str | None:
     ticket.classified_at = now
     ticket.due_at = policy.forward_due(now)
     return f"urgency={ticket.urgency}; competence={ticket.competence or 'default'}"
+
+
+async def _reclassify(step: _Step) -> str | None:
+    session, ticket, request, _, policy, now = step
+    if request.urgency is not None:
+        ticket.urgency = request.urgency
+    ticket.competence = request.competence
+    unit = await unit_for(session, request.competence or "ward", ticket.ward_code)
+    if unit.id != ticket.unit_id:
+        ticket.unit_id = unit.id
+        ticket.assigned_at = now
+        ticket.due_at = policy.claim_due(now)
+        await post_cards(session, ticket)
+    return f"urgency={ticket.urgency}; competence={ticket.competence}"
 
 
 async def _assign(step: _Step) -> str | None:
@@ -644,6 +662,7 @@ async def _merge(step: _Step) -> str | None:
 
 _EFFECTS = {
     "classify": _classify,
+    "reclassify": _reclassify,
     "assign": _assign,
     "claim": _claim,
     "verify": _keep_due,

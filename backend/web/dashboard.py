@@ -66,7 +66,7 @@ from backend.timeutil import VN_TZ, format_local
 from backend.web.app import GEOCODER, MEDIA, POLICIES, SESSIONS, SETTINGS, WARDS
 from backend.web.auth import WEB_SESSION, csrf_ok, signed_in
 from backend.web.bodies import read_form, upload_limit
-from backend.web.timeline import describe, people_and_units
+from backend.web.timeline import describe, names_for
 
 HERE = Path(__file__).resolve().parent
 TEXT = Catalogues(HERE / "locales", "web")
@@ -274,7 +274,7 @@ async def _ticket_response(
                 select(AuditEvent).where(AuditEvent.ticket_id == ticket.id).order_by(AuditEvent.id)
             )
         )
-        named, units = await people_and_units(session, events)
+        names = await names_for(session, events)
         notes = list(
             await session.execute(
                 select(TicketNote, User.display_name)
@@ -307,7 +307,7 @@ async def _ticket_response(
         results=[p for p in photos if p.kind == "result"],
         additions=[e for e in events if e.action == ADDED],
         anonymous=anonymous,
-        timeline=describe(events, named, units, translator(request), TEXT.catalogue("vi")),
+        timeline=describe(events, names, translator(request), TEXT.catalogue("vi"), actor.role),
         notes=notes,
         unsent=unsent,
         actions=allowed_actions(ticket, actor.role),
@@ -515,12 +515,13 @@ async def _place(
             ward = meant[0] if meant else None
         if ward is not None:
             if point is not None and wards.covers(*point):
-                return _Place(ward.code, point[0], point[1], "map")
+                return _Place(ward.code, point[0], point[1], "map", _typed_place(form) or None)
             return await _within(wards, geocoder, ward, _typed_place(form))
     if point is not None:
         placed = wards.place(*point)
         if placed.in_vietnam and placed.nearest is not None:
-            return _Place(placed.nearest.code, point[0], point[1], "map")
+            code = placed.nearest.code
+            return _Place(code, point[0], point[1], "map", _typed_place(form) or None)
     typed = _typed_place(form)
     if not typed:
         return None
@@ -531,11 +532,13 @@ async def _place(
     if spot is not None:
         found = wards.place(spot.lat, spot.lon).nearest
         if found is not None:
-            return _Place(found.code, spot.lat, spot.lon, "address", spot.address)
+            # Only a ward's name matched: its centre, approximate.
+            source = "address" if spot.source == "nominatim" else "ward_name"
+            return _Place(found.code, spot.lat, spot.lon, source, spot.address)
     for part in typed.split(","):
         named = wards.search(part.strip())
         if named:
-            return _Place(named[0].code, named[0].lat, named[0].lon, "address", typed)
+            return _Place(named[0].code, named[0].lat, named[0].lon, "ward_name", typed)
     return None
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import AuditEvent, Unit, User
+from backend.models import AuditEvent, Reporter, Unit, User
+from backend.services.privacy import UNSEAL
 
 Translate = Callable[..., str]
 
@@ -25,10 +26,26 @@ _SUBMIT = re.compile(r"^(\w+); (\d+) photo\(s\)$")
 _CLASSIFY = re.compile(r"^urgency=(\w+); competence=(\w+)$")
 _MOVE = re.compile(r"^(\S+) → (\S+): (.*)$", re.S)
 _EXTEND = re.compile(r"^(.*?) → (.*?): (.*)$", re.S)
-_UNIT = re.compile(r"^[A-Z]{1,2}\d{2,5}$")
 _STAFF = re.compile(r"^user:(\d+)$")
+_REPORTER = re.compile(r"^reporter:(\d+)$")
 # Notes written by the system in English, said in words.
-_FIXED_NOTES = {"not fixed (reporter)": "timeline.note.not_fixed"}
+_FIXED_NOTES = {
+    "not fixed (reporter)": "timeline.note.not_fixed",
+    "reopen window over": "timeline.note.window_over",
+}
+# Who may see which staff member looked at a reporter's identity (as on /privacy).
+UNSEAL_READERS = frozenset({"admin", "supervisor"})
+
+
+def _unit_codes(note: str | None, action: str) -> list[str]:
+    """The unit codes a note names: the unit forwarded to, or a transfer's two units."""
+    if not note:
+        return []
+    if action == "assign":
+        return [note]
+    if action == "transfer" and (m := _MOVE.match(note)):
+        return [m[1], m[2]]
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,23 +57,43 @@ class Step:
     detail: str | None
 
 
-async def people_and_units(
-    session: AsyncSession, events: Iterable[AuditEvent]
-) -> tuple[dict[int, User], dict[str, Unit]]:
-    """The staff named by the events, and every unit by code (for ids and codes in notes)."""
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What the events' actors and notes refer to."""
+
+    users: Mapping[int, User]
+    units: Mapping[str, Unit]
+    # Reporter id → pseudonym.
+    reporters: Mapping[int, str]
+
+
+async def names_for(session: AsyncSession, events: Iterable[AuditEvent]) -> Names:
+    """The staff and reporters the events name, and the units (by code) of those staff
+    and of the notes."""
+    events = list(events)
     ids = {int(m.group(1)) for e in events if (m := _STAFF.match(e.actor))}
     users = {u.id: u for u in await session.scalars(select(User).where(User.id.in_(ids)))}
-    units = {u.code: u for u in await session.scalars(select(Unit))}
-    return users, units
+    codes = {c for e in events for c in _unit_codes(e.note, e.action)}
+    unit_ids = {u.unit_id for u in users.values() if u.unit_id is not None}
+    units = await session.scalars(
+        select(Unit).where(or_(Unit.code.in_(codes), Unit.id.in_(unit_ids)))
+    )
+    reporter_ids = {int(m.group(1)) for e in events if (m := _REPORTER.match(e.actor))}
+    pseudonyms = await session.execute(
+        select(Reporter.id, Reporter.pseudonym).where(Reporter.id.in_(reporter_ids))
+    )
+    return Names(users, {u.code: u for u in units}, {rid: name for rid, name in pseudonyms})
 
 
 def describe(
     events: Iterable[AuditEvent],
-    users: Mapping[int, User],
-    units: Mapping[str, Unit],
+    names: Names,
     t: Translate,
     known: Mapping[str, Any],
+    reader_role: str,
 ) -> list[Step]:
+    """The steps in words, for a reader of this role."""
+    users, units = names.users, names.units
     units_by_id = {u.id: u for u in units.values()}
 
     def label(prefix: str, key: str) -> str:
@@ -66,7 +103,15 @@ def describe(
         unit = units.get(code)
         return unit.name if unit is not None else code
 
-    def who(actor: str) -> str:
+    def who(event: AuditEvent) -> str:
+        actor = event.actor
+        if event.action == UNSEAL and reader_role not in UNSEAL_READERS:
+            # Who looked is for supervisors and admins: others see the role only.
+            looker = users.get(int(m[1])) if (m := _STAFF.match(actor)) else None
+            return label("role", looker.role) if looker else t("timeline.who.staff")
+        if (m := _REPORTER.match(actor)) and int(m[1]) in names.reporters:
+            # The reporters of a case are told apart by their pseudonyms.
+            return t("timeline.who.reporter_n", pseudonym=names.reporters[int(m[1])])
         if m := _STAFF.match(actor):
             user = users.get(int(m.group(1)))
             if user is None:
@@ -88,14 +133,14 @@ def describe(
             return t(_FIXED_NOTES[note])
         if event.action == "submit" and (m := _SUBMIT.match(note)):
             return t("timeline.note.submit", channel=label("channel", m[1]), photos=int(m[2]))
-        if event.action == "classify" and (m := _CLASSIFY.match(note)):
+        if event.action in ("classify", "reclassify") and (m := _CLASSIFY.match(note)):
             competence = m[2] if m[2] != "default" else "by_category"
             return t(
                 "timeline.note.classify",
                 urgency=label("urgency", m[1]),
                 competence=label("competence", competence),
             )
-        if event.action == "assign" and _UNIT.match(note):
+        if event.action == "assign" and note in units:
             return t("timeline.note.assign", unit=unit_name(note))
         if event.action == "transfer" and (m := _MOVE.match(note)):
             return t(
@@ -118,7 +163,7 @@ def describe(
         Step(
             at=e.created_at,
             what=label("action", e.action),
-            who=who(e.actor),
+            who=who(e),
             state=e.to_state if e.to_state and e.to_state != e.from_state else None,
             detail=detail(e),
         )

@@ -112,9 +112,15 @@ async def test_a_typed_address_with_a_ward_is_kept_and_looked_up_within_the_ward
                 settings, operator, {"ward": "14812", "place": "Chợ Bỉm Sơn, Trần Phú"}
             )
             unknown = await file(settings, operator, {"ward": "14812", "place": "Ngõ 7 xóm Bến"})
+            # No ward picked; the address names only a ward: its centre, approximate.
+            named = await file(settings, operator, {"place": "Phường Bỉm Sơn, Thanh Hóa"})
+            # A point on the map keeps the words typed with it.
+            pinned = await file(
+                settings, operator, {"point": "20.0762, 105.9051", "place": "cổng chợ"}
+            )
     finally:
         await nominatim.stop()
-    codes = [url.rsplit("/", 1)[1] for _, url, _ in (found, unknown)]
+    codes = [url.rsplit("/", 1)[1] for _, url, _ in (found, unknown, named, pinned)]
     async with sessions() as s:
         tickets = {t.code: t for t in await s.scalars(select(Ticket).where(Ticket.code.in_(codes)))}
     at_market, at_centre = tickets[codes[0]], tickets[codes[1]]
@@ -125,3 +131,6 @@ async def test_a_typed_address_with_a_ward_is_kept_and_looked_up_within_the_ward
     assert at_centre.location_source == "ward_pick" and at_centre.address == "Ngõ 7 xóm Bến"
     assert "Ngõ 7 xóm Bến" in unknown[2]
     assert "vị trí gần đúng: trung tâm xã/phường" in unknown[2]
+    assert tickets[codes[2]].location_source == "ward_name"
+    assert "vị trí gần đúng: trung tâm xã/phường" in named[2]
+    assert (tickets[codes[3]].location_source, tickets[codes[3]].address) == ("map", "cổng chợ")

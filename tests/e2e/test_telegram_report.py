@@ -86,7 +86,7 @@ async def test_full_report_is_routed_to_bim_son(
     assert len(api.answered_callbacks) == 4
 
 
-async def test_a_photo_and_gps_report_takes_seven_actions_and_seven_messages(
+async def test_a_photo_and_gps_report_takes_seven_actions_and_eight_messages(
     api: FakeTelegram,
     chat_settings: Settings,
     sessions: async_sessionmaker[AsyncSession],

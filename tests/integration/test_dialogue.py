@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import AuditEvent, Consent, OutboxMessage, Photo, Ticket
+from backend.models import AuditEvent, Consent, OutboxMessage, Photo, Ticket, Unit
 from backend.services.deadlines import Policies
 from backend.services.photos import ACCEPTED_FORMATS
 from backend.services.reporters import CONSENT_TEXT_VERSION, record_consent
 from backend.services.units import WardIndex
-from backend.services.workflow import Action, apply
+from backend.services.workflow import Action, WorkflowError, apply
 from bot.dispatcher import Dispatcher
 from handlers.events import MediaRef
 from handlers.i18n import translate
@@ -778,11 +778,22 @@ async def test_a_province_may_classify_and_forward_clear_reports_at_once(
     assert tickets["other"].state == "received"
     # The confirmation said where it went: no second message about it.
     assert "notify.assigned" not in notices
-    # An operator can still move it.
+    # Intake can still reclassify it until it is taken up (the ward cannot), or move it.
     async with sessions() as s, s.begin():
         ticket = await s.get(Ticket, tickets["dumping"].id)
         assert ticket is not None
         operator = await actor(s, "operator", "P38")
+        staff = await actor(s, "ward_staff", "W14812")
+        again = Action("reclassify", urgency="urgent", competence="police")
+        with pytest.raises(WorkflowError, match="forbidden"):
+            await apply(s, ticket, again, staff, policies)
+        await apply(s, ticket, again, operator, policies)
+        police = await s.get(Unit, ticket.unit_id)
+        assert (ticket.state, ticket.urgency, police and police.code) == (
+            "assigned",
+            "urgent",
+            "C38",
+        )
         move = Action("transfer", competence="province", reason="Cơ sở sản xuất")
         await apply(s, ticket, move, operator, policies)
         assert ticket.state == "transferred"

@@ -7,25 +7,34 @@ from datetime import UTC, datetime
 
 from backend.models import AuditEvent, Unit, User
 from backend.web.dashboard import TEXT
-from backend.web.timeline import describe
+from backend.web.timeline import Names, describe
 
 AT = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
 WARD = Unit(id=1, code="W14812", name="UBND Phường Bỉm Sơn", kind="ward")
 DEPT = Unit(id=2, code="P38", name="Sở NN&MT Thanh Hóa", kind="province")
+MINISTRY = Unit(id=3, code="MOAE", name="Bộ Nông nghiệp và Môi trường", kind="ministry")
 LAN = User(id=7, username="lan", display_name="Lan", role="ward_leader", unit_id=1)
 
 
-def said(actor: str, action: str, note: str | None, to_state: str | None = None) -> str:
+NAMES = Names({7: LAN}, {"W14812": WARD, "P38": DEPT, "MOAE": MINISTRY}, {3: "A7K2"})
+
+
+def said(
+    actor: str,
+    action: str,
+    note: str | None,
+    to_state: str | None = None,
+    reader: str = "ward_staff",
+) -> str:
     event = AuditEvent(
         actor=actor, action=action, note=note, from_state="x", to_state=to_state, created_at=AT
     )
-    catalogue = TEXT.catalogue("vi")
     [step] = describe(
         [event],
-        {7: LAN},
-        {"W14812": WARD, "P38": DEPT},
+        NAMES,
         lambda key, **p: TEXT.translate("vi", key, **p),
-        catalogue,
+        TEXT.catalogue("vi"),
+        reader,
     )
     return " | ".join(filter(None, [step.what, step.who, step.detail]))
 
@@ -43,8 +52,25 @@ def test_each_machine_note_is_said_in_words() -> None:
         " | từ UBND Phường Bỉm Sơn sang Sở NN&MT Thanh Hóa. Lý do: Cơ sở sản xuất lớn"
     )
     assert said("reporter:3", "reopen", "not fixed (reporter)") == (
-        "Mở lại | Người phản ánh | người phản ánh báo chưa xử lý xong"
+        "Mở lại | Người phản ánh #A7K2 | người phản ánh báo chưa xử lý xong"
     )
+    assert said("system", "close", "reopen window over") == (
+        "Kết thúc | Hệ thống | hết thời hạn người phản ánh có thể mở lại"
+    )
+    assert said("user:7", "assign", "MOAE").endswith("tới Bộ Nông nghiệp và Môi trường")
+    assert said("user:7", "reclassify", "urgency=urgent; competence=province") == (
+        "Phân loại lại | Lan (Lãnh đạo UBND, UBND Phường Bỉm Sơn)"
+        " | mức độ: Khẩn; thẩm quyền: Sở NN&MT"
+    )
+
+
+def test_who_looked_at_an_identity_is_named_to_supervisors_and_admins_only() -> None:
+    looked = ("user:7", "show_identity", "Gọi lại để hẹn xác minh")
+    for reader in ("ward_staff", "operator"):
+        assert said(*looked, reader=reader) == (
+            "Xem danh tính | Lãnh đạo UBND | Gọi lại để hẹn xác minh"
+        )
+    assert "Lan (" in said(*looked, reader="supervisor")
     assert "Tin rác" in said("user:7", "reject", "spam")
     assert said("user:9", "claim", None) == "Nhận xử lý | Cán bộ"
     assert said("operator", "phone_intake", None) == (
