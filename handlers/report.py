@@ -427,19 +427,21 @@ def _ask_again(turn: Turn) -> None:
 
 GEOCODE = "geocoded"
 REVERSE = "reversed"
+# Seconds a pin's ward question waits for the map's name for the place.
+REVERSE_WAIT = 1.5
 
 
 async def reverse_look_up(
     services: Services, channel: str, chat_id: str, update_id: str, lat: float, lon: float
 ) -> Incoming:
-    """The geocoder's address for a pin, as an event for the chat that sent it."""
-    outcome: GeocodeOutcome
+    """The geocoder's address for a pin, as an event for the chat that sent it. The
+    resident waits for the ward question: at most REVERSE_WAIT seconds (the geocoder
+    takes one request a second for everyone; a late answer is cached for next time),
+    then the nearest wards are asked without it."""
+    outcome: GeocodeOutcome = "not_found"
     address = None
-    try:
-        address = await services.geocoder.reverse(lat, lon) if services.geocoder else None
-    except GeocoderDown:
-        outcome = "unavailable"
-    else:
+    if services.geocoder is not None:
+        address = await services.geocoder.reverse_within(lat, lon, REVERSE_WAIT)
         outcome = "nominatim" if address else "not_found"
     return Incoming(
         channel=channel,

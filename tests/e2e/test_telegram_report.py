@@ -250,3 +250,46 @@ async def test_files_are_checked_before_they_count(
     stored = sorted(p.name for p in chat_settings.media_dir.rglob("*.*"))
     assert len(stored) == 2
     assert stored[0].endswith(".jpg") and stored[1].endswith(".thumb.jpg")
+
+
+@pytest.mark.parametrize("mode", ["polling"])
+async def test_after_sending_a_photo_is_added_to_the_report_on_telegram(
+    api: FakeTelegram,
+    chat_settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    mode: str,
+) -> None:
+    """Consent typed, a ward typed far from the pin checked, then a photo after sending:
+    offered as an addition to the report, stored on it."""
+    async with running(chat_settings):
+        user = FakeUser(api, chat_id=5010)
+        await user.text("/start")
+        await user.reply()
+        await user.text("đồng ý")
+        assert "Bước 1" in ((await user.reply()).text or "")
+        await user.location(21.0285, 105.8542)  # Hà Nội
+        await user.replies(2)
+        await user.text("Bỉm Sơn")  # a ward in Thanh Hóa
+        check = await user.reply()
+        assert "Cái nào đúng?" in (check.text or "")
+        await user.press("🏛 Phường Bỉm Sơn, Thanh Hóa đúng")
+        await user.reply()  # the centre taken (approximate), and the category question
+        await user.press("Đổ rác, xả rác trái phép")
+        await user.reply()
+        await user.text("Bãi rác tự phát cạnh kênh, bốc mùi nhiều ngày.")
+        await user.reply()
+        await user.tap("✅ Gửi ẩn danh")
+        done = await user.reply()
+        code = (done.text or "").split("Mã theo dõi: ")[1].split()[0]
+
+        await user.photo(image_bytes("JPEG", (64, 48), "brown"))
+        offer = await user.reply()
+        assert f"Thêm vào phản ánh {code}" in (offer.text or "")
+        await user.press(f"➕ Thêm vào {code}")
+        saved = await user.reply()
+    assert f"Đã bổ sung vào phản ánh {code} (1 ảnh)" in (saved.text or "")
+    async with sessions() as session:
+        ticket = (await session.scalars(select(Ticket))).one()
+        kinds = sorted(p.kind for p in await session.scalars(select(Photo)))
+    assert (ticket.code, ticket.ward_code, ticket.location_source) == (code, "14812", "ward_name")
+    assert kinds == ["addition"]

@@ -41,9 +41,16 @@ def photo(n: int) -> bytes:
 
 
 def _key_pattern(key: str) -> str:
-    """The Vietnamese message for key, its parameters (one line each) as wildcards."""
+    """The Vietnamese message for key, its parameters (one line each) as wildcards;
+    "a|b": either message."""
+    if "|" in key:
+        return "(?:" + "|".join(_key_pattern(k) for k in key.split("|")) + ")"
     parts = re.split(r"\{[a-z_]+\}", catalogue("vi")[key])
     return "[^\n]*".join(re.escape(p) for p in parts)
+
+
+# The ward question: the nearest wards, or the one the map names for the place first.
+WARD_QUESTION = "ward.ask|ward.ask_named"
 
 
 @cache
@@ -227,7 +234,7 @@ class TelegramResident(Resident):
         return await self._step(
             self._message(location={"latitude": lat, "longitude": lon}),
             "location.received",
-            "ward.ask",
+            WARD_QUESTION,
         )
 
 
@@ -267,7 +274,7 @@ class ZaloResident(Resident):
                 "user_send_location", {"attachments": [{"type": "location", "payload": point}]}
             ),
             "location.received",
-            "ward.ask",
+            WARD_QUESTION,
         )
         await self.say("1", "ward.chosen", "category.ask")
         await self.say("1", "description.ask")
@@ -304,5 +311,5 @@ class AddressResident(TelegramResident):
 
     async def place_step(self) -> list[Received[Any]]:
         return await self.text(
-            address_words(self.n), "location.searching", "location.found_address", "ward.ask"
+            address_words(self.n), "location.searching", "location.found_address", WARD_QUESTION
         )
