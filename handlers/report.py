@@ -7,6 +7,7 @@ summary asks how to send (with the phone shared, or anonymously), so sending is 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from backend.geo import haversine_km
@@ -435,14 +436,18 @@ async def reverse_look_up(
     services: Services, channel: str, chat_id: str, update_id: str, lat: float, lon: float
 ) -> Incoming:
     """The geocoder's address for a pin, as an event for the chat that sent it. The
-    resident waits for the ward question: at most REVERSE_WAIT seconds (the geocoder
-    takes one request a second for everyone; a late answer is cached for next time),
-    then the nearest wards are asked without it."""
+    resident waits for the ward question: at most REVERSE_WAIT seconds, then the nearest
+    wards are asked without it. A look-up not done by then is dropped, not left queued:
+    the geocoder takes one request a second for everyone, and typed addresses need it."""
     outcome: GeocodeOutcome = "not_found"
     address = None
     if services.geocoder is not None:
-        address = await services.geocoder.reverse_within(lat, lon, REVERSE_WAIT)
-        outcome = "nominatim" if address else "not_found"
+        try:
+            address = await asyncio.wait_for(services.geocoder.reverse(lat, lon), REVERSE_WAIT)
+        except (TimeoutError, GeocoderDown):
+            outcome = "unavailable"
+        else:
+            outcome = "nominatim" if address else "not_found"
     return Incoming(
         channel=channel,
         chat_id=chat_id,
