@@ -264,6 +264,9 @@ class Ticket(Base):
     # another unit, and whether any step was finished after its due time.
     transfer_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Hidden from the public case page and map by staff, with why (audited as "hide").
+    hidden_at: Mapped[datetime | None] = mapped_column(default=None)
+    hidden_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (
         Index("ix_tickets_open_due", "state", "due_at"),
@@ -300,6 +303,9 @@ class Photo(Base):
     # evidence, not shown to ward staff.
     # {"lat", "lon", "taken_at"}, sealed (backend.crypto).
     exif: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON("photos.exif"), default=None)
+    # Shown on the public case page: an evidence photo is blurred there until staff mark
+    # it publishable; a result photo is shown once staff chose to publish it.
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -677,3 +683,101 @@ class ReferenceVersion(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
     content: Mapped[str | None] = mapped_column(Text, default=None)
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- the public and other systems ---------------------------------------------------------
+
+
+class ReporterMute(Base):
+    """A reporter an operator muted for a while, with why: their messages get a neutral
+    answer and start no report until it ends or is lifted."""
+
+    __tablename__ = "reporter_mutes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reporter_id: Mapped[int] = mapped_column(ForeignKey("reporters.id"), index=True)
+    until: Mapped[datetime] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text)
+    muted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RateCount(Base):
+    """How many times something was done in one window of a limit (a reporter's reports
+    this hour, a web address's forms today, a partner key's requests): counted here so
+    every process sees the same figure."""
+
+    __tablename__ = "rate_counts"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The window's start, in epoch seconds.
+    window: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    # When the row may be swept.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class PartnerKey(Base):
+    """An Open311 api_key issued to a partner system, scoped to a province. Only its
+    SHA-256 is kept; the key itself is shown once, when it is issued."""
+
+    __tablename__ = "partner_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    province_code: Mapped[str] = mapped_column(ForeignKey("provinces.code"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, so an admin can tell keys apart.
+    key_hint: Mapped[str] = mapped_column(String(12))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Webhook(Base):
+    """A partner's URL that hears of a province's tickets (created, status changed,
+    answered, overdue), each delivery signed with the webhook's secret."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    url: Mapped[str] = mapped_column(Text)
+    province_code: Mapped[str] = mapped_column(ForeignKey("provinces.code"))
+    # The event types it hears: ["ticket.created", "ticket.status_changed", ...]
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(Sealed("webhooks.secret"))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to one webhook: at least once, retried with backoff for a
+    day, then failed and shown to admins. The body is kept as sent, so a retry is signed
+    over the same bytes."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    # The event's id, the same on every attempt (the partner drops repeats by it).
+    event_id: Mapped[str] = mapped_column(String(36))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    body: Mapped[str] = mapped_column(Text)
+    # pending · delivered · failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The process delivering it now (see Presence): a lease lasts while its owner lives.
+    lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_webhook_deliveries_pending", "status", "next_attempt_at"),)
