@@ -1,0 +1,71 @@
+"""Limits on how often something is done (reports per reporter, web forms per address,
+Open311 requests per key), counted in the database so that every process keeps the
+same count.
+
+A limit is fixed windows of `window` seconds: the count of the current window is taken
+with one INSERT … ON CONFLICT DO UPDATE … RETURNING, which both backends run atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import RateCount
+from backend.services.upsert import insert_for
+
+HOUR = 3600
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` times per `window` seconds."""
+
+    count: int
+    window: int
+
+
+def window_start(now: float, window: int) -> int:
+    """The start of the window `now` falls in, in epoch seconds. A day's window starts at
+    midnight in Vietnam (UTC+7)."""
+    offset = 7 * HOUR if window % DAY == 0 else 0
+    return int((now + offset) // window * window - offset)
+
+
+async def take(session: AsyncSession, name: str, limit: Limit, now: float | None = None) -> bool:
+    """Count one more under `name`; False (and counted all the same) when that goes over
+    the limit. Runs in the caller's transaction: a rolled-back attempt is not counted."""
+    now = time.time() if now is None else now
+    start = window_start(now, limit.window)
+    stmt = insert_for(session, RateCount).values(
+        name=name,
+        window=start,
+        count=1,
+        expires_at=datetime.fromtimestamp(start + limit.window, UTC),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name", "window"], set_={"count": RateCount.count + 1}
+    ).returning(RateCount.count)
+    count = (await session.execute(stmt)).scalar_one()
+    return int(count) <= limit.count
+
+
+async def take_all(
+    session: AsyncSession, name: str, limits: list[Limit], now: float | None = None
+) -> bool:
+    """take() under every limit (an hour's and a day's); False when any is exceeded."""
+    now = time.time() if now is None else now
+    results = [await take(session, f"{name}:{lim.window}", lim, now) for lim in limits]
+    return all(results)
+
+
+async def sweep(session: AsyncSession, now: datetime | None = None) -> int:
+    """Delete the counts of windows that have ended; how many were deleted."""
+    now = now or datetime.now(UTC)
+    result = await session.execute(delete(RateCount).where(RateCount.expires_at < now))
+    return int(getattr(result, "rowcount", 0) or 0)
