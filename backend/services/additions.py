@@ -103,7 +103,6 @@ async def _tell_handlers(
     """The staff member who claimed the ticket; else, before it is forwarded, the
     province's operators; else the handlers of its unit. The notices queued."""
     query = select(User).where(User.active.is_(True))
-    unit = await session.get(Unit, ticket.unit_id)
     if ticket.claimed_by is not None:
         query = query.where(User.id == ticket.claimed_by)
     elif ticket.state in ("received", "classified"):
@@ -113,6 +112,7 @@ async def _tell_handlers(
             User.role == "operator", Unit.code == province
         )
     else:
+        unit = await session.get(Unit, ticket.unit_id)
         roles = HANDLERS_OF_UNIT.get(unit.kind if unit else "", ())
         query = query.where(User.unit_id == ticket.unit_id, User.role.in_(roles))
     users = list(await session.scalars(query))

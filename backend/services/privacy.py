@@ -32,6 +32,8 @@ from backend.services.notify import withdrew
 
 # The audit action of a staff member unsealing a reporter's identity.
 UNSEAL = "show_identity"
+# Who may see who unsealed an identity (others see only the role that did).
+UNSEAL_READERS = frozenset({"admin", "supervisor"})
 # Outbox rows to an erased chat that had not gone yet: never sent.
 ERASED = "erased"
 # Notices queued for a reporter when they withdrew consent: never sent.

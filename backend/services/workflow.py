@@ -464,7 +464,7 @@ async def _assign(step: _Step) -> str | None:
     unit = await session.get(Unit, ticket.unit_id)
     ward = await session.get(Ward, ticket.ward_code)
     await post_cards(session, ticket)
-    if step.actor.label != AUTO:
+    if step.actor.name != AUTO:
         # Forwarded as it was received: the confirmation of the report says so.
         await tell_reporters(
             session,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import keys
 from backend.models import AuditEvent, ReporterIdentity, Ticket, User, utcnow
-from backend.services.privacy import UNSEAL, erase_identity, held_data
+from backend.services.privacy import UNSEAL, UNSEAL_READERS, erase_identity, held_data
 from backend.services.reporters import normalise_phone
 from backend.services.workflow import Actor, scope_query
 from backend.web.app import SESSIONS
@@ -48,7 +48,7 @@ async def _in_scope(session: AsyncSession, actor: Actor, reporter_ids: list[int]
 async def _unseals(session: AsyncSession, actor: Actor) -> list[tuple[AuditEvent, str, str]]:
     """Unsealings in the actor's scope, newest first, with the ticket's code and who
     unsealed (admins and supervisors only)."""
-    if actor.role not in ("admin", "supervisor"):
+    if actor.role not in UNSEAL_READERS:
         return []
     rows: list[Any] = list(
         await session.execute(

@@ -18,7 +18,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import AuditEvent, Reporter, Unit, User
-from backend.services.privacy import UNSEAL
+from backend.services.privacy import UNSEAL, UNSEAL_READERS
 
 Translate = Callable[..., str]
 
@@ -34,7 +34,6 @@ _FIXED_NOTES = {
     "reopen window over": "timeline.note.window_over",
 }
 # Who may see which staff member looked at a reporter's identity (as on /privacy).
-UNSEAL_READERS = frozenset({"admin", "supervisor"})
 
 
 def _unit_codes(note: str | None, action: str) -> list[str]:
