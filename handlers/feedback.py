@@ -33,7 +33,7 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
         if action == "rate" and rest[0] in ("1", "2", "3", "4", "5"):
             await rate(turn.session, ticket, int(rest[0]), actor, now=turn.services.now())
             turn.ack(event.callback_id)
-            turn.say("feedback.thanks", rating=int(rest[0]), code=code)
+            turn.say("feedback.thanks", rating=int(rest[0]), code=code, page=code)
         elif action == "reopen":
             # A report merged into a case is reopened through the case, which each of
             # its reporters may reopen; the service tells them all.

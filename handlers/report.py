@@ -894,6 +894,7 @@ class Summary(Step):
             else:
                 turn.say(
                     "submitted.joined",
+                    page=result.code,
                     code=result.code,
                     case=joins,
                     contact=contact,
@@ -913,6 +914,7 @@ class Summary(Step):
             key,
             remove_keyboard=True,
             contact=contact,
+            page=result.code,
             code=result.code,
             ward=f"{result.ward_name}, {result.province_name}",
             unit=unit,
@@ -1093,7 +1095,7 @@ class Addition(Step):
             return True
         turn.reset()
         told = "addition.saved" if added.told else "addition.saved_on_page"
-        turn.say(told, code=added.ticket.code, photos=len(photos))
+        turn.say(told, code=added.ticket.code, photos=len(photos), page=added.ticket.code)
         return True
 
 

@@ -38,10 +38,11 @@ async def show_status(turn: Turn, code: str) -> None:
             category=status.category_en if turn.conv.language == "en" else status.category_vi,
             created=format_local(status.created_at),
             description=status.description[:300],
+            page=status.code,
             **params,
         )
     else:
-        turn.say("status.public", **params)
+        turn.say("status.public", page=status.code, **params)
 
 
 async def show_mine(turn: Turn) -> None:
