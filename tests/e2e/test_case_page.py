@@ -30,7 +30,7 @@ from backend.services.media_store import LocalStore
 from backend.services.photos import StoredImage, read_photo, store_photo
 from backend.services.workflow import Action, Actor, apply
 from tests.e2e.conftest import running
-from tests.e2e.staff_http import Visitor, form_token, staff_account, web_settings
+from tests.e2e.staff_http import Visitor, base_url, form_token, staff_account, web_settings
 from tests.factories import make_ticket, make_user
 
 POLICIES = Policies.load()
@@ -121,7 +121,7 @@ async def test_a_report_through_its_life_on_its_public_page(
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = web_settings(database_url, tmp_path)
-    base = settings.public_url
+    base = base_url(settings)
     world = await reported(sessions, settings)
     async with sessions() as s, s.begin():
         staff = await make_user(s, "ward_staff", "W14812")
@@ -211,7 +211,7 @@ async def test_a_hidden_case_answers_exactly_as_an_unknown_code_until_shown_agai
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = web_settings(database_url, tmp_path)
-    base = settings.public_url
+    base = base_url(settings)
     world = await reported(sessions, settings, days_ago=1)
     await staff_account(sessions, "operator1", PASSWORD, role="operator", unit="P38")
     await staff_account(sessions, "clerk", PASSWORD, role="ward_staff")
@@ -288,7 +288,7 @@ async def test_evidence_is_blurred_on_the_server_until_published(
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = web_settings(database_url, tmp_path)
-    base = settings.public_url
+    base = base_url(settings)
     world = await reported(sessions, settings, days_ago=1)
     other = await reported(sessions, settings, days_ago=2, chat_id="777005555")
     mine, theirs = (
@@ -342,7 +342,7 @@ async def test_hostile_paths_and_methods(
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = web_settings(database_url, tmp_path)
-    base = settings.public_url
+    base = base_url(settings)
     world = await reported(sessions, settings, days_ago=1)
     photo = await evidence_id(sessions, world.ticket_id)
     async with running(settings), aiohttp.ClientSession() as http:
@@ -385,7 +385,7 @@ async def test_no_public_answer_carries_the_reporter_the_polluter_notes_or_staff
     database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = web_settings(database_url, tmp_path)
-    base = settings.public_url
+    base = base_url(settings)
     world = await reported(sessions, settings, days_ago=3)
     result = await stored(settings, 3)
     async with sessions() as s, s.begin():
