@@ -44,7 +44,7 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
             if case.reopen_count > 0 and case.state not in ("answered", "closed"):
                 # Someone on the case reopened it already: it is being handled again.
                 turn.ack(event.callback_id)
-                turn.say("feedback.already_reopened", code=code)
+                turn.say("feedback.already_reopened", code=code, page=code)
                 return
             await apply(
                 turn.session,

@@ -53,6 +53,7 @@ async def test_the_code_given_and_looked_up_links_to_the_case_page(
     code = sent.split("Mã theo dõi: ")[1].split()[0]
     assert f"🔗 Theo dõi trên trang phản ánh: {BASE}/r/{code}" in sent
     assert f"{BASE}/r/{code}" in texts(await chat.say(f"/status {code}"))
+    assert f"{code} – " in (mine := texts(await chat.say("/my"))) and f"{BASE}/r/{code}" in mine
     # Anyone may look a code up, and open its public page.
     stranger = Chat(dispatcher, sessions, chat_id="9302")
     await stranger.say("/lang en")
