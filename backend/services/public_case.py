@@ -48,6 +48,8 @@ PUBLIC_STEPS = frozenset(
         "merge",
     }
 )
+# The steps with a due time of their own: classify (or reject), forward, take up, answer.
+TIMED_STEPS = frozenset({"classify", "reject", "assign", "claim", "answer"})
 # What the next step is, by the state the ticket waits in.
 NEXT_STEP = {
     "received": "classify",
@@ -144,9 +146,9 @@ def _step(event: AuditEvent, units: dict[str, str]) -> PublicStep:
         reason = f"public.reject.{code}" if code in REJECT_REASONS else "public.reject.other"
     elif event.action == "extend" and (m := _EXTENDED_TO.match(note)):
         until = m[1]
-    # A step that moved the ticket on is measured against its due time; an extension or
-    # a merge is not a step with a deadline of its own.
-    timed = event.action not in ("extend", "merge", "mark_complex", "submit", "transfer")
+    # Only the steps the regulation times are measured against the due time in force
+    # (verification runs within the answer's time, and is not a step of its own).
+    timed = event.action in TIMED_STEPS
     return PublicStep(
         at=event.created_at,
         action=event.action,
