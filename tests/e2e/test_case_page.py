@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+import pytest
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,8 +33,16 @@ from backend.services.workflow import Action, Actor, apply
 from tests.e2e.conftest import running
 from tests.e2e.staff_http import Visitor, base_url, form_token, staff_account, web_settings
 from tests.factories import make_ticket, make_user
+from tests.fakes.telegram_api import FakeTelegram
 
 POLICIES = Policies.load()
+
+
+@pytest.fixture
+def mode() -> str:
+    return "polling"
+
+
 PASSWORD = "a long and private passphrase"
 # What the reporter, the polluter and staff left: none of it is ever public.
 PHONE = "+84912345678"
@@ -441,3 +450,19 @@ async def test_no_public_answer_carries_the_reporter_the_polluter_notes_or_staff
         for secret in secrets:
             assert secret.encode() not in body, (url, secret)
             assert secret.encode("utf-16-le") not in body
+
+
+async def test_a_notice_through_telegram_links_to_the_case_page(
+    chat_settings: Settings, api: FakeTelegram, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The outbox worker words a notice when it sends it, with the public address."""
+    async with sessions() as s, s.begin():
+        ticket = await make_ticket(s, chat_id="8201", language="en")
+        code = ticket.code
+        classify = Action("classify", competence="ward")
+        await apply(s, ticket, classify, Actor.system(), POLICIES)
+        await apply(s, ticket, Action("assign"), Actor.system(), POLICIES)
+    async with running(chat_settings):
+        [sent] = await api.wait_sent(8201, 1)
+    assert sent.text is not None and f"Report {code} has been sent to" in sent.text
+    assert f"{chat_settings.public_url}/r/{code}?lang=en" in sent.text
