@@ -87,6 +87,7 @@ async def test_staff_hide_a_case_and_show_it_again(
     await staff.wait_for_url(f"**/tickets/{code}?done=ok")
     hidden = staff.locator(".hidden-case")
     assert "Đang xác minh lại thông tin" in await hidden.inner_text()
+    await staff.screenshot(path=str(ARTIFACTS / "ticket-hidden-360.png"), full_page=True)
     assert "Ẩn khỏi trang công khai" in await staff.locator("ol.timeline").inner_text()
     gone = await public.goto(f"/r/{code}")
     assert gone is not None and gone.status == 404
