@@ -30,6 +30,7 @@ from backend.services.deadlines import Policies
 from backend.services.media_store import LocalStore
 from backend.services.photos import StoredImage, read_photo, store_photo
 from backend.services.workflow import Action, Actor, apply
+from backend.timeutil import format_local
 from tests.e2e.conftest import running
 from tests.e2e.staff_http import Visitor, base_url, form_token, staff_account, web_settings
 from tests.factories import make_ticket, make_user
@@ -466,3 +467,36 @@ async def test_a_notice_through_telegram_links_to_the_case_page(
         [sent] = await api.wait_sent(8201, 1)
     assert sent.text is not None and f"Report {code} has been sent to" in sent.text
     assert f"{chat_settings.public_url}/r/{code}?lang=en" in sent.text
+
+
+async def test_a_rejection_and_an_extension_say_public_words_and_no_typed_reason(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = web_settings(database_url, tmp_path)
+    base = base_url(settings)
+    rejected = await reported(sessions, settings, days_ago=1)
+    extended = await reported(sessions, settings, days_ago=1, chat_id="777006666")
+    typed = "theo lời ông Tư hàng xóm"
+    async with sessions() as s, s.begin():
+        operator = await Actor.of_user(s, await make_user(s, "operator", "P38"))
+        leader = await Actor.of_user(s, await make_user(s, "ward_leader", "W14812"))
+    refusal = Action("reject", reason="spam", note=typed)
+    await act(sessions, rejected.ticket_id, refusal, operator, timedelta(hours=1))
+    for step in (Action("classify", competence="ward"), Action("assign")):
+        await act(sessions, extended.ticket_id, step, operator, timedelta(hours=1))
+    until = utcnow() + timedelta(days=20)
+    longer = Action("extend", reason=typed, due=until)
+    await act(sessions, extended.ticket_id, longer, leader, timedelta(hours=2))
+    async with running(settings), aiohttp.ClientSession() as http:
+        html = (await page(http, f"{base}/r/{rejected.code}"))[1]
+        lines = steps(html)
+        assert "Không tiếp nhận xử lý: tin rác hạn" in lines[-1]
+        assert lines[-1].endswith("đúng hạn")
+        assert "Tiếp theo" not in html and "Không tiếp nhận xử lý" in html
+        english = (await page(http, f"{base}/r/{rejected.code}?lang=en"))[1]
+        assert "Not taken up: spam" in english
+        html = (await page(http, f"{base}/r/{extended.code}"))[1]
+        assert f"Gia hạn thời gian xử lý đến {format_local(until)}" in html
+        assert f"hạn {format_local(until)}" in steps(html)[-1]
+    for body in (html, english):
+        assert typed not in body
