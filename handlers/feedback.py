@@ -60,4 +60,5 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
     except WorkflowError as exc:
         turn.ack(event.callback_id, "button.stale")
         key = "feedback.window_over" if exc.code == "reopen_window_over" else "feedback.unavailable"
-        turn.say(key, code=code)
+        # The page of a report whose time to reopen is over still says how it ended.
+        turn.say(key, code=code, page=code if key == "feedback.window_over" else None)

@@ -1088,7 +1088,7 @@ class Addition(Step):
             )
         if added is None:
             # Closed or merged since it was offered: ask again among those still open.
-            turn.say("addition.gone", code=value)
+            turn.say("addition.gone", code=value, page=value)
             turn.reset()
             if not await _offer_addition(turn, photos, d.get("add_text")):
                 turn.say("idle.help")

@@ -4,12 +4,13 @@ service's public address; without one, no link (it would lead nowhere)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import OutboxMessage
+from backend.models import OutboxMessage, utcnow
 from backend.services.deadlines import Policies
 from backend.services.units import WardIndex
 from backend.services.workflow import Action, Actor, apply
@@ -111,3 +112,28 @@ async def test_without_a_public_address_no_link_is_made(
         assert not any("/r/" in text for text in said)
     finally:
         await d.stop()
+
+
+async def test_thanks_for_a_rating_and_a_reopening_too_late_link_to_the_page(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    policies = Policies.load()
+    long_ago = utcnow() - timedelta(days=30)
+    async with sessions() as s, s.begin():
+        ticket = await make_ticket(s, chat_id="9331", now=long_ago)
+        staff = await actor(s, "ward_staff", "W14812")
+        system = Actor.system()
+        await apply(
+            s, ticket, Action("classify", competence="ward"), system, policies, now=long_ago
+        )
+        await apply(s, ticket, Action("assign"), system, policies, now=long_ago)
+        for step in ("claim", "verify", "confirm"):
+            await apply(s, ticket, Action(step), staff, policies, now=long_ago)
+        answer = Action("answer", result="Đã dọn.", photos=[PHOTO])
+        await apply(s, ticket, answer, staff, policies, now=long_ago)
+        code = ticket.code
+    chat = Chat(dispatcher, sessions, chat_id="9331")
+    late = texts(await chat.press(f"t|{code}|reopen"))
+    assert "hết thời hạn" in late.lower() and f"{BASE}/r/{code}" in late
+    thanks = texts(await chat.press(f"t|{code}|rate|5"))
+    assert "5 ⭐" in thanks and f"{BASE}/r/{code}" in thanks
