@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -259,6 +260,8 @@ BLUR_SHRINK = 16
 
 def _blurred(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as opened:
+        # A JPEG is decoded at a fraction of its size: the copy is small anyway.
+        opened.draft("RGB", (BLUR_WIDTH, BLUR_WIDTH))
         image = opened.convert("RGB")
     image.thumbnail((BLUR_WIDTH, BLUR_WIDTH))
     # Shrunk to a few pixels and blown up again: faces and number plates cannot be read
@@ -275,6 +278,19 @@ def _blurred(data: bytes) -> bytes:
     return out.getvalue()
 
 
-async def blurred(data: bytes) -> bytes:
+# Blurred copies made lately, by photo (content-addressed, so never stale): a page
+# opened again does not blur its photos again. Small: about 2 kB each.
+_MADE: OrderedDict[str, bytes] = OrderedDict()
+KEEP_BLURRED = 512
+
+
+async def blurred(sha256: str, data: bytes) -> bytes:
     """A small, strongly blurred JPEG of a stored photo (made off the event loop)."""
-    return await asyncio.to_thread(_blurred, data)
+    if (made := _MADE.get(sha256)) is not None:
+        _MADE.move_to_end(sha256)
+        return made
+    made = await asyncio.to_thread(_blurred, data)
+    _MADE[sha256] = made
+    while len(_MADE) > KEEP_BLURRED:
+        _MADE.popitem(last=False)
+    return made

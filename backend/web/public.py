@@ -109,7 +109,7 @@ async def case_photo(request: web.Request) -> web.StreamResponse:
         return public_not_found(request)
     body, content_type = stored.data, stored.content_type
     if blur:
-        body, content_type = await blurred(stored.data), "image/jpeg"
+        body, content_type = await blurred(photo.sha256, stored.data), "image/jpeg"
     return web.Response(
         body=body,
         content_type=content_type,
