@@ -73,6 +73,7 @@ from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
+from backend.web.public import mount_public
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
 from bot.spool import SUFFIX as SPOOL_SUFFIX
@@ -94,6 +95,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_api(app)
     mount_openapi(app)
     mount_stats(app)
+    mount_public(app)
     mount_chat(app)
     return app
 
@@ -160,6 +162,9 @@ def server_app(settings: Settings) -> web.Application:
 
 def run_server(settings: Settings, host: str, port: int, *, banner: bool = True) -> None:
     """Run the service until interrupted."""
+    if settings.demo and not settings.public_url:
+        # The demo is opened where it is served: its chat's case page links lead there.
+        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
     app = server_app(settings)
     app.on_startup.append(_freeze_heap)
     web.run_app(

@@ -422,6 +422,9 @@ class AuditEvent(Base):
     to_state: Mapped[str | None] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The ticket's due time when a step was taken (None: nothing was due, or not recorded):
+    # the public case page says whether each step was on time.
+    due_by: Mapped[datetime | None] = mapped_column(default=None)
 
     # What one actor did lately (the retention pass: a reporter's last rating or reopening).
     __table_args__ = (Index("ix_audit_events_actor", "actor", "created_at"),)

@@ -179,8 +179,10 @@ class OutboxWorker:
         *,
         max_attempts: int = 8,
         poll_interval: float = 1.0,
+        case_base: str = "",
     ) -> None:
         self._sessions = sessions
+        self._case_base = case_base
         self._presence = presence
         self._max_attempts = max_attempts
         self._poll_interval = poll_interval
@@ -344,7 +346,9 @@ class OutboxWorker:
         sender = self._senders[row.channel]
         limiter = self._limiters[row.channel]
         try:
-            message = render_payload(row.payload, sender.capabilities.inline_buttons)
+            message = render_payload(
+                row.payload, sender.capabilities.inline_buttons, self._case_base
+            )
         except (KeyError, TypeError, ValueError) as exc:
             # A row no sender can read would fail at every poll and hold up its chat.
             log.error(

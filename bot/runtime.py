@@ -104,6 +104,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
         app[PRESENCE],
         max_attempts=settings.outbox_max_attempts,
         poll_interval=settings.outbox_poll_interval,
+        case_base=settings.public_url or "",
     )
     writer = create_writer_engine(settings.database_url)
     dispatcher = Dispatcher(
@@ -119,6 +120,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
             ),
             out_of_area_hotlines=settings.out_of_area_hotlines,
             identity_months=settings.retention_identity_months,
+            case_base=settings.public_url or "",
         ),
         capabilities,
         on_commit=outbox.wake,

@@ -33,7 +33,7 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
         if action == "rate" and rest[0] in ("1", "2", "3", "4", "5"):
             await rate(turn.session, ticket, int(rest[0]), actor, now=turn.services.now())
             turn.ack(event.callback_id)
-            turn.say("feedback.thanks", rating=int(rest[0]), code=code)
+            turn.say("feedback.thanks", rating=int(rest[0]), code=code, page=code)
         elif action == "reopen":
             # A report merged into a case is reopened through the case, which each of
             # its reporters may reopen; the service tells them all.
@@ -44,7 +44,7 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
             if case.reopen_count > 0 and case.state not in ("answered", "closed"):
                 # Someone on the case reopened it already: it is being handled again.
                 turn.ack(event.callback_id)
-                turn.say("feedback.already_reopened", code=code)
+                turn.say("feedback.already_reopened", code=code, page=code)
                 return
             await apply(
                 turn.session,
@@ -60,4 +60,5 @@ async def ticket_button(turn: Turn, event: Incoming) -> None:
     except WorkflowError as exc:
         turn.ack(event.callback_id, "button.stale")
         key = "feedback.window_over" if exc.code == "reopen_window_over" else "feedback.unavailable"
-        turn.say(key, code=code)
+        # The page of a report whose time to reopen is over still says how it ended.
+        turn.say(key, code=code, page=code if key == "feedback.window_over" else None)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from handlers.case_page import with_case_page
 from handlers.events import Button, Edit, Outgoing, Reply, outgoing_from_payload
 from handlers.feedback import PREFIX as TICKET_BUTTON
 from handlers.i18n import translate
 
+# The notices to reporters (backend.services.notify.tell_reporters) start so.
+REPORTER_NOTICE = "notify."
 
-def render_payload(payload: dict[str, Any], inline_buttons: bool = True) -> Outgoing:
+
+def render_payload(
+    payload: dict[str, Any], inline_buttons: bool = True, case_base: str = ""
+) -> Outgoing:
     """An outbox payload as the message to send: replies and acks as stored, notices
     worded in their reader's language. Without inline buttons, a notice's ticket
-    buttons (rate, reopen) become the commands that do the same."""
+    buttons (rate, reopen) become the commands that do the same. A notice to a reporter
+    about their code links to the case page on case_base (the public address)."""
     if payload.get("type") not in ("notice", "edit"):
         return outgoing_from_payload(payload)
     language = str(payload.get("language") or "vi")
@@ -31,6 +38,8 @@ def render_payload(payload: dict[str, Any], inline_buttons: bool = True) -> Outg
         for row in payload.get("buttons") or ()
     )
     text = translate(language, str(payload["key"]), **params)
+    if str(payload["key"]).startswith(REPORTER_NOTICE):
+        text = with_case_page(text, case_base, params.get("code"), language)
     if buttons and not inline_buttons:
         codes = {
             b.data.split("|")[1] for row in buttons for b in row if b.data.startswith(TICKET_BUTTON)

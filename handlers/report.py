@@ -894,6 +894,7 @@ class Summary(Step):
             else:
                 turn.say(
                     "submitted.joined",
+                    page=result.code,
                     code=result.code,
                     case=joins,
                     contact=contact,
@@ -913,6 +914,7 @@ class Summary(Step):
             key,
             remove_keyboard=True,
             contact=contact,
+            page=result.code,
             code=result.code,
             ward=f"{result.ward_name}, {result.province_name}",
             unit=unit,
@@ -1086,14 +1088,14 @@ class Addition(Step):
             )
         if added is None:
             # Closed or merged since it was offered: ask again among those still open.
-            turn.say("addition.gone", code=value)
+            turn.say("addition.gone", code=value, page=value)
             turn.reset()
             if not await _offer_addition(turn, photos, d.get("add_text")):
                 turn.say("idle.help")
             return True
         turn.reset()
         told = "addition.saved" if added.told else "addition.saved_on_page"
-        turn.say(told, code=added.ticket.code, photos=len(photos))
+        turn.say(told, code=added.ticket.code, photos=len(photos), page=added.ticket.code)
         return True
 
 

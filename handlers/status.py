@@ -7,6 +7,7 @@ from typing import Any
 from backend.services.reporters import find_reporter
 from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
 from backend.timeutil import format_local
+from handlers.case_page import case_page_url
 from handlers.turn import Turn
 
 
@@ -38,10 +39,11 @@ async def show_status(turn: Turn, code: str) -> None:
             category=status.category_en if turn.conv.language == "en" else status.category_vi,
             created=format_local(status.created_at),
             description=status.description[:300],
+            page=status.code,
             **params,
         )
     else:
-        turn.say("status.public", **params)
+        turn.say("status.public", page=status.code, **params)
 
 
 async def show_mine(turn: Turn) -> None:
@@ -50,6 +52,7 @@ async def show_mine(turn: Turn) -> None:
     if not mine:
         turn.say("my.none")
         return
+    base, language = turn.services.case_base, turn.conv.language
     lines = "\n".join(
         turn.t(
             "my.line",
@@ -57,6 +60,8 @@ async def show_mine(turn: Turn) -> None:
             state=_state_label(turn, s),
             created=format_local(s.created_at),
         )
+        # Each with its case page, when the service has a public address.
+        + (f"\n  {case_page_url(base, s.code, language)}" if base else "")
         for s in mine
     )
     turn.say("my.list", lines=lines)

@@ -14,6 +14,7 @@ from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
 from backend.services.units import WardIndex
+from handlers.case_page import with_case_page
 from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
 from handlers.i18n import translate
 
@@ -42,6 +43,8 @@ class Services:
     out_of_area_hotlines: str = ""
     # After how long without contact an identity is erased (the consent text says so).
     identity_months: int = 12
+    # The service's public address: messages with a code link to its case page there.
+    case_base: str = ""
 
 
 @dataclass(slots=True)
@@ -82,10 +85,14 @@ class Turn:
         remove_keyboard: bool = False,
         photo_sha256: str | None = None,
         thumbnail: bool = False,
+        page: str | None = None,
         **params: Any,
     ) -> None:
-        """Send the catalogue message key, with buttons laid out in rows of `columns`."""
-        text = self.t(key, **params)
+        """Send the catalogue message key, with buttons laid out in rows of `columns`;
+        page: a code whose public case page the message links to."""
+        text = with_case_page(
+            self.t(key, **params), self.services.case_base, page, self.conv.language
+        )
         # Only a channel that shows a keyboard (to share the place or the phone) has one
         # to remove.
         remove_keyboard = remove_keyboard and (

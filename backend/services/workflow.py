@@ -302,6 +302,7 @@ async def apply(
     ward = await session.get(Ward, ticket.ward_code)
     policy = policies.for_province(ward.province_code if ward else None)
     before = ticket.state
+    due_by = ticket.due_at
     if rule.target is not None and ticket.due_at is not None and now > ticket.due_at:
         ticket.late = True  # a step finished after its due time (for the on-time rate)
     note = request.note or request.reason
@@ -319,6 +320,7 @@ async def apply(
             to_state=ticket.state,
             note=extra or note,
             created_at=now,
+            due_by=due_by,
         )
     )
     await session.flush()

@@ -58,6 +58,7 @@ from backend.services.workflow import (
     audit_note,
     find_visible_ticket,
     is_overdue,
+    lock_tickets,
     overdue_filter,
     scope_query,
 )
@@ -312,6 +313,7 @@ async def _ticket_response(
         unsent=unsent,
         actions=allowed_actions(ticket, actor.role),
         can_unseal=actor.role in TRIAGE and ticket.reporter_id is not None,
+        can_publish=actor.role in PUBLISHERS,
         identity=identity,
         overdue=is_overdue(ticket, now),
         reasons=REJECT_REASONS,
@@ -429,6 +431,61 @@ async def show_identity(request: web.Request) -> web.Response:
             session.add(audit_note(ticket, actor.label, UNSEAL, reason, utcnow()))
             identity = {"name": found.display_name, "phone": found.phone, "channel": found.channel}
     return await _ticket_response(request, identity=identity)
+
+
+# Who decides what the public sees of a case: triage, and the leader of the unit that
+# handles it (within their scope, as for every action on the ticket page).
+PUBLISHERS = ("operator", "supervisor", "admin", "ward_leader")
+
+
+async def case_visibility(request: web.Request) -> web.StreamResponse:
+    """POST /tickets/{code}/public: hide the case from the public page, with a reason, or
+    show it again; audited ("hide", "unhide") with the reason."""
+    form = await check_csrf(request)
+    hide = form.get("do") == "hide"
+    reason = stated_reason(form)
+    async with request.app[SESSIONS]() as session, session.begin():
+        _, actor = await require_user(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        if actor.role not in PUBLISHERS:
+            raise web.HTTPForbidden()
+        if reason is None:
+            return await _ticket_response(request, None, error="public_reason", status=422)
+        [ticket] = await lock_tickets(session, [ticket.id])
+        now = utcnow()
+        if hide and ticket.hidden_at is None:
+            ticket.hidden_at, ticket.hidden_reason = now, reason
+            session.add(audit_note(ticket, actor.label, "hide", reason, now))
+        elif not hide and ticket.hidden_at is not None:
+            ticket.hidden_at, ticket.hidden_reason = None, None
+            session.add(audit_note(ticket, actor.label, "unhide", reason, now))
+    raise web.HTTPSeeOther(f"/tickets/{request.match_info['code']}?done=ok")
+
+
+async def photo_visibility(request: web.Request) -> web.StreamResponse:
+    """POST /tickets/{code}/photos/{id}/public: publish a photo on the public page (an
+    evidence photo shown unblurred, a result photo shown at all), or withdraw it; audited
+    ("publish_photo", "unpublish_photo") with the photo."""
+    form = await check_csrf(request)
+    publish = form.get("do") == "publish"
+    async with request.app[SESSIONS]() as session, session.begin():
+        _, actor = await require_user(request, session)
+        ticket = await _visible_ticket(request, session, actor)
+        if actor.role not in PUBLISHERS:
+            raise web.HTTPForbidden()
+        photo = await session.scalar(
+            select(Photo).where(
+                Photo.id == int(request.match_info["id"][:9]), Photo.ticket_id == ticket.id
+            )
+        )
+        if photo is None:
+            raise web.HTTPNotFound()
+        if photo.public != publish:
+            photo.public = publish
+            action = "publish_photo" if publish else "unpublish_photo"
+            note = f"{photo.kind} {photo.id}"
+            session.add(audit_note(ticket, actor.label, action, note, utcnow()))
+    raise web.HTTPSeeOther(f"/tickets/{request.match_info['code']}?done=ok")
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -678,6 +735,8 @@ def mount_dashboard(app: web.Application) -> None:
     app.router.add_post("/tickets/{code}/notes", add_note)
     app.router.add_post("/tickets/{code}/identity", show_identity)
     app.router.add_post("/tickets/{code}/phoned", phoned)
+    app.router.add_post("/tickets/{code}/public", case_visibility)
+    app.router.add_post("/tickets/{code}/photos/{id:[0-9]+}/public", photo_visibility)
     app.router.add_get("/media/{sha256:[0-9a-f]{64}}", media)
     app.router.add_get("/intake/phone", phone_form)
     app.router.add_post("/intake/phone", phone_intake)

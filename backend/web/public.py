@@ -12,7 +12,12 @@ import jinja2
 from aiohttp import web
 
 from backend.i18n import Catalogues
+from backend.models import utcnow
+from backend.services.media_store import MediaUnavailable
+from backend.services.photos import read_photo
+from backend.services.public_case import blurred, public_case, public_photo, visible_ticket
 from backend.timeutil import format_local
+from backend.web.app import MEDIA, SESSIONS
 
 HERE = Path(__file__).resolve().parent
 PUBLIC_TEXT = Catalogues(HERE / "locales", "public")
@@ -67,3 +72,53 @@ def render_public(
 def public_not_found(request: web.Request) -> web.Response:
     """The one answer for a code that is unknown or hidden: the same 404 for both."""
     return render_public(request, "public_notfound.html", status=404)
+
+
+# --- the public case page ----------------------------------------------------------------
+
+
+async def case_page(request: web.Request) -> web.Response:
+    """GET /r/{code}: a report's public page, or the one 404."""
+    async with request.app[SESSIONS]() as session:
+        found = await visible_ticket(session, request.match_info["code"])
+        if found is None:
+            return public_not_found(request)
+        case = await public_case(session, *found)
+    response = render_public(request, "public_case.html", case=case, now=utcnow())
+    # Hidden by staff: gone from the public at once, not after a cache's lifetime.
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+async def case_photo(request: web.Request) -> web.StreamResponse:
+    """GET /r/{code}/photos/{id}.jpg (published) or …/{id}/blurred.jpg (evidence, blurred
+    on the server): only photos of this visible report and its case. An evidence photo
+    staff have not published is never sent as it is stored."""
+    blur = request.match_info.get("variant") == "blurred"
+    async with request.app[SESSIONS]() as session:
+        found = await visible_ticket(session, request.match_info["code"])
+        photo_id = int(request.match_info["id"]) if len(request.match_info["id"]) < 10 else 0
+        photo = await public_photo(session, *found, photo_id) if found else None
+    if photo is None or not (photo.public or (blur and photo.kind != "result")):
+        return public_not_found(request)
+    try:
+        stored = await read_photo(request.app[MEDIA], photo.sha256)
+    except MediaUnavailable as exc:
+        raise web.HTTPServiceUnavailable(headers={"Retry-After": "5"}) from exc
+    if stored is None:
+        return public_not_found(request)
+    body, content_type = stored.data, stored.content_type
+    if blur:
+        body, content_type = await blurred(photo.sha256, stored.data), "image/jpeg"
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        # Short-lived: a photo staff unpublish, or a case they hide, goes soon.
+        headers={"Cache-Control": "public, max-age=60"},
+    )
+
+
+def mount_public(app: web.Application) -> None:
+    app.router.add_get("/r/{code}", case_page)
+    app.router.add_get("/r/{code}/photos/{id:[0-9]+}.jpg", case_photo)
+    app.router.add_get("/r/{code}/photos/{id:[0-9]+}/{variant:blurred}.jpg", case_photo)

@@ -28,6 +28,7 @@ _MOVE = re.compile(r"^(\S+) → (\S+): (.*)$", re.S)
 _EXTEND = re.compile(r"^(.*?) → (.*?): (.*)$", re.S)
 _STAFF = re.compile(r"^user:(\d+)$")
 _REPORTER = re.compile(r"^reporter:(\d+)$")
+_PHOTO = re.compile(r"^(evidence|addition|result) (\d+)$")
 # Notes written by the system in English, said in words.
 _FIXED_NOTES = {
     "not fixed (reporter)": "timeline.note.not_fixed",
@@ -154,6 +155,8 @@ def describe(
             return t("timeline.note.merge", case=note)
         if event.action == "rate":
             return t("timeline.note.rate", stars=note)
+        if event.action in ("publish_photo", "unpublish_photo") and (m := _PHOTO.match(note)):
+            return t("timeline.note.photo", kind=label("photo_kind", m[1]), id=m[2])
         if event.action == "escalate" and note.startswith("due "):
             return t("timeline.note.escalate", due=note[4:])
         return note

@@ -33,6 +33,8 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("public", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+    with op.batch_alter_table("audit_events") as batch:
+        batch.add_column(_when("due_by"))
     op.create_table(
         "reporter_mutes",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -147,6 +149,8 @@ def downgrade() -> None:
     op.drop_table("rate_counts")
     op.drop_index(op.f("ix_reporter_mutes_reporter_id"), table_name="reporter_mutes")
     op.drop_table("reporter_mutes")
+    with op.batch_alter_table("audit_events") as batch:
+        batch.drop_column("due_by")
     with op.batch_alter_table("photos") as batch:
         batch.drop_column("public")
     with op.batch_alter_table("tickets") as batch:

@@ -182,7 +182,8 @@ async def test_same_update_twice_gives_one_reply_and_one_ticket(
         assert await session.scalar(select(func.count()).select_from(Ticket)) == 1
         ticket = (await session.scalars(select(Ticket))).one()
     assert ticket.urgency == "urgent"
-    assert (mine.text or "").count(ticket.code) == 1
+    # Listed once (its line, then its case page's link).
+    assert (mine.text or "").count(f"• {ticket.code}") == 1
 
 
 async def test_restart_between_steps_resumes_the_conversation(

@@ -80,3 +80,16 @@ def test_who_looked_at_an_identity_is_named_to_supervisors_and_admins_only() -> 
     assert said("user:7", "not_confirmed", "Không thấy rác tại chỗ").endswith(
         "Không thấy rác tại chỗ"
     )
+
+
+def test_hiding_and_publishing_are_said_in_words() -> None:
+    assert said("user:7", "hide", "Đang có tranh chấp đất") == (
+        "Ẩn khỏi trang công khai | Lan (Lãnh đạo UBND, UBND Phường Bỉm Sơn)"
+        " | Đang có tranh chấp đất"
+    )
+    assert said("user:7", "unhide", "Đã giải quyết").startswith("Hiện lại trên trang công khai")
+    assert said("user:7", "publish_photo", "evidence 12").endswith(
+        "Công khai ảnh | Lan (Lãnh đạo UBND, UBND Phường Bỉm Sơn) | ảnh hiện trường #12"
+    )
+    assert said("user:7", "unpublish_photo", "result 3").endswith("| ảnh kết quả #3")
+    assert said("user:7", "publish_photo", "addition 4").endswith("| ảnh bổ sung #4")

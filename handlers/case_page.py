@@ -1,0 +1,19 @@
+"""The public case page's link, added to every message to a reporter that gives a code."""
+
+from __future__ import annotations
+
+from handlers.i18n import translate
+
+
+def case_page_url(base: str, code: str, language: str) -> str:
+    """The case page of a code on the service's public address, in the reader's language."""
+    return f"{base.rstrip('/')}/r/{code}" + ("?lang=en" if language == "en" else "")
+
+
+def with_case_page(text: str, base: str, code: str | None, language: str) -> str:
+    """text, then the line with the case page's link; text as it is without a public
+    address (the link would lead nowhere) or a code."""
+    if not base or not code:
+        return text
+    line = translate(language, "case_page.link", url=case_page_url(base, code, language))
+    return f"{text}\n\n{line}"
