@@ -203,6 +203,11 @@ class GeocodeCache(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# The columns the public map reads, and the tickets it may show (not hidden, not merged).
+MAP_COLUMNS = ("state", "lat", "lon", "category_code", "ward_code", "created_at", "code")
+MAP_WHERE = "hidden_at IS NULL AND case_id IS NULL"
+
+
 class Ticket(Base):
     """One report (thông tin) and where it stands in the QĐ 174 procedure."""
 
@@ -272,6 +277,21 @@ class Ticket(Base):
         Index("ix_tickets_open_due", "state", "due_at"),
         # Duplicate suggestions: one category, a bounding box of latitude and longitude.
         Index("ix_tickets_category_place", "category_code", "lat", "lon"),
+        # The public map (services.public_map): the open cases by state and the recently
+        # answered ones by the answer's time, each holding every column the map reads.
+        Index(
+            "ix_tickets_map_open",
+            *MAP_COLUMNS,
+            sqlite_where=text(MAP_WHERE),
+            postgresql_where=text(MAP_WHERE),
+        ),
+        Index(
+            "ix_tickets_map_answered",
+            "answered_at",
+            *MAP_COLUMNS,
+            sqlite_where=text(MAP_WHERE),
+            postgresql_where=text(MAP_WHERE),
+        ),
     )
 
 
