@@ -55,7 +55,7 @@ POINTS_CAP = 500
 CELL_PX = 64
 # A box wider or taller than this many cells is clustered at a lower zoom: the answer's
 # size stays bounded whatever box and zoom are asked for.
-MAX_CELLS_ACROSS = 128
+MAX_CELLS_ACROSS = 64
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
 # Deep pages cost an OFFSET; nobody reads 10,000 cases down a list.
