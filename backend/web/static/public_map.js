@@ -112,7 +112,8 @@
       a.appendChild(el("span", "where", item.ward));
       a.appendChild(el("span", "when", text("Received", { date: item.received })));
       if (item.distance_km !== undefined) {
-        const km = item.distance_km < 10 ? item.distance_km.toFixed(1) : Math.round(item.distance_km);
+        let km = item.distance_km < 10 ? item.distance_km.toFixed(1) : String(Math.round(item.distance_km));
+        if (data.lang !== "en") km = km.replace(".", ","); // a decimal comma in Vietnamese
         a.appendChild(el("span", "distance", text("Distance", { km: km })));
       }
       li.appendChild(a);
