@@ -182,6 +182,12 @@ async def wards_api(request: web.Request) -> web.Response:
     return web.json_response({"wards": wards}, headers={"Cache-Control": CACHE})
 
 
+def decimal(value: float, lang: str) -> str:
+    """A number as the page's language writes it: a decimal comma in Vietnamese."""
+    text = f"{value:.1f}"
+    return text if lang == "en" else text.replace(".", ",")
+
+
 def figures_json(ward: Ward, name: str, figures: WardFigures, lang: str) -> dict[str, Any]:
     return {
         "code": ward.code,
@@ -281,6 +287,7 @@ async def map_page(request: web.Request) -> web.Response:
         figures_days=FIGURES_DAYS,
         points_zoom=POINTS_ZOOM,
         vietnam=VIETNAM.as_list(),
+        decimal=lambda value: decimal(value, lang),
     )
 
 

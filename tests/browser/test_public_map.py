@@ -4,14 +4,14 @@ and "cases near me" from a granted location ordering the list by distance."""
 
 from __future__ import annotations
 
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Geolocation, Page, expect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.browser.test_dashboard import no_sideways_scroll
 from tests.e2e.test_public_map import BA_DINH, add_case
 
 # Where the phone says it is: Bỉm Sơn, Thanh Hóa.
-HERE = {"latitude": 20.0740, "longitude": 105.9120}
+HERE: Geolocation = {"latitude": 20.0740, "longitude": 105.9120}
 
 
 async def marker_total(page: Page) -> int:
@@ -73,6 +73,20 @@ async def test_the_map_and_list_on_a_phone_with_a_filter_and_near_me(
     distances = await page.locator("ol.cases .distance").all_text_contents()
     assert distances[0] == "cách 0,1 km" and distances[-1] == "cách 1,3 km"
     assert elsewhere.code not in await page.locator("ol.cases").inner_text()
+    await no_sideways_scroll(page)
+
+    # A ward: its public figures (every case received there this year, the hidden one
+    # too), and the map goes to it.
+    await page.select_option("select[name=province]", "38")
+    await expect(page.locator("select[name=ward] option[value='14812']")).to_have_count(1)
+    await page.select_option("select[name=ward]", "14812")
+    figures = page.locator("section.ward-figures")
+    await expect(figures).to_be_visible()
+    await expect(figures.locator(".ward-name")).to_have_text("Phường Bỉm Sơn, Thanh Hóa")
+    await expect(figures.locator(".ward-cases")).to_have_text("5")
+    await expect(figures.locator(".ward-on-time")).to_have_text("chưa có")
+    assert "ward=14812" in page.url
+    await expect(items).to_have_count(3)
     await no_sideways_scroll(page)
 
     # A list item opens the public case page.

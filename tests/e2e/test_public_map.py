@@ -412,6 +412,10 @@ async def test_a_wards_public_figures(
     assert '<dd class="ward-cases">5</dd>' in page
     assert '<dd class="ward-on-time">75.0 %</dd>' in page
     assert '<dd class="ward-median">3.0</dd>' in page
+    async with session.get(f"{base}/map", params={"ward": BIM_SON}) as r:
+        page = await r.text()
+    assert '<dd class="ward-on-time">75,0 %</dd>' in page  # a decimal comma in Vietnamese
+    assert "Số liệu công khai" in page and "365 ngày qua" in page
 
 
 async def test_the_province_ward_list(http: tuple[aiohttp.ClientSession, str]) -> None:

@@ -154,6 +154,11 @@
       });
   }
 
+  function decimal(value) {
+    const shown = value.toFixed(1);
+    return data.lang === "en" ? shown : shown.replace(".", ",");
+  }
+
   function showFigures(ward) {
     if (!ward) {
       figures.hidden = true;
@@ -162,9 +167,9 @@
     figures.querySelector(".ward-name").textContent = ward.name;
     figures.querySelector(".ward-cases").textContent = String(ward.cases);
     figures.querySelector(".ward-on-time").textContent =
-      ward.on_time_pct === null ? text("Unknown") : ward.on_time_pct + " %";
+      ward.on_time_pct === null ? text("Unknown") : decimal(ward.on_time_pct) + " %";
     figures.querySelector(".ward-median").textContent =
-      ward.median_days === null ? text("Unknown") : String(ward.median_days);
+      ward.median_days === null ? text("Unknown") : decimal(ward.median_days);
     figures.hidden = false;
   }
 
