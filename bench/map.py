@@ -9,7 +9,7 @@ sqlite3 and COPY on asyncpg, in batches, so the loader's memory stays small.
 
 Timed for typical views: the whole country at zoom 6, a province (Hà Nội) at zoom 10 and
 a ward (Hoàn Kiếm) at zoom 15, each with and without filters. "ours" is
-services.public_map.map_view (what GET /api/public/map runs: the clusters, the points
+services.public_map.map_view (what GET /map/data runs: the clusters, the points
 close up, and a page of the list) through SQLAlchemy; "hand" is the same three answers
 written by hand as single queries (one WHERE with an OR for open or recently answered)
 on sqlite3 or asyncpg. The totals of both are compared.

@@ -1,6 +1,6 @@
-"""The public map and list at /map, and the JSON they read: /api/public/map (clusters or
-points in a box, and a page of the list), /api/public/wards (a province's wards) and
-/api/public/wards/{code} (a ward's public figures). No login; nothing about a reporter,
+"""The public map and list at /map, and the JSON they read: /map/data (clusters or
+points in a box, and a page of the list), /map/wards (a province's wards) and
+/map/wards/{code} (a ward's public figures). No login; nothing about a reporter,
 no description, no polluter."""
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from backend.web.public import language, linker, public_translator, render_publi
 COUNTRY_ZOOM = 6
 # Vietnamese as UTF-8, not \u escapes: a third of the size.
 _dumps = partial(json.dumps, ensure_ascii=False)
-# A public answer may be cached briefly by the browser; it changes within minutes.
-CACHE = "public, max-age=30"
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ async def _read(
 
 
 async def map_api(request: web.Request) -> web.Response:
-    """GET /api/public/map?bbox=west,south,east,north&zoom=&category=&status=&ward=
+    """GET /map/data?bbox=west,south,east,north&zoom=&category=&status=&ward=
     &near=lat,lon&page=&page_size=&lang="""
     lang = language(request)
     now = utcnow()
@@ -166,11 +164,11 @@ async def map_api(request: web.Request) -> web.Response:
             view = await map_view(session, query, now)
             wards = await ward_names(session, {i.ward_code for i in view.items})
             body = view_json(view, Names(categories, wards), lang)
-    return web.json_response(body, headers={"Cache-Control": CACHE}, dumps=_dumps)
+    return web.json_response(body, dumps=_dumps)
 
 
 async def wards_api(request: web.Request) -> web.Response:
-    """GET /api/public/wards?province=CODE: the province's wards, for the ward filter."""
+    """GET /map/wards?province=CODE: the province's wards, for the ward filter."""
     province = request.query.get("province", "")
     if not (len(province) == 2 and province.isascii() and province.isdigit()):
         raise json_error(400, {"error": "bad_province", "detail": "a two-digit province code"})
@@ -179,7 +177,7 @@ async def wards_api(request: web.Request) -> web.Response:
             select(Ward.code, Ward.name).where(Ward.province_code == province).order_by(Ward.name)
         )
         wards = [{"code": code, "name": name} for code, name in found]
-    return web.json_response({"wards": wards}, headers={"Cache-Control": CACHE})
+    return web.json_response({"wards": wards})
 
 
 def decimal(value: float, lang: str) -> str:
@@ -218,14 +216,12 @@ async def _ward_with_figures(
 
 
 async def ward_api(request: web.Request) -> web.Response:
-    """GET /api/public/wards/{code}: the ward's public figures."""
+    """GET /map/wards/{code}: the ward's public figures."""
     async with request.app[SESSIONS]() as session:
         found = await _ward_with_figures(session, request.match_info["code"], utcnow())
     if found is None:
         raise json_error(404, {"error": "unknown_ward", "detail": "no ward with this code"})
-    return web.json_response(
-        figures_json(*found, language(request)), headers={"Cache-Control": CACHE}
-    )
+    return web.json_response(figures_json(*found, language(request)))
 
 
 async def _country_query(
@@ -293,6 +289,6 @@ async def map_page(request: web.Request) -> web.Response:
 
 def mount_map(app: web.Application) -> None:
     app.router.add_get("/map", map_page)
-    app.router.add_get("/api/public/map", map_api)
-    app.router.add_get("/api/public/wards", wards_api)
-    app.router.add_get("/api/public/wards/{code}", ward_api)
+    app.router.add_get("/map/data", map_api)
+    app.router.add_get("/map/wards", wards_api)
+    app.router.add_get("/map/wards/{code}", ward_api)

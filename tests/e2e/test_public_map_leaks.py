@@ -50,13 +50,13 @@ async def test_no_reporter_description_or_polluter_on_the_public_map(
         "/map?lang=en",
         f"/map?ward={BIM_SON}",
         f"/map?ward={BIM_SON}&category=dumping&status=open&lang=en",
-        f"/api/public/map?bbox={COUNTRY}&zoom=6",
-        f"/api/public/map?bbox={COUNTRY}&zoom=6&status=answered&lang=en",
-        f"/api/public/map?bbox={COUNTRY}&zoom=6&page_size=100&near=20.07,105.91",
-        "/api/public/map?bbox=105.90,20.06,105.93,20.09&zoom=18",
-        "/api/public/map?bbox=105.90,20.06,105.93,20.09&zoom=12&ward=14812",
-        f"/api/public/wards/{BIM_SON}",
-        "/api/public/wards?province=38",
+        f"/map/data?bbox={COUNTRY}&zoom=6",
+        f"/map/data?bbox={COUNTRY}&zoom=6&status=answered&lang=en",
+        f"/map/data?bbox={COUNTRY}&zoom=6&page_size=100&near=20.07,105.91",
+        "/map/data?bbox=105.90,20.06,105.93,20.09&zoom=18",
+        "/map/data?bbox=105.90,20.06,105.93,20.09&zoom=12&ward=14812",
+        f"/map/wards/{BIM_SON}",
+        "/map/wards?province=38",
     ]
     base = map_settings.public_url or ""
     seen_code = 0

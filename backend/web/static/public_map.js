@@ -1,4 +1,4 @@
-// The public map (/map): clusters and cases from /api/public/map for the map's view, the
+// The public map (/map): clusters and cases from /map/data for the map's view, the
 // list beside it, the filters, a ward's figures and "cases near me". Text comes from the
 // page (data-text-*); nothing is written as HTML, only as text.
 "use strict";
