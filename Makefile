@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/photos.py
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/stats.py
+	$(BIN)/python bench/map.py
 	$(BIN)/python bench/scaleout.py
 
 clean:

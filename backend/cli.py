@@ -74,6 +74,7 @@ from backend.web.login import mount_login
 from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
 from backend.web.public import mount_public
+from backend.web.public_map import mount_map
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
 from bot.spool import SUFFIX as SPOOL_SUFFIX
@@ -96,6 +97,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_openapi(app)
     mount_stats(app)
     mount_public(app)
+    mount_map(app)
     mount_chat(app)
     return app
 

@@ -203,6 +203,25 @@ class GeocodeCache(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# The public map's index: the columns it reads, over the tickets it may show (neither
+# hidden nor merged into a case).
+MAP_INDEX = "ix_tickets_map"
+MAP_COLUMNS = (
+    "state",
+    "answered_at",
+    "lat",
+    "lon",
+    "category_code",
+    "ward_code",
+    "created_at",
+    "code",
+    # Always null here; held so SQLite reads the index alone (a covering index).
+    "hidden_at",
+    "case_id",
+)
+MAP_WHERE = "hidden_at IS NULL AND case_id IS NULL"
+
+
 class Ticket(Base):
     """One report (thông tin) and where it stands in the QĐ 174 procedure."""
 
@@ -272,6 +291,14 @@ class Ticket(Base):
         Index("ix_tickets_open_due", "state", "due_at"),
         # Duplicate suggestions: one category, a bounding box of latitude and longitude.
         Index("ix_tickets_category_place", "category_code", "lat", "lon"),
+        # The public map (services.public_map): the open cases by state, the recently
+        # answered ones by state and the answer's time, with every column the map reads.
+        Index(
+            MAP_INDEX,
+            *MAP_COLUMNS,
+            sqlite_where=text(MAP_WHERE),
+            postgresql_where=text(MAP_WHERE),
+        ),
     )
 
 
