@@ -53,6 +53,7 @@ OPEN = frozenset(OPEN_STATES)
 # Characters XML 1.0 cannot carry at all.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _PROVINCE = re.compile(r"[0-9]{2}")
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 class Open311Error(Exception):
@@ -97,7 +98,8 @@ def _xml(root: str, item: str | None, data: Any, lists: Mapping[str, str]) -> by
     else:
         for entry in data:
             _xml_fill(ET.SubElement(top, item), entry, lists)
-    return bytes(ET.tostring(top, encoding="utf-8", xml_declaration=True))
+    # The spec asks for this declaration before the root element, UTF-8 named.
+    return XML_DECLARATION + ET.tostring(top, encoding="unicode").encode("utf-8")
 
 
 def respond(
@@ -640,7 +642,7 @@ async def post_request(request: web.Request) -> web.Response:
             )
         )
     data = [{"service_request_id": submitted.code, "service_notice": "", "account_id": None}]
-    return respond(_fmt(request), data, root="service_requests", item="request", status=201)
+    return respond(_fmt(request), data, root="service_requests", item="request")
 
 
 # --- the routes ----------------------------------------------------------------------------
