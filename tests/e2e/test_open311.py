@@ -390,3 +390,36 @@ async def test_the_description_goes_only_to_the_partner_that_posted_it(
     for fmt in FORMATS:
         assert seen[fmt, "other"] in ("", None)
         assert seen[fmt, "public"] in ("", None)
+
+
+async def test_an_address_string_is_placed_and_jurisdiction_defaults_to_the_served_province(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # No geocoder: a typed address is placed by the ward it names, at the ward's centre.
+    settings = web_settings(database_url, tmp_path, served_provinces=["38"])
+    key = await partner_key(sessions)
+    async with sessions() as s, s.begin():
+        in_saigon = await make_ticket(s, ward="26740", lat=10.7805, lon=106.704)
+    base = f"{base_url(settings)}{ROOT}"
+    form = {"api_key": key, "service_code": "debris"}
+    async with running(settings), aiohttp.ClientSession() as http:
+        status, _, body = await _post(
+            http, f"{base}/requests.json", {**form, "address_string": "Phường Bỉm Sơn, Thanh Hóa"}
+        )
+        assert status == 200, body
+        code = json.loads(body)[0]["service_request_id"]
+        status, _, body = await _post(
+            http, f"{base}/requests.json", {**form, "address_string": "Nowhere Street 1"}
+        )
+        assert (status, errors_of("json", body)[0][0]) == (400, 400)
+        # Without jurisdiction_id, the one province served; another one is unknown here.
+        status, _, body = await _get(http, f"{base}/requests.json")
+        assert [r["service_request_id"] for r in json.loads(body)] == [code]
+        status, _, body = await _get(http, f"{base}/requests/{in_saigon.code}.json")
+        assert status == 404
+        status, _, body = await _get(http, f"{base}/requests.json", jurisdiction_id="79")
+        assert (status, errors_of("json", body)[0][0]) == (404, 404)
+    async with sessions() as s:
+        ticket = await s.scalar(select(Ticket).where(Ticket.code == code))
+        assert ticket is not None
+        assert (ticket.ward_code, ticket.location_source) == ("14812", "ward_name")

@@ -54,10 +54,11 @@ def _bodies(key: str) -> list[tuple[bytes, str | None, int]]:
         (good.replace(key.encode(), b"%00"), FORM, 400),
         (b"&" * 5000, FORM, 400),
         (b"", FORM, 403),
-        (b'{"api_key": "' + key.encode() + b'", "service_code": "dumping"}', "application/json", 400),
+        (b'{"api_key": "' + key.encode() + b'"}', "application/json", 400),
         (good, "text/plain", 400),
         (good, None, 400),
-        (b"--x\r\nContent-Disposition: form-data; name=api_key\r\n\r\n" + key.encode() + b"\r\n--x--\r\n", "multipart/form-data; boundary=x", 400),
+        (b"--x\r\nContent-Disposition: form-data; name=api_key\r\n\r\n" + key.encode()
+         + b"\r\n--x--\r\n", "multipart/form-data; boundary=x", 400),
         (good, FORM + "; charset=latin-1", 200),
     ]  # fmt: skip
 

@@ -63,8 +63,10 @@ async def _cli_key(env: dict[str, str], province: str, name: str) -> str:
 async def _clear_of_window_ends(*windows: int, margin: float = 15.0) -> None:
     """Wait while a limit's window (fixed, in epoch seconds) ends within margin: counts
     taken on both sides of its end would be two windows' counts."""
-    while any(window - time.time() % window < margin for window in windows):
-        await asyncio.sleep(1.0)
+    now = time.time()
+    wait = max((margin - (window - now % window) for window in windows), default=0.0)
+    if wait > 0:
+        await asyncio.sleep(wait + 0.5)
 
 
 @pytest.fixture
