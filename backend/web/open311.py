@@ -176,8 +176,9 @@ async def _jurisdiction(
 
 
 async def _key(session: AsyncSession, given: str | None) -> PartnerKey | None:
-    """The key given (403 when it is not a live one), or None when none is given."""
-    if given is None:
+    """The key given (403 when it is not a live one), or None when none (or an empty one)
+    is given: reading needs no key."""
+    if not given:
         return None
     key = await find_key(session, given)
     if key is None:

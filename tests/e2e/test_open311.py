@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.models import AuditEvent, PartnerKey, Ticket, utcnow
+from backend.models import AuditEvent, OutboxMessage, PartnerKey, Ticket, utcnow
 from backend.services.partners import revoke_key
-from tests.e2e.conftest import running
+from tests.e2e.conftest import Staff, running
 from tests.e2e.open311_http import (
     FORMATS,
     IN_BIM_SON,
@@ -31,7 +31,8 @@ from tests.e2e.open311_http import (
     resident_ticket,
 )
 from tests.e2e.staff_http import base_url, web_settings
-from tests.factories import make_ticket
+from tests.factories import make_ticket, make_user
+from tests.fakes.images import image_bytes
 
 
 @pytest.fixture
@@ -315,6 +316,8 @@ async def test_the_filters_and_paging(
     async with running(settings), aiohttp.ClientSession() as http:
         # The last 90 days by default, newest first.
         assert await codes() == [in_saigon.code, closed.code, noise.code]
+        # An empty api_key is no key: reading needs none.
+        assert await codes(api_key="") == [in_saigon.code, closed.code, noise.code]
         assert await codes(service_code="noise") == [noise.code]
         assert await codes(status="closed") == [closed.code]
         assert await codes(status="open,closed") == [in_saigon.code, closed.code, noise.code]
@@ -423,3 +426,37 @@ async def test_an_address_string_is_placed_and_jurisdiction_defaults_to_the_serv
         ticket = await s.scalar(select(Ticket).where(Ticket.code == code))
         assert ticket is not None
         assert (ticket.ward_code, ticket.location_source) == ("14812", "ward_name")
+
+
+async def test_a_partners_request_is_handled_like_any_ticket_and_its_status_follows(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    key = await partner_key(sessions)
+    async with sessions() as s, s.begin():
+        operator = (await make_user(s, "operator", "P38")).username
+        staff_name = (await make_user(s, "ward_staff", "W14812")).username
+    base = f"{base_url(settings)}{ROOT}"
+    form = {"api_key": key, "service_code": "dumping", **IN_BIM_SON, "description": "Rác"}
+    async with running(settings), aiohttp.ClientSession() as http:
+        _, _, body = await _post(http, f"{base}/requests.json", form)
+        code = json.loads(body)[0]["service_request_id"]
+
+        async def status() -> tuple[str, str, str | None]:
+            _, _, body = await _get(http, f"{base}/requests/{code}.json", lang="en")
+            found = json.loads(body)[0]
+            return found["status"], found["status_notes"], found["expected_datetime"]
+
+        assert (await status())[:2] == ("open", "Received")
+        triage = Staff(http, base_url(settings), operator)
+        staff = Staff(http, base_url(settings), staff_name)
+        await triage.act(code, "classify", urgency="normal", competence="ward")
+        step = await status()
+        assert step[:2] == ("open", "Assigned") and step[2] is not None
+        for action in ("claim", "verify", "confirm"):
+            await staff.act(code, action)
+        photo = await staff.upload(image_bytes("JPEG", (80, 60), "green"))
+        await staff.act(code, "answer", result="Đã thu dọn.", photos=[photo])
+        assert await status() == ("closed", "Answered", None)
+    async with sessions() as s:
+        # No one to tell: the partner reads the status.
+        assert await s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
