@@ -59,20 +59,27 @@ CONTENT_TYPES = {"json": "application/json; charset=utf-8", "xml": "text/xml; ch
 async def test_discovery_services_and_a_definition_have_the_specs_shape(
     settings: Settings, fmt: str
 ) -> None:
+    settings = settings.model_copy(
+        update={"open311_contact": "PAHT desk, 0237 000 000", "open311_key_service": "Ask us"}
+    )
     base = f"{base_url(settings)}{ROOT}"
     async with running(settings), aiohttp.ClientSession() as http:
         status, kind, body = await _get(http, f"{base}/discovery.{fmt}")
         assert (status, kind) == (200, CONTENT_TYPES[fmt])
         if fmt == "json":
-            endpoint = json.loads(body)["endpoints"][0]
+            document = json.loads(body)
+            endpoint = document["endpoints"][0]
             formats = endpoint["formats"]
         else:
             root = parse_xml(body)
             assert root.tag == "discovery"
+            document = {c.tag: c.text for c in root}
             endpoint_el = root.find("endpoints/endpoint")
             assert endpoint_el is not None
             endpoint = {c.tag: c.text for c in endpoint_el}
             formats = [f.text for f in endpoint_el.findall("formats/format")]
+        assert document["contact"] == "PAHT desk, 0237 000 000"
+        assert document["key_service"] == "Ask us"
         assert endpoint["specification"] == "http://wiki.open311.org/GeoReport_v2"
         assert endpoint["url"] == base
         assert endpoint["type"] == "production"
