@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     open311_posts_per_hour: int = Field(default=60, ge=1)
     open311_posts_per_day: int = Field(default=500, ge=1)
     open311_reads_per_minute: int = Field(default=120, ge=1)
+    # Posts per minute from one client address, whatever the key (or none): a flood of
+    # guessed keys or junk bodies is cut before any look-up.
+    open311_posts_per_address_per_minute: int = Field(default=60, ge=1)
     # What discovery names as the contact and where to ask for a key.
     open311_contact: str = ""
     open311_key_service: str = ""

@@ -579,8 +579,10 @@ def _media_url(value: str) -> str | None:
 
 
 async def post_request(request: web.Request) -> web.Response:
-    form = await _form(request)
     settings = request.app[SETTINGS]
+    per_address = Limit(settings.open311_posts_per_address_per_minute, 60)
+    await _within_limit(request, f"open311:post:addr:{client_address(request)}", [per_address])
+    form = await _form(request)
     async with request.app[SESSIONS]() as session:
         key = await find_key(session, form.get("api_key"))
     if key is None:

@@ -4,7 +4,9 @@ reporter data in any answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -467,3 +469,30 @@ async def test_a_partners_request_is_handled_like_any_ticket_and_its_status_foll
     async with sessions() as s:
         # No one to tell: the partner reads the status.
         assert await s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+async def test_posts_from_one_address_are_limited_whatever_the_key(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = web_settings(database_url, tmp_path, open311_posts_per_address_per_minute=3)
+    key = await partner_key(sessions)
+    base = f"{base_url(settings)}{ROOT}"
+    good = {"api_key": key, "service_code": "noise", **IN_BIM_SON}
+    await _clear_of_minute_end()
+    async with running(settings), aiohttp.ClientSession() as http:
+        statuses = [(await _post(http, f"{base}/requests.json", {"api_key": "guess"}))[0]]
+        statuses.append((await _post(http, f"{base}/requests.json", good))[0])
+        statuses.append((await _post(http, f"{base}/requests.xml", {"junk": "x"}))[0])
+        status, _, body = await _post(http, f"{base}/requests.xml", good)
+        statuses.append(status)
+        assert errors_of("xml", body) == [(429, "too many requests: try again later")]
+    assert statuses == [403, 200, 403, 429]
+    async with sessions() as s:
+        assert await s.scalar(select(func.count()).where(Ticket.channel == "open311")) == 1
+
+
+async def _clear_of_minute_end(margin: float = 10.0) -> None:
+    """Wait if the minute's window (a limit's) ends within margin."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        await asyncio.sleep(left + 0.5)
