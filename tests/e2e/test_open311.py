@@ -496,3 +496,19 @@ async def _clear_of_minute_end(margin: float = 10.0) -> None:
     left = 60 - time.time() % 60
     if left < margin:
         await asyncio.sleep(left + 0.5)
+
+
+async def test_a_keys_post_refused_for_its_content_still_counts(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = web_settings(database_url, tmp_path, open311_posts_per_hour=2)
+    key = await partner_key(sessions)
+    base = f"{base_url(settings)}{ROOT}"
+    good = {"api_key": key, "service_code": "noise", **IN_BIM_SON}
+    if 3600 - time.time() % 3600 < 10:
+        await asyncio.sleep(11)  # not across the hour's window end
+    async with running(settings), aiohttp.ClientSession() as http:
+        statuses = [(await _post(http, f"{base}/requests.json", {**good, "service_code": "x"}))[0]]
+        statuses.append((await _post(http, f"{base}/requests.json", good))[0])
+        statuses.append((await _post(http, f"{base}/requests.json", good))[0])
+    assert statuses == [404, 200, 429]
