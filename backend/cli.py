@@ -47,6 +47,7 @@ from backend.services.media_store import (
     copy_store,
     media_store,
 )
+from backend.services.partners import issue_key
 from backend.services.rekey import left, rotate
 from backend.services.report_files import file_name, to_csv, to_xlsx
 from backend.services.staff_groups import create_link_code
@@ -71,6 +72,7 @@ from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
 from backend.web.login import mount_login
+from backend.web.open311 import mount_open311
 from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
 from backend.web.public import mount_public
@@ -98,6 +100,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_stats(app)
     mount_public(app)
     mount_map(app)
+    mount_open311(app)
     mount_chat(app)
     return app
 
@@ -249,6 +252,15 @@ async def new_link_code(settings: Settings, unit_code: str) -> None:
     print(f"in the unit's Telegram group, type: /link {code}   (valid for 24 hours)")
 
 
+async def new_partner_key(settings: Settings, province: str, name: str) -> None:
+    issued = await in_transaction(
+        settings, lambda session: issue_key(session, province, name, actor="cli")
+    )
+    print(f"Open311 api_key for {issued.name} (province {issued.province_code}):")
+    print(issued.key)
+    print("It is shown once: only its SHA-256 is kept. Revoke it on the admin page.")
+
+
 async def load_boundaries(settings: Settings, path: Path, code_property: str) -> BoundaryImport:
     """Read a GeoJSON file of ward polygons and store them (the server loads them at start)."""
     features = read_features(path, code_property)
@@ -374,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     new_user.add_argument("--unit", help="unit code: W<ward>, P<province>, C<province>, MOAE")
     new_user.add_argument("--name", help="display name")
     new_user.add_argument("--telegram", help="Telegram chat id for escalations and cards")
+    partner = sub.add_parser("open311-key", help="an Open311 api_key for a partner; printed once")
+    partner.add_argument("--province", required=True, help="province code, e.g. 38")
+    partner.add_argument("--name", required=True, help="the partner system's name")
     link = sub.add_parser("link-code", help="a one-time code that links a group to a unit")
     link.add_argument("--unit", required=True, help="unit code, e.g. W14812")
     monthly = sub.add_parser("report", help="the monthly statistics report (XLSX, CSV, JSON)")
@@ -444,6 +459,11 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace, settings
         try:
             asyncio.run(load_boundaries(settings, args.file, args.code_property))
         except BoundaryFileError as exc:
+            parser.error(str(exc))
+    elif args.command == "open311-key":
+        try:
+            asyncio.run(new_partner_key(settings, args.province, args.name))
+        except ValueError as exc:
             parser.error(str(exc))
     elif args.command == "link-code":
         try:

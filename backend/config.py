@@ -151,6 +151,18 @@ class Settings(BaseSettings):
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 
+    # Open311 GeoReport v2 (/open311/v2/): requests posted per partner key per hour and
+    # per day, and reads per minute per key (or, without a key, per client address).
+    open311_posts_per_hour: int = Field(default=60, ge=1)
+    open311_posts_per_day: int = Field(default=500, ge=1)
+    open311_reads_per_minute: int = Field(default=120, ge=1)
+    # Posts per minute from one client address, whatever the key (or none): a flood of
+    # guessed keys or junk bodies is cut before any look-up.
+    open311_posts_per_address_per_minute: int = Field(default=60, ge=1)
+    # What discovery names as the contact and where to ask for a key.
+    open311_contact: str = ""
+    open311_key_service: str = ""
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment == "production" and self.demo:

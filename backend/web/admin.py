@@ -1,5 +1,6 @@
-"""Admin pages: staff accounts (create, one-time password, disable) and units' Telegram groups
-(one-time link codes, unlink). Admins only; every form carries the CSRF token."""
+"""Admin pages: staff accounts (create, one-time password, disable), units' Telegram groups
+(one-time link codes, unlink) and partners' Open311 keys (issue, shown once; revoke).
+Admins only; every form carries the CSRF token."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import OAuthToken, StaffGroup, Unit, User
 from backend.services.accounts import ROLES, TELEGRAM_ID, create_user, reset_password
+from backend.services.partners import issue_key, list_keys, revoke_key
 from backend.services.staff_groups import create_link_code
 from backend.services.workflow import Actor
 from backend.web.app import SESSIONS
@@ -63,6 +65,7 @@ async def _page(
         users=users,
         groups=groups,
         roles=ROLES,
+        partner_keys=await list_keys(session),
         secret=secret,
         problem=problem,
     )
@@ -156,6 +159,36 @@ async def unlink_group(request: web.Request) -> web.Response:
         return await _page(request, session)
 
 
+async def new_partner_key(request: web.Request) -> web.Response:
+    """Issue an Open311 key; the page shows it this once (only its hash is kept)."""
+    form = await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        admin = await _admin(request, session)
+        try:
+            issued = await issue_key(
+                session,
+                _field(form, "province") or "",
+                _field(form, "name") or "",
+                actor=admin.label,
+                created_by=admin.user_id,
+            )
+        except ValueError as exc:
+            return await _page(request, session, problem=str(exc))
+        await session.commit()
+        secret = {"key": "admin.partner_key_once", "value": issued.key, "who": issued.name}
+        return await _page(request, session, secret=secret)
+
+
+async def revoke_partner_key(request: web.Request) -> web.Response:
+    await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        admin = await _admin(request, session)
+        if not await revoke_key(session, int(request.match_info["id"]), actor=admin.label):
+            raise web.HTTPNotFound()
+        await session.commit()
+        return await _page(request, session)
+
+
 def mount_admin(app: web.Application) -> None:
     app.router.add_get("/admin", admin_page)
     app.router.add_post("/admin/users", new_user)
@@ -163,3 +196,5 @@ def mount_admin(app: web.Application) -> None:
     app.router.add_post("/admin/users/{id:[0-9]{1,9}}", change_user)
     app.router.add_post("/admin/link-code", link_code)
     app.router.add_post("/admin/groups/{id:[0-9]{1,9}}/unlink", unlink_group)
+    app.router.add_post("/admin/partner-keys", new_partner_key)
+    app.router.add_post("/admin/partner-keys/{id:[0-9]{1,9}}/revoke", revoke_partner_key)
