@@ -72,6 +72,7 @@ from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.openapi import mount_openapi
+from backend.web.partners_admin import mount_partners_admin
 from backend.web.privacy import mount_privacy
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
@@ -90,6 +91,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_dashboard(app)
     mount_login(app)
     mount_admin(app)
+    mount_partners_admin(app)
     mount_privacy(app)
     mount_api(app)
     mount_openapi(app)
