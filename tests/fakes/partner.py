@@ -56,6 +56,7 @@ class Answer:
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] | None = None
+    body: str = "ok"
 
 
 class Partner(StandIn):
@@ -84,7 +85,7 @@ class Partner(StandIn):
         answer = self.script.pop(0) if self.script else self.default
         if answer.delay:
             await asyncio.sleep(answer.delay)
-        return web.Response(status=answer.status, text="ok", headers=answer.headers)
+        return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
 
     def hooks(self) -> list[Received]:
         return [r for r in self.received if r.path == PATH]

@@ -170,7 +170,7 @@ async def test_a_delivery_is_signed_fresh_and_carries_public_facts_only(
     assert facts["status"] == "received"
     assert facts["category"]["code"] == "wastewater"
     assert facts["ward"] == {"code": "14812", "name": "Phường Bỉm Sơn"}
-    assert facts["province"]["code"] == "38"
+    assert facts["province"] == {"code": "38", "name": "Tỉnh Thanh Hóa"}
     assert facts["url"] == f"{PUBLIC}/r/{code}"
     assert facts["due_at"] and facts["answered_at"] is None
     raw = got.raw.decode()
@@ -519,6 +519,43 @@ async def test_the_secret_is_sealed_at_rest(sessions: async_sessionmaker[AsyncSe
     async with sessions() as s:
         raw = await s.scalar(text("SELECT secret FROM webhooks"))
     assert raw and registered.secret not in raw
+
+
+async def test_without_a_public_url_the_case_link_is_null(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    webhooks.configure(None)
+    await add_webhook(sessions, "https://93.184.216.34/x")
+    async with sessions() as s, s.begin():
+        await make_ticket(s)
+    [row] = await deliveries(sessions)
+    assert json.loads(row.body)["ticket"]["url"] is None
+
+
+def test_backoff_doubles_up_to_an_hour_with_jitter(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    top = worker_for(sessions, settings)
+    low = WebhookWorker(sessions, Presence(sessions, alone=True), settings, jitter=lambda: 0.0)
+    assert [top.backoff(n) for n in (1, 2, 3, 4)] == [30.0, 60.0, 120.0, 240.0]
+    assert [low.backoff(n) for n in (1, 2, 3)] == [15.0, 30.0, 60.0]
+    assert top.backoff(30) == 3600.0 and low.backoff(30) == 1800.0
+
+
+async def test_a_huge_answer_is_read_in_part_and_kept_short(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
+) -> None:
+    await add_webhook(sessions, partner.hook_url)
+    partner.default = Answer(500, body="\x00<b>" + "x" * 5_000_000)
+    async with sessions() as s, s.begin():
+        await make_ticket(s)
+    worker = worker_for(sessions, hook_settings)
+    await worker.pump()
+    await worker.stop()
+    [row] = await deliveries(sessions)
+    assert row.status == "pending" and row.last_status == 500
+    assert row.last_error is not None and len(row.last_error) <= 220
+    assert row.last_error.startswith("HTTP 500: <b>xxx") and "\x00" not in row.last_error
 
 
 async def test_two_processes_deliver_each_event_once(
