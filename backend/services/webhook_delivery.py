@@ -226,9 +226,14 @@ class WebhookWorker:
             if session.get_bind().dialect.name == "postgresql":
                 # Rows another process is leasing this instant are skipped, not waited for.
                 candidates = candidates.with_for_update(skip_locked=True)
+            # Chosen first, then leased by id: a LIMIT inside the UPDATE's subquery may be
+            # run again for each row and lease more than the room.
+            chosen = list(await session.scalars(candidates))
+            if not chosen:
+                return []
             leased = await session.scalars(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_(candidates.scalar_subquery()), *due)
+                .where(WebhookDelivery.id.in_(chosen), *due)
                 .values(lease_owner=self._presence.id)
                 .returning(WebhookDelivery.id)
                 .execution_options(synchronize_session=False)

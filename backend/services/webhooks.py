@@ -146,6 +146,14 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool) -> Target:
     host = (parts.hostname or "").rstrip(".")
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
         raise WebhookError("bad_url")
+    if port == 0:
+        raise WebhookError("bad_url")
+    if not host.isascii():
+        # A name in Vietnamese (tên miền tiếng Việt) is checked in its ASCII (IDNA) form.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise WebhookError("bad_url") from None
     if not _is_ip(host) and not _hostname(host):
         raise WebhookError("bad_url")
     if _is_ip(host) and not address_allowed(host, allow_private):

@@ -488,6 +488,10 @@ async def test_addresses_inside_the_network_are_refused_at_delivery(
         ("https:///x", "bad_url"),
         ("https://user:pw@93.184.216.34/x", "bad_url"),
         ("https://93.184.216.34:99999/x", "bad_url"),
+        ("https://93.184.216.34:0/x", "bad_url"),
+        ("https://" + "ổ" * 70 + ".vn/x", "bad_url"),
+        ("https://a..b/x", "bad_url"),
+        ("https://xn--cng-ema.invalid/x", "unresolvable"),
         ("https://93.184.216.34/x#frag", "bad_url"),
         ("https://exa mple.com/x", "bad_url"),
         ("https://93.184.216.34/\x00", "bad_url"),
@@ -512,6 +516,14 @@ async def test_registration_refuses_bad_and_inside_addresses(
                 allow_private=False,
             )
     assert refused.value.code == code
+
+
+def test_a_vietnamese_name_is_checked_in_its_ascii_form() -> None:
+    target = webhooks.check_url(
+        "https://cổngdịchvụcông.vn/hook", allow_http=False, allow_private=False
+    )
+    assert target.host == "xn--cngdchvcng-ybb7772gvda7j.vn"
+    assert target.port == 443
 
 
 async def test_the_secret_is_sealed_at_rest(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -556,6 +568,27 @@ async def test_a_huge_answer_is_read_in_part_and_kept_short(
     assert row.status == "pending" and row.last_status == 500
     assert row.last_error is not None and len(row.last_error) <= 220
     assert row.last_error.startswith("HTTP 500: <b>xxx") and "\x00" not in row.last_error
+
+
+async def test_a_process_leases_no_more_than_it_sends_at_once(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings
+) -> None:
+    await add_webhook(sessions, "https://93.184.216.34/x")
+    async with sessions() as s, s.begin():
+        for _ in range(6):
+            await make_ticket(s)
+    narrow = hook_settings.model_copy(update={"webhook_concurrency": 2})
+    worker = worker_for(sessions, narrow)
+    leased = await worker._claim()
+    assert len(leased) == 2
+    async with sessions() as s:
+        held = await s.scalar(select(func.count()).where(WebhookDelivery.lease_owner.is_not(None)))
+    assert held == 2
+    await worker.stop()
+    # Handed back at stop, for the others.
+    async with sessions() as s:
+        held = await s.scalar(select(func.count()).where(WebhookDelivery.lease_owner.is_not(None)))
+    assert held == 0
 
 
 async def test_two_processes_deliver_each_event_once(
