@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/stats.py
 	$(BIN)/python bench/map.py
 	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/webhooks.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -74,6 +74,7 @@ from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.open311 import mount_open311
 from backend.web.openapi import mount_openapi
+from backend.web.partners_admin import mount_partners_admin
 from backend.web.privacy import mount_privacy
 from backend.web.public import mount_public
 from backend.web.public_map import mount_map
@@ -94,6 +95,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_dashboard(app)
     mount_login(app)
     mount_admin(app)
+    mount_partners_admin(app)
     mount_privacy(app)
     mount_api(app)
     mount_openapi(app)

@@ -148,6 +148,22 @@ class Settings(BaseSettings):
     data_key_previous: SecretStr | None = None
     data_key_file: Path = Path("./var/data.key")
 
+    # Signed webhooks to partner systems (see the README): how long a partner has to
+    # answer (seconds), how long a delivery is retried before it is marked failed
+    # (hours), how many attempts a refusal other than 408/429 (a 4xx, a redirect) gets,
+    # how many deliveries one process has under way, and how often it looks for due
+    # ones. A partner's URL must be https and reach a public address unless these
+    # opt-ins allow plain http or private and loopback addresses (a partner on the
+    # same network, the tests).
+    webhooks_enabled: bool = True
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_hours: float = Field(default=24.0, gt=0)
+    webhook_refused_attempts: int = Field(default=3, ge=1)
+    webhook_concurrency: int = Field(default=8, ge=1, le=100)
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 

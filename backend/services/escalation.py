@@ -24,6 +24,7 @@ from backend.services.deadlines import Policies
 from backend.services.notify import tell_staff
 from backend.services.periodic import Periodic
 from backend.services.units import province_unit_code
+from backend.services.webhooks import OVERDUE, tickets_event
 from backend.services.workflow import (
     Action,
     Actor,
@@ -118,6 +119,7 @@ async def escalate_overdue(
         for ticket, _ in escalated
     )
     await _tell_escalations(session, escalated)
+    await tickets_event(session, [ticket for ticket, _ in escalated], OVERDUE, now)
     escalated.sort(key=lambda pair: pair[0].due_at or now)
     return [ticket.id for ticket, _ in escalated]
 

@@ -14,6 +14,7 @@ from backend.services.deadlines import Policies
 from backend.services.reporters import set_phone
 from backend.services.routing import route
 from backend.services.upsert import insert_for
+from backend.services.webhooks import CREATED, ticket_event
 from backend.timeutil import local
 
 
@@ -159,6 +160,7 @@ async def submit_report(
     )
     if reporter_id is not None:
         await set_phone(session, reporter_id, draft.phone)
+    await ticket_event(session, ticket, CREATED, now)
     return Submitted(
         ticket_id=ticket.id,
         code=ticket.code,

@@ -89,6 +89,11 @@ class Presence:
             and self._clock() - self._last_ok < self._dead_after - self._beat
         )
 
+    def may_work(self) -> bool:
+        """Whether this process may start work under its own leases now (alone, or
+        alive in the others' eyes)."""
+        return self._alone or self.alive()
+
     def holds(self, duty: str) -> bool:
         if self._alone:
             return duty in self._wanted

@@ -22,6 +22,7 @@ from backend.services.deadlines import DeadlinePolicy, Policies
 from backend.services.intake import photo_rows
 from backend.services.notify import tell_reporters
 from backend.services.routing import COMPETENCES, unit_for
+from backend.services.webhooks import ticket_changed
 from backend.timeutil import format_local
 
 Role = Literal[
@@ -323,6 +324,7 @@ async def apply(
             due_by=due_by,
         )
     )
+    await ticket_changed(session, ticket, request.action, before, now)
     await session.flush()
     # Counted when made, so a transaction that then fails (and is tried again) counts
     # more than once: the metric's help says so.

@@ -22,6 +22,8 @@ from backend.services.presence import Presence
 from backend.services.reference import Reference
 from backend.services.retention import RetentionWorker
 from backend.services.units import WardIndex
+from backend.services.webhook_delivery import WebhookWorker
+from backend.services.webhooks import configure as configure_webhooks
 from backend.web import security
 from backend.web.bodies import upload_limit
 from backend.web.metrics import mount_metrics
@@ -38,6 +40,8 @@ PRESENCE = web.AppKey("presence", Presence)
 MEDIA = web.AppKey("media", MediaStore)
 # Channels that are not up (yet), with why: filled by the chat runtime.
 CHANNELS_DOWN = web.AppKey("channels_down", dict[str, str])
+# Deliveries of the partners' webhooks (woken when an admin sends a test event).
+WEBHOOKS = web.AppKey("webhooks", WebhookWorker)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -108,6 +112,16 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
     await worker.stop()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    configure_webhooks(settings.public_url)
+    worker = app[WEBHOOKS] = WebhookWorker(app[SESSIONS], app[PRESENCE], settings)
+    if settings.webhooks_enabled:
+        worker.start()
+    yield
+    await worker.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
@@ -149,6 +163,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_deadlines)
     app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(_monthly)
+    app.cleanup_ctx.append(_webhooks)
     security.install(app, settings)
     app[CHANNELS_DOWN] = {}
     app.router.add_get("/healthz", healthz)

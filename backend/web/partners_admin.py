@@ -1,0 +1,153 @@
+"""Admin page for partners' webhooks: register one (its secret shown once), disable it,
+send it a test event, and read its delivery log, failures first. Admins only; every form
+carries the CSRF token; every change is audited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import Province, Webhook, WebhookDelivery, utcnow
+from backend.services import webhooks
+from backend.services.workflow import Actor
+from backend.web.app import SESSIONS, SETTINGS, WEBHOOKS
+from backend.web.dashboard import check_csrf, render, require_triage
+
+# Deliveries shown per webhook, and failed ones shown above them all.
+LOG_SIZE = 20
+FAILED_SHOWN = 50
+
+
+async def _admin(request: web.Request, session: AsyncSession) -> Actor:
+    actor = await require_triage(request, session)
+    if actor.role != "admin":
+        raise web.HTTPForbidden(
+            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
+        )
+    return actor
+
+
+async def _page(
+    request: web.Request,
+    session: AsyncSession,
+    *,
+    secret: dict[str, str] | None = None,
+    problem: str | None = None,
+    done: str | None = None,
+    form: dict[str, Any] | None = None,
+) -> web.Response:
+    hooks = list(await session.scalars(select(Webhook).order_by(Webhook.id)))
+    logs = {
+        h.id: list(
+            await session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.webhook_id == h.id)
+                .order_by(WebhookDelivery.id.desc())
+                .limit(LOG_SIZE)
+            )
+        )
+        for h in hooks
+    }
+    failed = list(
+        await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.status == "failed")
+            .order_by(WebhookDelivery.id.desc())
+            .limit(FAILED_SHOWN)
+        )
+    )
+    provinces = list(await session.scalars(select(Province).order_by(Province.code)))
+    return render(
+        request,
+        "webhooks.html",
+        status=422 if problem else 200,
+        hooks=hooks,
+        names={h.id: h.name for h in hooks},
+        logs=logs,
+        failed=failed,
+        provinces=provinces,
+        events=webhooks.EVENTS,
+        secret=secret,
+        problem=problem,
+        done=done,
+        form=form or {},
+    )
+
+
+async def webhooks_page(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as session:
+        await _admin(request, session)
+        return await _page(request, session)
+
+
+def _text(form: dict[str, Any], name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+async def register(request: web.Request) -> web.Response:
+    form = await check_csrf(request)
+    settings = request.app[SETTINGS]
+    async with request.app[SESSIONS]() as session:
+        admin = await _admin(request, session)
+        events = [e for e in webhooks.EVENTS if form.get(f"event.{e}")]
+        try:
+            registered = await webhooks.register(
+                session,
+                name=_text(form, "name"),
+                url=_text(form, "url"),
+                province_code=_text(form, "province"),
+                events=events,
+                actor=admin.label,
+                user_id=admin.user_id,
+                allow_http=settings.webhook_allow_http,
+                allow_private=settings.webhook_allow_private,
+            )
+        except webhooks.WebhookError as exc:
+            await session.rollback()
+            kept = {k: _text(form, k)[:2000] for k in ("name", "url", "province")}
+            return await _page(request, session, problem=f"webhooks.error.{exc.code}", form=kept)
+        await session.commit()
+        secret = {"value": registered.secret, "who": registered.webhook.name}
+        return await _page(request, session, secret=secret)
+
+
+async def _webhook(session: AsyncSession, request: web.Request) -> Webhook:
+    webhook = await session.get(Webhook, int(request.match_info["id"]))
+    if webhook is None:
+        raise web.HTTPNotFound()
+    return webhook
+
+
+async def disable(request: web.Request) -> web.Response:
+    await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        admin = await _admin(request, session)
+        webhook = await _webhook(session, request)
+        await webhooks.disable(session, webhook, actor=admin.label, now=utcnow())
+        await session.commit()
+        return await _page(request, session, done="webhooks.disabled_done")
+
+
+async def ping(request: web.Request) -> web.Response:
+    await check_csrf(request)
+    async with request.app[SESSIONS]() as session:
+        admin = await _admin(request, session)
+        webhook = await _webhook(session, request)
+        if webhook.disabled_at is not None:
+            return await _page(request, session, problem="webhooks.error.disabled")
+        await webhooks.ping(session, webhook, actor=admin.label, now=utcnow())
+        await session.commit()
+        request.app[WEBHOOKS].wake()
+        return await _page(request, session, done="webhooks.ping_queued")
+
+
+def mount_partners_admin(app: web.Application) -> None:
+    app.router.add_get("/admin/webhooks", webhooks_page)
+    app.router.add_post("/admin/webhooks", register)
+    # Ids of at most 9 digits: a longer one is no row and would overflow the column.
+    app.router.add_post("/admin/webhooks/{id:[0-9]{1,9}}/disable", disable)
+    app.router.add_post("/admin/webhooks/{id:[0-9]{1,9}}/ping", ping)
