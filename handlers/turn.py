@@ -10,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import utcnow
+from backend.services.abuse import ReporterLimits
 from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
@@ -42,6 +43,8 @@ class Services:
     out_of_area_hotlines: str = ""
     # After how long without contact an identity is erased (the consent text says so).
     identity_months: int = 12
+    # How many reports and additions a reporter may send per channel (settings).
+    limits: ReporterLimits = field(default_factory=ReporterLimits)
 
 
 @dataclass(slots=True)
