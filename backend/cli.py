@@ -71,6 +71,7 @@ from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
 from backend.web.login import mount_login
+from backend.web.mutes import mount_mutes
 from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
 from backend.web.security import JsonAccessLog, access_logger
@@ -91,6 +92,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_login(app)
     mount_admin(app)
     mount_privacy(app)
+    mount_mutes(app)
     mount_api(app)
     mount_openapi(app)
     mount_stats(app)

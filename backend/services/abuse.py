@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import RateCount, Reporter, ReporterMute
@@ -100,15 +100,15 @@ async def take_or_refuse(
 # --- muting ------------------------------------------------------------------------------
 
 
-def _active(now: datetime) -> list[object]:
-    return [ReporterMute.lifted_at.is_(None), ReporterMute.until > now]
+def _active(now: datetime) -> ColumnElement[bool]:
+    return and_(ReporterMute.lifted_at.is_(None), ReporterMute.until > now)
 
 
 async def muted_until(session: AsyncSession, reporter_id: int, now: datetime) -> datetime | None:
     """When the reporter's mute ends, if they are muted now."""
     until: datetime | None = await session.scalar(
         select(func.max(ReporterMute.until)).where(
-            ReporterMute.reporter_id == reporter_id, *_active(now)
+            ReporterMute.reporter_id == reporter_id, _active(now)
         )
     )
     return until
@@ -122,7 +122,7 @@ async def active_mutes(
     query = (
         select(ReporterMute, Reporter.pseudonym)
         .join(Reporter, Reporter.id == ReporterMute.reporter_id)
-        .where(*_active(now))
+        .where(_active(now))
         .order_by(ReporterMute.until, ReporterMute.id)
     )
     if reporter_ids is not None:
@@ -158,7 +158,7 @@ async def lift(session: AsyncSession, reporter_id: int, now: datetime) -> int:
     """End the reporter's mutes in force now; how many there were."""
     result = await session.execute(
         update(ReporterMute)
-        .where(ReporterMute.reporter_id == reporter_id, *_active(now))
+        .where(ReporterMute.reporter_id == reporter_id, _active(now))
         .values(lifted_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -276,6 +276,7 @@ async def test_a_muted_reporter_gets_a_neutral_answer_and_nothing_is_stored(
     assert texts(replies).startswith(NEUTRAL)
     assert "Mã" not in texts(replies) and "tắt" not in texts(replies)
     assert await chat.state() == "idle" and await draft(chat) == {}
+
     async def photo_sent() -> list[dict[str, object]]:
         await chat.send("photo", media=photo(8001))
         return await chat.replies()
