@@ -25,10 +25,20 @@ UNMUTED_STATES = frozenset({"rights", "forget", "withdraw"})
 
 
 async def is_muted(turn: Turn) -> bool:
-    """Whether the chat's reporter is muted now."""
+    """Whether the chat's reporter is muted now, as the database says: asked where a
+    report would begin, be sent or be added to."""
     reporter_id = turn.conv.reporter_id
     return reporter_id is not None and (
         await muted_until(turn.session, reporter_id, turn.services.now()) is not None
+    )
+
+
+async def _seems_muted(turn: Turn) -> bool:
+    """Whether the reporter is muted, as this process knew it a few seconds ago: for
+    every message, without a query each."""
+    reporter_id = turn.conv.reporter_id
+    return reporter_id is not None and (
+        await turn.services.muted.until(turn.session, reporter_id, turn.services.now()) is not None
     )
 
 
@@ -37,7 +47,12 @@ async def answer_if_muted(turn: Turn, event: Incoming) -> bool:
     and a draft of theirs is dropped. True when it was answered so."""
     if event.kind == "command" and event.command in UNMUTED_COMMANDS:
         return False
-    if turn.state in UNMUTED_STATES or not await is_muted(turn):
+    if turn.state in UNMUTED_STATES:
+        return False
+    # What only moves a draft along (the draft is checked again when it is sent) may
+    # go by what the process knew a few seconds ago; the rest asks the database.
+    cached = turn.state != "idle" and event.kind not in ("command", "button")
+    if not await (_seems_muted(turn) if cached else is_muted(turn)):
         return False
     turn.ack(event.callback_id)
     if event.kind == "geocoded":
@@ -84,9 +99,13 @@ async def refuse_new_report(turn: Turn) -> bool:
 
 
 async def count_report(turn: Turn) -> bool:
-    """At sending: count the report (in the transaction that stores it); False when it
-    goes over the limit, in which case the draft is dropped and the reporter told that
-    the report was neither sent nor kept, and when they can send again."""
+    """At sending: count the report (in the transaction that stores it); False when the
+    reporter is muted (the neutral answer) or it goes over the limit, in which case the
+    draft is dropped and the reporter told that the report was neither sent nor kept,
+    and when they can send again."""
+    if await is_muted(turn):
+        say_neutral(turn)
+        return False
     name = _name(turn, REPORTS)
     if name is None:
         return True
@@ -99,7 +118,11 @@ async def count_report(turn: Turn) -> bool:
 
 
 async def count_addition(turn: Turn) -> bool:
-    """When an addition is stored: count it; False (said, nothing added) when over."""
+    """When an addition is stored: count it; False (said, nothing added) when the
+    reporter is muted or over the limit."""
+    if await is_muted(turn):
+        say_neutral(turn)
+        return False
     name = _name(turn, ADDITIONS)
     if name is None:
         return True

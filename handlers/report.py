@@ -991,6 +991,9 @@ async def _offer_addition(
     reporter_id = turn.conv.reporter_id
     if reporter_id is None or not await has_consent(turn.session, reporter_id):
         return False
+    if await is_muted(turn):
+        say_neutral(turn)
+        return True
     reports = await open_reports(turn.session, reporter_id)
     if not reports:
         return False

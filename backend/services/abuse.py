@@ -9,12 +9,14 @@ the time the reporter is told they can send again stays true.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import RateCount, Reporter, ReporterMute
@@ -64,16 +66,18 @@ async def next_allowed(
 ) -> datetime | None:
     """None when one more is allowed now; else when it will be: the end of every window
     whose count is full (an hour's, or the day's at midnight in Vietnam). Reads only."""
-    ends: list[float] = []
-    for lim in limits:
-        start = window_start(now, lim.window)
-        used = await session.scalar(
-            select(RateCount.count).where(
-                RateCount.name == f"{name}:{lim.window}", RateCount.window == start
+    windows = {f"{name}:{lim.window}": (window_start(now, lim.window), lim) for lim in limits}
+    rows = await session.execute(
+        select(RateCount.name, RateCount.window, RateCount.count).where(
+            or_(
+                *(and_(RateCount.name == n, RateCount.window == w) for n, (w, _) in windows.items())
             )
         )
-        if (used or 0) >= lim.count:
-            ends.append(start + lim.window)
+    )
+    used = {n: count for n, window, count in rows.all() if windows[n][0] == window}
+    ends = [
+        start + lim.window for n, (start, lim) in windows.items() if used.get(n, 0) >= lim.count
+    ]
     return datetime.fromtimestamp(max(ends), UTC) if ends else None
 
 
@@ -112,6 +116,32 @@ async def muted_until(session: AsyncSession, reporter_id: int, now: datetime) ->
         )
     )
     return until
+
+
+class MutedReporters:
+    """The reporters muted now, as one process knows them: reloaded with one query at
+    most every `refresh` seconds, so that a chat's every message does not cost a query.
+    A mute reaches a chat in the middle of a draft within that long; beginning a report,
+    sending one and adding to one ask the database itself (muted_until)."""
+
+    def __init__(self, refresh: float = 5.0) -> None:
+        self.refresh = refresh
+        self._until: dict[int, datetime] = {}
+        self._loaded = -math.inf
+
+    async def until(
+        self, session: AsyncSession, reporter_id: int, now: datetime
+    ) -> datetime | None:
+        if time.monotonic() - self._loaded >= self.refresh:
+            rows = await session.execute(
+                select(ReporterMute.reporter_id, func.max(ReporterMute.until))
+                .where(_active(now))
+                .group_by(ReporterMute.reporter_id)
+            )
+            self._until = {reporter: until for reporter, until in rows.all()}
+            self._loaded = time.monotonic()
+        until = self._until.get(reporter_id)
+        return until if until is not None and until > now else None
 
 
 async def active_mutes(

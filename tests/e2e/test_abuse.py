@@ -114,7 +114,11 @@ async def test_an_operator_mutes_from_the_ticket_page_and_the_chat_answers_neutr
         ("mute_reporter", f"user:{operator.id}", None),
         ("unmute_reporter", f"user:{operator.id}", None),
     ]
-    assert f"#{pseudonym} {ticket.code}" in audit[0][2] and "Gửi 40 tin nhắn" in audit[0][2]
+    assert (
+        audit[0][2] is not None
+        and f"#{pseudonym} {ticket.code}" in audit[0][2]
+        and "Gửi 40 tin nhắn" in audit[0][2]
+    )
 
 
 @pytest.mark.parametrize("mode", ["polling"])

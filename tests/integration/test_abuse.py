@@ -346,3 +346,33 @@ async def test_lifting_a_mute_lets_them_report_again(
         assert await lift(s, reporter, clock()) == 1
         assert await lift(s, reporter, clock()) == 0
     await file_report(chat)
+
+
+async def test_a_mute_reaches_a_draft_in_progress_within_the_refresh_and_nothing_is_sent(
+    chat: Chat, dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession], clock: Clock
+) -> None:
+    await to_summary(chat)
+    await chat.press("summary|edit")
+    await chat.press("edit|description")
+    assert await chat.state() == "description"
+    reporter = await reporter_of(chat)
+    async with sessions() as s, s.begin():
+        await mute(s, reporter, 1, "spam, 40 reports of one place", None, clock())
+    # Words typed into the draft go by what this process knew a moment ago…
+    replies = await chat.say("Rác thải đổ trộm bên đường, bốc mùi hôi thối, mô tả mới")
+    assert NEUTRAL not in texts(replies)
+    assert await chat.state() == "summary"
+    # …but sending asks the database: nothing is filed, the draft is dropped.
+    replies = await chat.press("summary|anonymous")
+    assert texts(replies).startswith(NEUTRAL)
+    assert await counts(sessions) == (0, 0) and await draft(chat) == {}
+    # Once the process has looked again, a draft's every message gets the answer.
+    await chat.say("/start")
+    dispatcher._services.muted.refresh = 0
+    async with sessions() as s, s.begin():
+        await lift(s, reporter, clock())
+    await to_summary(chat)
+    async with sessions() as s, s.begin():
+        await mute(s, reporter, 1, "spam, 40 reports of one place", None, clock())
+    replies = await chat.say("Thêm một mô tả nữa cho bản nháp này")
+    assert texts(replies).startswith(NEUTRAL) and await draft(chat) == {}
