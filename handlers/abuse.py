@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from backend.services.abuse import ADDITIONS, REPORTS, counter, muted_until, next_allowed
+from backend.services.abuse import (
+    ADDITIONS,
+    REPORTS,
+    counter,
+    give_back,
+    muted_until,
+    next_allowed,
+)
 from backend.services.abuse import take_or_refuse as _take
 from backend.timeutil import format_local
 from handlers.events import Incoming
@@ -132,3 +139,10 @@ async def count_addition(turn: Turn) -> bool:
     turn.reset()
     _say_limit(turn, "limit.additions", ADDITIONS, when)
     return False
+
+
+async def uncount_addition(turn: Turn) -> None:
+    """An addition counted but not made (its report closed meanwhile): given back."""
+    name = _name(turn, ADDITIONS)
+    if name is not None:
+        await give_back(turn.session, name, turn.services.limits.additions, _now(turn))

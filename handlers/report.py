@@ -31,7 +31,14 @@ from backend.services.units import WardInfo
 from backend.services.workflow import WorkflowError, auto_classify
 from backend.text import parse_point, search_key
 from backend.timeutil import format_local, local
-from handlers.abuse import count_addition, count_report, is_muted, refuse_new_report, say_neutral
+from handlers.abuse import (
+    count_addition,
+    count_report,
+    is_muted,
+    refuse_new_report,
+    say_neutral,
+    uncount_addition,
+)
 from handlers.events import Button, GeocodeOutcome, Incoming, MediaRef
 from handlers.turn import Job, Services, Turn
 
@@ -1105,6 +1112,7 @@ class Addition(Step):
                 turn.session, value, reporter_id, photos, d.get("add_text"), turn.services.now()
             )
         if added is None:
+            await uncount_addition(turn)
             # Closed or merged since it was offered: ask again among those still open.
             turn.say("addition.gone", code=value)
             turn.reset()

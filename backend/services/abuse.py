@@ -89,6 +89,12 @@ async def take_or_refuse(
     answer is when one more will be allowed."""
     if await take_all(session, name, list(limits), now):
         return None
+    await give_back(session, name, limits, now)
+    return await next_allowed(session, name, limits, now)
+
+
+async def give_back(session: AsyncSession, name: str, limits: Sequence[Limit], now: float) -> None:
+    """Undo this transaction's take under every limit (what was counted did not happen)."""
     for lim in limits:
         await session.execute(
             update(RateCount)
@@ -98,7 +104,6 @@ async def take_or_refuse(
             )
             .values(count=RateCount.count - 1)
         )
-    return await next_allowed(session, name, limits, now)
 
 
 # --- muting ------------------------------------------------------------------------------

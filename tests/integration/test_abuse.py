@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.models import Conversation, OutboxMessage, Photo, RateCount, Reporter, Ticket
@@ -376,3 +376,22 @@ async def test_a_mute_reaches_a_draft_in_progress_within_the_refresh_and_nothing
         await mute(s, reporter, 1, "spam, 40 reports of one place", None, clock())
     replies = await chat.say("Thêm một mô tả nữa cho bản nháp này")
     assert texts(replies).startswith(NEUTRAL) and await draft(chat) == {}
+
+
+async def test_an_addition_to_a_report_closed_meanwhile_is_not_counted(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    code = await file_report(chat)
+    await chat.send("photo", media=photo(7101))
+    await chat.replies()
+    async with sessions() as s, s.begin():
+        await s.execute(update(Ticket).where(Ticket.code == code).values(state="closed"))
+    replies = await chat.press(f"addition|{code}")
+    assert code in texts(replies) and "Đã bổ sung" not in texts(replies)
+    async with sessions() as s:
+        used = dict(
+            (await s.execute(select(RateCount.name, RateCount.count).where(
+                RateCount.name.like("addition:%")
+            ))).all()
+        )  # fmt: skip
+    assert set(used.values()) == {0}, used
