@@ -144,10 +144,11 @@ async def begin(turn: Turn) -> bool:
         )
         returning = not created
         turn.conv.reporter_id = reporter_id
-    if await is_muted(turn):
+    # A reporter new this moment has neither a mute nor a count: no query for them.
+    if returning and await is_muted(turn):
         say_neutral(turn)
         return False
-    if await refuse_new_report(turn):
+    if returning and await refuse_new_report(turn):
         return False
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=keyboard)
