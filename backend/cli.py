@@ -73,6 +73,7 @@ from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.open311 import mount_open311
+from backend.web.mutes import mount_mutes
 from backend.web.openapi import mount_openapi
 from backend.web.partners_admin import mount_partners_admin
 from backend.web.privacy import mount_privacy
@@ -97,6 +98,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_admin(app)
     mount_partners_admin(app)
     mount_privacy(app)
+    mount_mutes(app)
     mount_api(app)
     mount_openapi(app)
     mount_stats(app)

@@ -178,6 +178,14 @@ class Settings(BaseSettings):
     # What discovery names as the contact and where to ask for a key.
     open311_contact: str = ""
     open311_key_service: str = ""
+    # Limits on abuse in the chats (backend/services/abuse.py): the new reports one
+    # reporter may send on one channel per hour and per day (a day starts at midnight in
+    # Vietnam), and additions to their reports (photos or words sent later), more
+    # generous. Counted in the database, so they hold across server processes.
+    reports_per_hour: int = Field(default=5, ge=1, le=10_000)
+    reports_per_day: int = Field(default=20, ge=1, le=100_000)
+    additions_per_hour: int = Field(default=20, ge=1, le=10_000)
+    additions_per_day: int = Field(default=60, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

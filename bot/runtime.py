@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from backend.db import checkpoint_forever, create_writer_engine
+from backend.services.abuse import ReporterLimits
 from backend.services.duplicates import DuplicateRule
 from backend.services.quiet import Quiet
 from backend.web.app import (
@@ -121,6 +122,7 @@ async def _chat_runtime(app: web.Application) -> AsyncIterator[None]:
             out_of_area_hotlines=settings.out_of_area_hotlines,
             identity_months=settings.retention_identity_months,
             case_base=settings.public_url or "",
+            limits=ReporterLimits.from_settings(settings),
         ),
         capabilities,
         on_commit=outbox.wake,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from backend.services.privacy import has_withdrawn
+from handlers.abuse import answer_if_muted
 from handlers.events import Incoming
 from handlers.feedback import PREFIX, is_ticket_button, ticket_button
 from handlers.i18n import LANGUAGES
@@ -109,6 +110,8 @@ async def step(turn: Turn, event: Incoming) -> None:
         return
     if turn.state in RENAMED_STEPS:
         turn.goto(RENAMED_STEPS[turn.state])
+    if await answer_if_muted(turn, event):
+        return
     current = STEPS[turn.state]
     if is_ticket_button(event):
         if await _withdrawn(turn, event.callback_id):

@@ -31,6 +31,14 @@ from backend.services.units import WardInfo
 from backend.services.workflow import WorkflowError, auto_classify
 from backend.text import parse_point, search_key
 from backend.timeutil import format_local, local
+from handlers.abuse import (
+    count_addition,
+    count_report,
+    is_muted,
+    refuse_new_report,
+    say_neutral,
+    uncount_addition,
+)
 from handlers.events import Button, GeocodeOutcome, Incoming, MediaRef
 from handlers.turn import Job, Services, Turn
 
@@ -119,8 +127,10 @@ async def advance(turn: Turn, next_state: str) -> None:
     STEPS[next_state].prompt(turn)
 
 
-async def begin(turn: Turn) -> None:
-    """/start: consent first unless given for the current text version, then photos."""
+async def begin(turn: Turn) -> bool:
+    """/start: consent first unless given for the current text version, then photos.
+    False (and said why) when the reporter may not begin a report now: muted, or over
+    their allowance of reports (handlers.abuse); the chat then stays as it was."""
     if turn.conv.reporter_id is not None and await is_erased(turn.session, turn.conv.reporter_id):
         # Erased (by the retention pass, or on a request by phone) while this chat went
         # on: a new reporter, who is asked for consent afresh.
@@ -134,11 +144,18 @@ async def begin(turn: Turn) -> None:
         )
         returning = not created
         turn.conv.reporter_id = reporter_id
+    # A reporter new this moment has neither a mute nor a count: no query for them.
+    if returning and await is_muted(turn):
+        say_neutral(turn)
+        return False
+    if returning and await refuse_new_report(turn):
+        return False
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=keyboard)
     if returning and await has_consent(turn.session, turn.conv.reporter_id):
         turn.goto("photos")
     STEPS[turn.state].prompt(turn)
+    return True
 
 
 class Consent(Step):
@@ -860,6 +877,8 @@ class Summary(Step):
         return True
 
     async def _submit(self, turn: Turn) -> None:
+        if not await count_report(turn):
+            return
         d = turn.data
         now = turn.services.now()
         result = await submit_report(
@@ -959,7 +978,8 @@ class Idle(Step):
             return False
         if await _offer_addition(turn, [_photo(event.media)], None, event.media_group):
             return True
-        await begin(turn)
+        if not await begin(turn):
+            return True
         # Waiting for consent, or (consent given before) the report's first photo.
         return await STEPS[turn.state].photo(turn, event)
 
@@ -981,6 +1001,9 @@ async def _offer_addition(
     reporter_id = turn.conv.reporter_id
     if reporter_id is None or not await has_consent(turn.session, reporter_id):
         return False
+    if await is_muted(turn):
+        say_neutral(turn)
+        return True
     reports = await open_reports(turn.session, reporter_id)
     if not reports:
         return False
@@ -1072,6 +1095,9 @@ class Addition(Step):
             # Consent is on record (it was checked to offer this): a new report that
             # begins with these photos, and these words as its description.
             text = d.get("add_text")
+            if await refuse_new_report(turn):
+                turn.reset()
+                return True
             turn.reset("photos")
             turn.data.update(photos=photos[:MAX_PHOTOS], media_groups=[])
             if text:
@@ -1082,11 +1108,14 @@ class Addition(Step):
             return True
         reporter_id = turn.conv.reporter_id
         added = None
+        if not await count_addition(turn):
+            return True
         if reporter_id is not None:
             added = await add_to_report(
                 turn.session, value, reporter_id, photos, d.get("add_text"), turn.services.now()
             )
         if added is None:
+            await uncount_addition(turn)
             # Closed or merged since it was offered: ask again among those still open.
             turn.say("addition.gone", code=value, page=value)
             turn.reset()

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import utcnow
+from backend.services.abuse import MutedReporters, ReporterLimits
 from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
@@ -45,6 +46,10 @@ class Services:
     identity_months: int = 12
     # The service's public address: messages with a code link to its case page there.
     case_base: str = ""
+    # How many reports and additions a reporter may send per channel (settings).
+    limits: ReporterLimits = field(default_factory=ReporterLimits)
+    # Who is muted, as this process knows it (refreshed every few seconds).
+    muted: MutedReporters = field(default_factory=MutedReporters)
 
 
 @dataclass(slots=True)

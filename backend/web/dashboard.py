@@ -31,6 +31,7 @@ from backend.models import (
     Ward,
     utcnow,
 )
+from backend.services.abuse import MUTE_DAYS, muted_until
 from backend.services.additions import ADDED
 from backend.services.geocoding import Geocoder, GeocoderDown, find_place
 from backend.services.intake import ReportDraft, is_approximate, submit_report
@@ -285,7 +286,10 @@ async def _ticket_response(
             )
         )
         unsent = await undelivered(session, ticket.id)
-    now = utcnow()
+        now = utcnow()
+        # Muting (backend/web/mutes.py): for triage roles, a reporter not forgotten.
+        can_mute = actor.role in TRIAGE and reporter is not None and reporter.erased_at is None
+        muted = await muted_until(session, reporter.id, now) if can_mute and reporter else None
     # Where the pin is, in words (the geocoder's answer is cached: once per place); a
     # ward's centre is no address.
     approximate = is_approximate(ticket.location_source)
@@ -314,6 +318,9 @@ async def _ticket_response(
         actions=allowed_actions(ticket, actor.role),
         can_unseal=actor.role in TRIAGE and ticket.reporter_id is not None,
         can_publish=actor.role in PUBLISHERS,
+        can_mute=can_mute,
+        muted_until=muted,
+        mute_days=MUTE_DAYS,
         identity=identity,
         overdue=is_overdue(ticket, now),
         reasons=REJECT_REASONS,
