@@ -73,10 +73,12 @@ from backend.web.demo import mount_demo
 from backend.web.login import mount_login
 from backend.web.openapi import mount_openapi
 from backend.web.privacy import mount_privacy
+from backend.web.report_form import mount_report_form
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
 from bot.spool import SUFFIX as SPOOL_SUFFIX
 from bot.standin import BotApiStandIn, DemoChats
+from bot.web_form import WebChannel
 
 log = logging.getLogger("hotline")
 
@@ -95,6 +97,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_openapi(app)
     mount_stats(app)
     mount_chat(app)
+    mount_report_form(app, WebChannel())
     return app
 
 

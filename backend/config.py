@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     # Largest photo accepted from a chat, in bytes (the Bot API serves files up to 20 MB).
     max_photo_bytes: int = 20 * 1024 * 1024
 
+    # The web report form (/report): reports filed per client address (an IPv6 /64 counts
+    # as one) per hour and per day, in every process together; and the least time between
+    # the form being shown and sent (seconds): a script posting at once is refused, a
+    # person filling the form never meets it.
+    report_form_per_hour: int = Field(default=5, ge=1)
+    report_form_per_day: int = Field(default=20, ge=1)
+    report_form_min_seconds: float = Field(default=3.0, ge=0)
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment == "production" and self.demo:
