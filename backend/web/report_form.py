@@ -281,7 +281,8 @@ async def read_report(request: web.Request, max_photos: int) -> Posted:
             await _take_part(posted, part, settings.max_photo_bytes, max_photos)
         else:
             raise BadForm("too many parts")
-    except (ValueError, AssertionError, HttpProcessingError, LookupError) as exc:
+    except (ValueError, AssertionError, HttpProcessingError, LookupError, RuntimeError) as exc:
+        # A part whose headers do not parse, a "_charset_" aiohttp cannot take: the client's.
         raise BadForm("not a form this page sends") from exc
     _check_text(posted.fields)
     return posted

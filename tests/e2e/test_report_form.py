@@ -70,6 +70,10 @@ async def reporters(sessions: async_sessionmaker[AsyncSession]) -> int:
         return int(await s.scalar(select(func.count()).select_from(Reporter)) or 0)
 
 
+def stored_photos(media: Path) -> int:
+    return len(list(media.rglob("*.jpg"))) if media.exists() else 0
+
+
 def code_of(location: str) -> str:
     assert location.startswith("/report/sent?"), location
     return location
@@ -223,29 +227,28 @@ async def test_the_token_binds_the_browser_files_once_and_waits_a_moment(
 ) -> None:
     settings = web_settings(database_url, tmp_path, report_form_min_seconds=1.5)
     base = settings.public_url or ""
-    async with running(settings):
-        async with Resident(base) as resident, Resident(base) as other:
-            await resident.open()
-            token = resident.last.token if resident.last else ""
-            # At once: too fast for a person; the same token works a moment later.
-            fast = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
-            assert fast.status == 400 and fast.token == token, fast.problems
-            # Another browser (no cookie of the form's) cannot use it: a cross-site POST.
-            await other.get("/healthz")
-            stolen = await other.send(report_fields(ward=BIM_SON_WARD), token=token)
-            assert stolen.status == 403
-            await asyncio.sleep(1.6)
-            done = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
-            assert done.status == 303, done.problems
-            again = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
-            assert again.status == 409
-            assert any("đã được gửi" in p for p in again.problems)
-            missing = await resident.send(report_fields(ward=BIM_SON_WARD), token="")
-            assert missing.status == 403
-            forged = await resident.send(report_fields(ward=BIM_SON_WARD), token=token[:-4] + "AAAA")
-            assert forged.status == 403
-            # The fields typed stay filled on a refused token, with a fresh token to send.
-            assert "bốc mùi hôi" in forged.text and forged.token != token
+    async with running(settings), Resident(base) as resident, Resident(base) as other:
+        await resident.open()
+        token = resident.last.token if resident.last else ""
+        # At once: too fast for a person; the same token works a moment later.
+        fast = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
+        assert fast.status == 400 and fast.token == token, fast.problems
+        # Another browser (no cookie of the form's) cannot use it: a cross-site POST.
+        await other.get("/healthz")
+        stolen = await other.send(report_fields(ward=BIM_SON_WARD), token=token)
+        assert stolen.status == 403
+        await asyncio.sleep(1.6)
+        done = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
+        assert done.status == 303, done.problems
+        again = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
+        assert again.status == 409
+        assert any("đã được gửi" in p for p in again.problems)
+        missing = await resident.send(report_fields(ward=BIM_SON_WARD), token="")
+        assert missing.status == 403
+        forged = await resident.send(report_fields(ward=BIM_SON_WARD), token=token[:-4] + "AAAA")
+        assert forged.status == 403
+        # The fields typed stay filled on a refused token, with a fresh token to send.
+        assert "bốc mùi hôi" in forged.text and forged.token != token
     assert await tickets(sessions) == 1
 
 
@@ -269,8 +272,7 @@ async def test_over_the_address_limit_nothing_is_stored(
             assert (await file_report(resident)).status == 303
     assert await tickets(sessions) == 3
     assert await reporters(sessions) == 3
-    media = Path(settings.media_dir)
-    assert not media.exists() or not any(media.rglob("*.jpg"))
+    assert stored_photos(Path(settings.media_dir)) == 0
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -323,6 +325,7 @@ async def test_multipart_bombs_and_odd_parts_are_refused(
         "a field twice": multipart([("lat", b"1"), ("lat", b"2")]),
         "NUL in a field": multipart([("description", b"a\x00b")]),
         "broken UTF-8": multipart([("description", b"\xff\xfe\xfa")]),
+        "a charset aiohttp cannot take": multipart([("_charset_", b"u" * 40)]),
         "nested": (
             b'--b0undary\r\nContent-Disposition: form-data; name="photos"\r\n'
             b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n"
@@ -426,3 +429,51 @@ async def test_the_address_limit_holds_across_two_server_processes(
             select(func.max(RateCount.count)).where(RateCount.name.like("report-form:%"))
         )
         assert counted == 3  # the refused ones rolled back
+
+
+async def test_nothing_of_the_reporter_comes_back_to_anyone(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The phone typed is shown again only in the form of the browser that typed it (a
+    form with a problem keeps its fields); the page that confirms a report, whoever
+    opens it, and the form shows neither the phone, the pseudonym nor the chat id."""
+    base = form_settings.public_url or ""
+    async with running(form_settings):
+        async with Resident(base) as resident:
+            done = await file_report(resident, phone=PHONE)
+            assert done.status == 303
+            own = await resident.get(done.location)
+        async with Resident(base) as stranger:
+            shown = [own.text, (await stranger.get(done.location)).text]
+            shown.append((await stranger.open()).text)
+            shown.append((await stranger.open(lang="en")).text)
+    async with sessions() as s:
+        reporter = (await s.scalars(select(Reporter))).one()
+        identity = await s.get(ReporterIdentity, reporter.id)
+        assert identity is not None and identity.chat_id
+        secrets_ = [reporter.pseudonym, identity.chat_id, *PHONE_FORMS]
+    for text in shown:
+        for secret in secrets_:
+            assert secret not in text
+
+
+async def test_operators_see_a_web_reporter_with_a_phone_in_needs_a_call(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    from tests.e2e.staff_http import sign_in, staff_account
+
+    await staff_account(sessions, "op38", "a long and private passphrase", "operator", "P38")
+    base = form_settings.public_url or ""
+    async with running(form_settings):
+        async with Resident(base) as resident:
+            assert (await file_report(resident, phone=PHONE)).status == 303
+        async with sessions() as s, s.begin():
+            ticket = (await s.scalars(select(Ticket))).one()
+            await tell_reporters(s, [ticket], "notify.closed", {})
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await sign_in(http, base, "op38", "a long and private passphrase")
+            async with http.get(f"{base}/queue?view=call") as r:
+                assert r.status == 200
+                assert ticket.code in await r.text()
+            async with http.get(f"{base}/tickets/{ticket.code}") as r:
+                assert 'class="unsent"' in await r.text()
