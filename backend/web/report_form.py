@@ -509,10 +509,11 @@ async def _store_photos(
     problems: list[FormProblem] = []
     errors: list[str] = ["too_large"] * posted.too_large
     if posted.too_many or len(kept) + len(posted.uploads) > max_photos:
+        # None of these is taken: the resident chooses again, knowing which are kept.
         problems.append(FormProblem("photos", "report.problem.too_many", {"max": max_photos}))
-    room = max(0, max_photos - len(kept))
+        return problems, errors
     settings = request.app[SETTINGS]
-    for data in posted.uploads[:room]:
+    for data in posted.uploads:
         try:
             stored = await store_photo(request.app[MEDIA], data, settings.max_photo_bytes)
         except NotAnImage:

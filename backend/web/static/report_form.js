@@ -41,3 +41,12 @@
     });
   }
 })();
+// One press sends once: a second press would send the same form again (refused).
+(function () {
+  const form = document.querySelector("form.report-form");
+  if (!form) return;
+  form.addEventListener("submit", function () {
+    const button = form.querySelector("button.send");
+    if (button) window.setTimeout(function () { button.disabled = true; }, 0);
+  });
+})();
