@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.models import Photo, Ticket
+from tests.browser.test_csp import violations
 from tests.e2e.conftest import running
 from tests.e2e.staff_http import web_settings
 from tests.fakes.images import image_bytes
@@ -94,11 +95,18 @@ async def test_a_pin_on_the_map_in_english_and_problems_fit_the_screen(
 ) -> None:
     settings = web_settings(database_url, tmp_path, report_form_min_seconds=0.5)
     base = settings.public_url or ""
+    port = base.rsplit(":", 1)[1]
+    # Tiles from the configured host (another origin: localhost, not 127.0.0.1).
+    tiles_url = f"http://localhost:{port}/tiles/{{z}}/{{x}}/{{y}}.png"
+    settings = settings.model_copy(update={"map_tile_url": tiles_url})
     async with running(settings):
         context = await browser.new_context(
             viewport={"width": PHONE_WIDTH, "height": 740}, base_url=base, is_mobile=True
         )
         page = await context.new_page()
+        refused = violations(page)
+        tiles: list[str] = []
+        page.on("request", lambda r: tiles.append(r.url) if "/tiles/" in r.url else None)
         await page.goto("/report?lang=en")
         # Sent without a place or consent (the category is required by the page itself):
         # every problem said, in English, and still 360 px wide.
@@ -124,6 +132,8 @@ async def test_a_pin_on_the_map_in_english_and_problems_fit_the_screen(
         code = await page.inner_text("#code")
         assert await page.get_attribute("#case-link", "href") == f"/r/{code}?lang=en"
         await fits(page)
+        assert tiles and all(t.startswith(f"http://localhost:{port}/tiles/") for t in tiles)
+        assert refused == []
         await context.close()
     async with sessions() as s:
         assert (await s.scalars(select(Ticket.channel))).one() == "web"

@@ -477,3 +477,32 @@ async def test_operators_see_a_web_reporter_with_a_phone_in_needs_a_call(
                 assert ticket.code in await r.text()
             async with http.get(f"{base}/tickets/{ticket.code}") as r:
                 assert 'class="unsent"' in await r.text()
+
+
+async def test_a_second_report_of_the_same_kind_nearby_is_a_report_of_its_own(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The chat offers to join an open case nearby; the form files its own (staff merge)."""
+    base = form_settings.public_url or ""
+    async with running(form_settings):
+        for _ in range(2):
+            async with Resident(base) as resident:
+                assert (await file_report(resident)).status == 303
+    async with sessions() as s:
+        both = list(await s.scalars(select(Ticket)))
+    assert len({t.code for t in both}) == 2
+    assert all(t.channel == "web" and t.ward_code == BIM_SON_WARD for t in both)
+
+
+async def test_a_place_outside_the_provinces_served_names_the_hotline_to_call(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = form_settings.model_copy(
+        update={"served_provinces": ["79"], "out_of_area_hotlines": "0237 111 222"}
+    )
+    base = settings.public_url or ""
+    async with running(settings), Resident(base) as resident:
+        page = await file_report(resident)
+    assert page.status == 400
+    assert any("0237 111 222" in p and "Thanh Hóa" in p for p in page.problems), page.problems
+    assert await tickets(sessions) == 0
