@@ -41,9 +41,12 @@ class Page:
 class Resident:
     """One browser: a cookie jar, connecting from `source` (a loopback address)."""
 
-    def __init__(self, base: str, source: str = "127.0.0.1") -> None:
+    def __init__(
+        self, base: str, source: str = "127.0.0.1", headers: dict[str, str] | None = None
+    ) -> None:
         self.base = base
         self.source = source
+        self.headers = headers or {}
         self.http: aiohttp.ClientSession
         self.last: Page | None = None
 
@@ -51,6 +54,7 @@ class Resident:
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(local_addr=(self.source, 0)),
             cookie_jar=aiohttp.CookieJar(unsafe=True),
+            headers=self.headers,
         )
         return self
 

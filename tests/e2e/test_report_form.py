@@ -506,3 +506,33 @@ async def test_a_place_outside_the_provinces_served_names_the_hotline_to_call(
     assert page.status == 400
     assert any("0237 111 222" in p and "Thanh Hóa" in p for p in page.problems), page.problems
     assert await tickets(sessions) == 0
+
+
+async def test_behind_a_trusted_proxy_the_limit_is_per_forwarded_address(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    from ipaddress import ip_network
+
+    settings = web_settings(
+        database_url,
+        tmp_path,
+        trusted_proxies=[ip_network("127.0.0.0/8")],
+        report_form_min_seconds=0,
+        report_form_per_hour=1,
+    )
+    base = settings.public_url or ""
+
+    async def attempt(forwarded: str) -> int:
+        async with Resident(base, headers={"X-Forwarded-For": forwarded}) as resident:
+            return (await file_report(resident)).status
+
+    async with running(settings):
+        assert await attempt("203.0.113.7") == 303
+        # The same client again, whatever it claims further left: over the limit.
+        assert await attempt("198.51.100.1, 203.0.113.7") == 429
+        # Another client behind the same proxy is not held back; an IPv6 household is
+        # one client whatever address of its /64 it uses.
+        assert await attempt("203.0.113.8") == 303
+        assert await attempt("2001:db8:5:6::1") == 303
+        assert await attempt("2001:db8:5:6::99") == 429
+    assert await tickets(sessions) == 3
