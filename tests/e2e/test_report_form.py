@@ -536,3 +536,17 @@ async def test_behind_a_trusted_proxy_the_limit_is_per_forwarded_address(
         assert await attempt("2001:db8:5:6::1") == 303
         assert await attempt("2001:db8:5:6::99") == 429
     assert await tickets(sessions) == 3
+
+
+async def test_the_forms_cookie_stays_on_this_site_and_out_of_scripts(
+    form_settings: Settings,
+) -> None:
+    base = form_settings.public_url or ""
+    async with running(form_settings), aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/report") as r:
+            cookie = next(c for c in r.headers.getall("Set-Cookie") if "hotline_report=" in c)
+            assert r.headers["Cache-Control"] == "no-store"
+    attributes = {a.strip().split("=")[0].lower(): a for a in cookie.split(";")}
+    assert "httponly" in attributes
+    assert attributes["samesite"].strip().lower() == "samesite=strict"
+    assert attributes["path"].strip() == "Path=/report"
