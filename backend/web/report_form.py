@@ -381,6 +381,8 @@ def _form_page(
         token=token,
         values=values,
         problems=by_field,
+        # Said first, above the form, each linking to its field: the page opens at the top.
+        summary=[(where, m) for where, messages in by_field.items() if where for m in messages],
         ward_choices=ward_choices or [],
         kept=len(kept),
         categories=channel.categories(lang),
@@ -460,9 +462,21 @@ async def send_report(request: web.Request) -> web.StreamResponse:
     problems, photo_errors = await _store_photos(request, posted, kept, channel.max_photos)
     form, form_problems = _form(request, posted, kept, photo_errors)
     problems += form_problems
-    if problems or form is None:
+    if form is None:
         return _form_page(
             request, status=400, cookie=cookie, kept=kept, values=values, problems=problems
+        )
+    if problems:
+        # What the core says of the rest too, so that one answer names every problem.
+        tried = await _try(request, form)
+        return _form_page(
+            request,
+            status=400,
+            cookie=cookie,
+            kept=kept,
+            values=values,
+            problems=problems + tried.problems,
+            ward_choices=tried.ward_choices,
         )
     try:
         async with _one_writer(request), app[SESSIONS]() as session, session.begin():
@@ -500,6 +514,18 @@ async def send_report(request: web.Request) -> web.StreamResponse:
         {"code": filed.code, "phone": form.phone is not None, "t": time.time()}, SENT_PURPOSE
     )
     raise web.HTTPSeeOther(linker(language(request))("/report/sent", s=sent))
+
+
+async def _try(request: web.Request, form: WebForm) -> FiledForm:
+    """The core's answer to a form that will not be filed: its transaction rolled back."""
+    app = request.app
+    async with _one_writer(request), app[SESSIONS]() as session:
+        try:
+            return await app[CHANNEL].file(
+                session, form, wards=app[WARDS], policies=app[POLICIES], settings=app[SETTINGS]
+            )
+        finally:
+            await session.rollback()
 
 
 @asynccontextmanager
@@ -556,8 +582,9 @@ async def _store_photos(
 def _form(
     request: web.Request, posted: Posted, kept: list[dict[str, Any]], photo_errors: list[str]
 ) -> tuple[WebForm | None, list[FormProblem]]:
-    """The form as the core takes it, and the problems of what only the page asks
-    (consent ticked, a place, a category offered, a phone that is a phone)."""
+    """The form as the core takes it (None without a place or a category), and the
+    problems of what only the page asks (consent ticked, a place, a category offered, a
+    phone that is a phone)."""
     f = posted.fields
     channel = request.app[CHANNEL]
     problems = []
@@ -575,8 +602,9 @@ def _form(
         phone = normalise_phone(f["phone"])
         if phone is None:
             problems.append(FormProblem("phone", "report.problem.phone"))
-    if problems or lat is None or lon is None:
-        # The core judges photos only with the rest of the form: say now what it would.
+    if lat is None or lon is None or not any(category == c for c, _ in channel.categories("vi")):
+        # The core cannot be asked without a place and a category: say what it would of
+        # the photos.
         refused = dict.fromkeys(photo_errors)
         problems += [FormProblem("photos", f"photos.error.{e}") for e in refused]
         return None, problems
@@ -593,7 +621,7 @@ def _form(
             photos=photos,
             photo_errors=photo_errors,
         ),
-        [],
+        problems,
     )
 
 

@@ -542,11 +542,29 @@ async def test_the_forms_cookie_stays_on_this_site_and_out_of_scripts(
     form_settings: Settings,
 ) -> None:
     base = form_settings.public_url or ""
-    async with running(form_settings), aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/report") as r:
-            cookie = next(c for c in r.headers.getall("Set-Cookie") if "hotline_report=" in c)
-            assert r.headers["Cache-Control"] == "no-store"
+    async with (
+        running(form_settings),
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/report") as r,
+    ):
+        cookie = next(c for c in r.headers.getall("Set-Cookie") if "hotline_report=" in c)
+        assert r.headers["Cache-Control"] == "no-store"
     attributes = {a.strip().split("=")[0].lower(): a for a in cookie.split(";")}
     assert "httponly" in attributes
     assert attributes["samesite"].strip().lower() == "samesite=strict"
     assert attributes["path"].strip() == "Path=/report"
+
+
+async def test_one_answer_names_the_forms_problems_and_the_cores(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    base = form_settings.public_url or ""
+    async with running(form_settings), Resident(base) as resident:
+        await resident.open()
+        page = await resident.send(report_fields(consent="", description="Rác", ward=BIM_SON_WARD))
+    assert page.status == 400
+    # Not ticked (the page's rule) and too short without a photo (the core's): both in
+    # one answer, listed first at the top.
+    assert 'data-field="consent"' in page.text and 'data-field="description"' in page.text
+    assert page.text.index('class="problems"') < page.text.index("<form")
+    assert await tickets(sessions) == 0 and await reporters(sessions) == 0
