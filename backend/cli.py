@@ -79,10 +79,12 @@ from backend.web.partners_admin import mount_partners_admin
 from backend.web.privacy import mount_privacy
 from backend.web.public import mount_public
 from backend.web.public_map import mount_map
+from backend.web.report_form import mount_report_form
 from backend.web.security import JsonAccessLog, access_logger
 from backend.web.stats import mount_stats
 from bot.spool import SUFFIX as SPOOL_SUFFIX
 from bot.standin import BotApiStandIn, DemoChats
+from bot.web_form import WebChannel
 
 log = logging.getLogger("hotline")
 
@@ -106,6 +108,7 @@ def build_app(settings: Settings) -> web.Application:
     mount_map(app)
     mount_open311(app)
     mount_chat(app)
+    mount_report_form(app, WebChannel())
     return app
 
 

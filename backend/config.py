@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     reports_per_day: int = Field(default=20, ge=1, le=100_000)
     additions_per_hour: int = Field(default=20, ge=1, le=10_000)
     additions_per_day: int = Field(default=60, ge=1, le=100_000)
+    # The web report form (/report): reports filed per client address (an IPv6 /64 counts
+    # as one) per hour and per day, in every process together; and the least time between
+    # the form being shown and sent (seconds): a script posting at once is refused, a
+    # person filling the form never meets it.
+    report_form_per_hour: int = Field(default=5, ge=1)
+    report_form_per_day: int = Field(default=20, ge=1)
+    report_form_min_seconds: float = Field(default=3.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -28,6 +28,10 @@ from backend.models import (
 # platform's reply window): staff phone the reporter, and it becomes "called".
 NEEDS_CALL = ("failed", "undeliverable")
 CALLED = "called"
+# Channels with no chat to send to (the web form): a notice to their reporter is
+# undeliverable from the start, for staff to phone if the reporter left a number, and
+# not written at all otherwise (their case page shows it).
+NO_CHAT_CHANNELS = frozenset({"web"})
 
 
 def notice(
@@ -111,7 +115,10 @@ async def tell_reporters(
     """
     by_reporter = {t.reporter_id: t for t in tickets if t.reporter_id is not None}
     rows = 0
+    callable_ = await _with_phone(session, by_reporter)
     for reporter_id, channel, chat_id, language in await reporter_chats(session, by_reporter):
+        if channel in NO_CHAT_CHANNELS and reporter_id not in callable_:
+            continue
         ticket = by_reporter[reporter_id]
         own_buttons = [
             [{**b, "data": str(b["data"]).format(code=ticket.code)} for b in row] for row in buttons
@@ -127,9 +134,27 @@ async def tell_reporters(
             *(notice("notify.more_photo", language, {}, photo_sha256=p) for p in photos[1:]),
         ]
         for payload in payloads:
-            session.add(outbox_row(channel, chat_id, payload, ticket.id))
+            row = outbox_row(channel, chat_id, payload, ticket.id)
+            if channel in NO_CHAT_CHANNELS:
+                row.status, row.last_error = "undeliverable", "no chat: call the reporter"
+            session.add(row)
             rows += 1
     return rows
+
+
+async def _with_phone(session: AsyncSession, reporter_ids: Iterable[int]) -> set[int]:
+    """The reporters among these with no chat (NO_CHAT_CHANNELS) who left a phone."""
+    ids = list(reporter_ids)
+    if not ids:
+        return set()
+    found = await session.scalars(
+        select(ReporterIdentity.reporter_id).where(
+            ReporterIdentity.reporter_id.in_(ids),
+            ReporterIdentity.channel.in_(NO_CHAT_CHANNELS),
+            ReporterIdentity.phone_key.is_not(None),
+        )
+    )
+    return set(found)
 
 
 async def tell_staff(
