@@ -72,8 +72,8 @@ from backend.web.auth import session_middleware
 from backend.web.dashboard import mount_dashboard
 from backend.web.demo import mount_demo
 from backend.web.login import mount_login
-from backend.web.open311 import mount_open311
 from backend.web.mutes import mount_mutes
+from backend.web.open311 import mount_open311
 from backend.web.openapi import mount_openapi
 from backend.web.partners_admin import mount_partners_admin
 from backend.web.privacy import mount_privacy

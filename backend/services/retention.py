@@ -44,6 +44,7 @@ from backend.models import (
     WebSession,
     utcnow,
 )
+from backend.services.limits import sweep as sweep_limits
 from backend.services.periodic import Periodic
 from backend.services.presence import Presence
 from backend.services.privacy import erase_identity
@@ -180,6 +181,7 @@ async def retention_pass(
         done["login sessions"] = _count(sessions_gone)
         codes = await session.execute(delete(LinkCode).where(LinkCode.expires_at < now))
         done["link codes"] = _count(codes)
+        done["rate counts"] = await sweep_limits(session, now)
     return done
 
 

@@ -17,6 +17,7 @@ from backend.models import (
     LinkCode,
     OutboxMessage,
     ProcessedUpdate,
+    RateCount,
     Reporter,
     ReporterIdentity,
     Ticket,
@@ -102,6 +103,9 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         assert unit is not None
         for name, expires in (("old", NOW - timedelta(days=2)), ("new", NOW + timedelta(days=1))):
             s.add(LinkCode(code_hash=name, unit_id=unit, expires_at=expires))
+        # A limit's window that has ended, and one still counting.
+        for window, expires in ((0, NOW - timedelta(minutes=1)), (1, NOW + timedelta(hours=1))):
+            s.add(RateCount(name="reports:telegram:1", window=window, count=3, expires_at=expires))
 
     done = await retention_pass(sessions, PERIODS, NOW)
 
@@ -111,6 +115,7 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         "update ids": 1,
         "login sessions": 1,
         "link codes": 1,
+        "rate counts": 1,
     }
     async with sessions() as s:
         kept = set(await s.scalars(select(ReporterIdentity.reporter_id)))
@@ -119,9 +124,11 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         updates = set(await s.scalars(select(ProcessedUpdate.update_id)))
         logins = set(await s.scalars(select(WebSession.token_hash)))
         codes = set(await s.scalars(select(LinkCode.code_hash)))
+        windows = set(await s.scalars(select(RateCount.window)))
         tickets = await s.scalar(select(func.count()).select_from(Ticket))
     assert erased == {idle, rejected, caller}
     assert kept == {waiting, talked, rated}
+    assert windows == {1}
     assert tickets == 5  # the reports stay, under their pseudonyms
     assert "sent31" not in texts and {"sent29", "pending90", "failed90"} <= set(texts)
     assert texts[""] == {} and texts["sent29"] == Reply("x").to_payload()
