@@ -79,6 +79,13 @@ async def test_a_report_from_a_phone_with_the_browsers_location(
         code = await page.inner_text("#code")
         assert await page.get_attribute("#case-link", "href") == f"/r/{code}"
         await fits(page)
+        # From the code to the case page, where the reporter follows it.
+        await page.click("#case-link")
+        await page.wait_for_selector("ol.history")
+        assert code in await page.inner_text("h1")
+        assert await page.locator("dd.category").inner_text() == "Đốt rác, đốt rơm rạ"
+        assert await page.locator("ol.history li").count() >= 1
+        await fits(page)
         await context.close()
     async with sessions() as s:
         ticket = (await s.scalars(select(Ticket))).one()
