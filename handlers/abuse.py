@@ -9,6 +9,7 @@ count every process shares). See backend.services.abuse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from backend.services.abuse import (
@@ -20,6 +21,7 @@ from backend.services.abuse import (
     next_allowed,
 )
 from backend.services.abuse import take_or_refuse as _take
+from backend.services.limits import Limit
 from backend.timeutil import format_local
 from handlers.events import Incoming
 from handlers.turn import Turn
@@ -110,34 +112,27 @@ async def count_report(turn: Turn) -> bool:
     reporter is muted (the neutral answer) or it goes over the limit, in which case the
     draft is dropped and the reporter told that the report was neither sent nor kept,
     and when they can send again."""
-    if await is_muted(turn):
-        say_neutral(turn)
-        return False
-    name = _name(turn, REPORTS)
-    if name is None:
-        return True
-    when = await _take(turn.session, name, turn.services.limits.reports, _now(turn))
-    if when is None:
-        return True
-    turn.reset()
-    _say_limit(turn, "limit.reports_not_sent", REPORTS, when)
-    return False
+    return await _count(turn, REPORTS, turn.services.limits.reports, "limit.reports_not_sent")
 
 
 async def count_addition(turn: Turn) -> bool:
     """When an addition is stored: count it; False (said, nothing added) when the
     reporter is muted or over the limit."""
+    return await _count(turn, ADDITIONS, turn.services.limits.additions, "limit.additions")
+
+
+async def _count(turn: Turn, kind: str, limits: Sequence[Limit], message: str) -> bool:
     if await is_muted(turn):
         say_neutral(turn)
         return False
-    name = _name(turn, ADDITIONS)
+    name = _name(turn, kind)
     if name is None:
         return True
-    when = await _take(turn.session, name, turn.services.limits.additions, _now(turn))
+    when = await _take(turn.session, name, limits, _now(turn))
     if when is None:
         return True
     turn.reset()
-    _say_limit(turn, "limit.additions", ADDITIONS, when)
+    _say_limit(turn, message, kind, when)
     return False
 
 
