@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from backend.crypto import keys
 from backend.services.abuse import (
     ADDITIONS,
     REPORTS,
@@ -79,9 +80,8 @@ def say_neutral(turn: Turn) -> None:
     turn.say("muted.neutral", remove_keyboard=True)
 
 
-def _name(turn: Turn, kind: str) -> str | None:
-    reporter_id = turn.conv.reporter_id
-    return None if reporter_id is None else counter(kind, turn.channel, reporter_id)
+def _name(turn: Turn, kind: str) -> str:
+    return counter(kind, turn.channel, keys().chat_key(turn.channel, turn.chat_id))
 
 
 def _now(turn: Turn) -> float:
@@ -98,8 +98,6 @@ async def refuse_new_report(turn: Turn) -> bool:
     (and when they can send again) and return True; the draft is not begun. Reads only:
     a report is counted when it is sent."""
     name = _name(turn, REPORTS)
-    if name is None:
-        return False
     when = await next_allowed(turn.session, name, turn.services.limits.reports, _now(turn))
     if when is None:
         return False
@@ -125,10 +123,7 @@ async def _count(turn: Turn, kind: str, limits: Sequence[Limit], message: str) -
     if await is_muted(turn):
         say_neutral(turn)
         return False
-    name = _name(turn, kind)
-    if name is None:
-        return True
-    when = await _take(turn.session, name, limits, _now(turn))
+    when = await _take(turn.session, _name(turn, kind), limits, _now(turn))
     if when is None:
         return True
     turn.reset()
@@ -139,5 +134,4 @@ async def _count(turn: Turn, kind: str, limits: Sequence[Limit], message: str) -
 async def uncount_addition(turn: Turn) -> None:
     """An addition counted but not made (its report closed meanwhile): given back."""
     name = _name(turn, ADDITIONS)
-    if name is not None:
-        await give_back(turn.session, name, turn.services.limits.additions, _now(turn))
+    await give_back(turn.session, name, turn.services.limits.additions, _now(turn))

@@ -144,11 +144,12 @@ async def begin(turn: Turn) -> bool:
         )
         returning = not created
         turn.conv.reporter_id = reporter_id
-    # A reporter new this moment has neither a mute nor a count: no query for them.
+    # A reporter new this moment has no mute: no query for them. The count is the
+    # chat's, and outlives a /forgetme: asked of everyone.
     if returning and await is_muted(turn):
         say_neutral(turn)
         return False
-    if returning and await refuse_new_report(turn):
+    if await refuse_new_report(turn):
         return False
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=keyboard)

@@ -56,9 +56,11 @@ class ReporterLimits:
         return self.reports if kind == REPORTS else self.additions
 
 
-def counter(kind: str, channel: str, reporter_id: int) -> str:
-    """The counter's name: per kind, channel and reporter (a pseudonymous number)."""
-    return f"{kind}:{channel}:{reporter_id}"
+def counter(kind: str, channel: str, chat_key: str) -> str:
+    """The counter's name: per kind, channel and chat, by the chat's keyed look-up (not
+    the reporter's number, which /forgetme replaces: erasing oneself does not refill the
+    allowance). The row goes when its window ends."""
+    return f"{kind}:{channel}:{chat_key}"
 
 
 async def next_allowed(

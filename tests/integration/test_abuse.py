@@ -12,7 +12,15 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import Conversation, OutboxMessage, Photo, RateCount, Reporter, Ticket
+from backend.models import (
+    Conversation,
+    OutboxMessage,
+    Photo,
+    RateCount,
+    Reporter,
+    ReporterIdentity,
+    Ticket,
+)
 from backend.services.abuse import ReporterLimits, counter, lift, mute
 from backend.services.limits import DAY, HOUR, Limit, take_all
 from backend.services.units import WardIndex
@@ -212,13 +220,12 @@ async def test_over_the_limit_at_sending_the_draft_is_dropped_and_said(
     chat: Chat, sessions: async_sessionmaker[AsyncSession], clock: Clock
 ) -> None:
     await to_summary(chat)
-    reporter = await reporter_of(chat)
+    name = counter("report", "telegram", chat_key(chat.channel, chat.chat_id))
     # Meanwhile the count filled up (the limit lowered, another process's report).
     async with sessions() as s, s.begin():
         for _ in range(2):
             assert await take_all(
-                s, counter("report", "telegram", reporter), list(LIMITS.reports),
-                clock().timestamp(),
+                s, name, list(LIMITS.reports), clock().timestamp(),
             )  # fmt: skip
     replies = await chat.press("summary|anonymous")
     text = texts(replies)
@@ -395,3 +402,28 @@ async def test_an_addition_to_a_report_closed_meanwhile_is_not_counted(
             ))).all()
         )  # fmt: skip
     assert set(used.values()) == {0}, used
+
+
+async def reporter_count(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as s:
+        found = await s.scalar(
+            select(func.count())
+            .select_from(ReporterIdentity)
+            .where(ReporterIdentity.chat_id.is_not(None))
+        )
+    return int(found or 0)
+
+
+async def test_forgetting_oneself_does_not_refill_the_allowance(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """/forgetme makes the next contact a new reporter; the count is the chat's, so the
+    hour's limit still holds."""
+    await file_report(chat)
+    await file_report(chat)
+    await chat.say("/forgetme")
+    await chat.press("forget|confirm")
+    assert await reporter_count(sessions) == 0
+    replies = await chat.say("/start")
+    assert LIMIT_TEXT in texts(replies)
+    assert await draft(chat) == {}
