@@ -99,7 +99,16 @@ async def test_a_new_consent_text_is_asked_again_and_names_the_rights(
     replies = await chat.say("/start")
     consent = replies[-1]["text"]
     assert await chat.state() == "consent"
-    for promise in ("/mydata", "/forgetme", "/withdraw", "không liên hệ trong 12 tháng"):
+    # Each is kept and tested: the rights (tests/e2e/test_rights.py), the retention
+    # (test_retention.py), and what is public (test_case_page.py, test_public_map.py).
+    for promise in (
+        "/mydata",
+        "/forgetme",
+        "/withdraw",
+        "không liên hệ trong 12 tháng",
+        "vị trí làm tròn (khoảng 100 m)",
+        "không bao giờ công khai danh tính của bạn hay nội dung bạn viết",
+    ):
         assert promise in consent
     await chat.press("consent|yes")
     async with sessions() as s:
