@@ -253,16 +253,18 @@ def tries_key(address: str) -> str:
     return address_key(address) + ":try"
 
 
-async def within_limit(request: web.Request) -> bool:
-    """Whether the client may file one more form, and try once more, now: a look only (no
-    write, so no wait for SQLite's write lock); the counts are taken after."""
+async def within_limit(request: web.Request) -> str | None:
+    """What holds the client back now ("forms" filed or "tries"), or None: a look only
+    (no write, so no wait for SQLite's write lock); the counts are taken after."""
     address = client_address(request)
     settings = request.app[SETTINGS]
     now = time.time()
-    counted = [(address_key(address), limits(settings))]
-    counted.append((tries_key(address), limits(settings, TRIES_PER_FORM)))
+    counted = [
+        ("forms", address_key(address), limits(settings)),
+        ("tries", tries_key(address), limits(settings, TRIES_PER_FORM)),
+    ]
     async with request.app[SESSIONS]() as session:
-        for name, each in counted:
+        for kind, name, each in counted:
             for limit in each:
                 count = await session.scalar(
                     select(RateCount.count).where(
@@ -271,8 +273,8 @@ async def within_limit(request: web.Request) -> bool:
                     )
                 )
                 if count is not None and count >= limit.count:
-                    return False
-    return True
+                    return kind
+    return None
 
 
 async def take_try(request: web.Request, nonce: str, stores_photos: bool) -> bool:
@@ -524,7 +526,7 @@ async def send_report(request: web.Request) -> web.StreamResponse:
     if (stores or (form is not None and not problems)) and not await take_try(
         request, token["n"], stores
     ):
-        return _over_limit(request, cookie, values)
+        return _over_limit(request, cookie, values, "tries")
     problems, photo_errors = await _store_photos(request, posted, kept, channel.max_photos)
     form, form_problems = _form(request, posted, kept, photo_errors)
     problems += form_problems
@@ -607,8 +609,9 @@ async def _admit(request: web.Request, cookie: str, fields: dict[str, str]) -> d
         used, _ = await token_use(session, token["n"])
     if used:
         raise _Undo(await _used(request, cookie, token, values))
-    if not await within_limit(request):
-        raise _Undo(_over_limit(request, cookie, values))
+    held = await within_limit(request)
+    if held is not None:
+        raise _Undo(_over_limit(request, cookie, values, held))
     return token
 
 
@@ -642,11 +645,13 @@ async def _one_writer(request: web.Request) -> AsyncIterator[None]:
         yield
 
 
-def _over_limit(request: web.Request, cookie: str, values: dict[str, str]) -> web.Response:
+def _over_limit(
+    request: web.Request, cookie: str, values: dict[str, str], held: str = "forms"
+) -> web.Response:
     settings = request.app[SETTINGS]
     problem = FormProblem(
         "",
-        "report.problem.over_limit",
+        "report.problem.over_limit" if held == "forms" else "report.problem.over_tries",
         {"hour": settings.report_form_per_hour, "day": settings.report_form_per_day},
     )
     page = _form_page(request, status=429, cookie=cookie, values=values, problems=[problem])
