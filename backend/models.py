@@ -746,6 +746,8 @@ class RateCount(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True
     )
     count: Mapped[int] = mapped_column(Integer, default=0)
+    # What the count stands for, where one matters: the code a web form's token filed.
+    note: Mapped[str | None] = mapped_column(String(32))
     # When the row may be swept.
     expires_at: Mapped[datetime] = mapped_column(index=True)
 

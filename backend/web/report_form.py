@@ -13,7 +13,12 @@ Abuse, without a third-party service:
   `report_form_min_seconds` old (a script that posts at once is refused; no JavaScript
   needed) and at most TOKEN_HOURS; and it files one report only;
 - forms filed per client address per hour and per day, counted in the database
-  (backend.services.limits) so that every process keeps the same count.
+  (backend.services.limits) so that every process keeps the same count; and tries (a
+  POST that stores photos or reaches the filing, filed or not) per address, up to
+  TRIES_PER_FORM times those limits, and per token: each counted in its own committed
+  transaction before the photos are stored, so failing forms are held back too;
+- the token, the cookie and the limits are checked before a photo's bytes are read: the
+  token field comes first in the page's form, and a body with photos first is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +36,7 @@ from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import Settings
@@ -39,7 +44,7 @@ from backend.crypto import DataKeyError, keys
 from backend.db import is_sqlite
 from backend.models import RateCount
 from backend.services.deadlines import Policies
-from backend.services.limits import DAY, HOUR, Limit, take_all, window_start
+from backend.services.limits import DAY, HOUR, Limit, take, take_all, window_start
 from backend.services.media_store import MediaUnavailable
 from backend.services.photos import ACCEPTED_NAMES, NotAnImage, TooLarge, store_photo
 from backend.services.reporters import CONSENT_TEXT_VERSION, normalise_phone
@@ -62,6 +67,11 @@ FIELD_BYTES = 16 * 1024
 TEXT_FIELDS = ("token", "lat", "lon", "ward", "category", "description", "phone", "consent")
 # The place's fields as typed: a number, with room for a sign and digits.
 PLACE_CHARS = 32
+# Tries (POSTs that store photos or reach the filing) per address, as a multiple of the
+# forms' limits: a form may take a few (the ward asked, a photo refused, a fix).
+TRIES_PER_FORM = 3
+# POSTs that store photos, per form token.
+PHOTO_POSTS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,17 +184,43 @@ def open_token(text: str, cookie: str | None, min_seconds: float) -> dict[str, A
     return body
 
 
+def _token_mark(nonce: str) -> str:
+    return f"report-token:{nonce}"[:128]
+
+
 async def use_token_once(session: AsyncSession, nonce: str, issued: float) -> bool:
     """Mark the token used (in the filing's transaction); False when it was already. The
     mark lives in rate_counts until the token could no longer be sent anyway."""
     expires = datetime.fromtimestamp(issued + TOKEN_HOURS * HOUR + 60, UTC)
     stmt = (
         insert_for(session, RateCount)
-        .values(name=f"report-token:{nonce}"[:128], window=0, count=1, expires_at=expires)
+        .values(name=_token_mark(nonce), window=0, count=1, expires_at=expires)
         .on_conflict_do_nothing(index_elements=["name", "window"])
         .returning(RateCount.count)
     )
     return (await session.execute(stmt)).first() is not None
+
+
+async def note_filed(session: AsyncSession, nonce: str, code: str) -> None:
+    """Keep the code filed with the token's mark (same transaction): a second send of the
+    same form, from the same browser, is answered with this code."""
+    await session.execute(
+        update(RateCount)
+        .where(RateCount.name == _token_mark(nonce), RateCount.window == 0)
+        .values(note=code)
+    )
+
+
+async def token_use(session: AsyncSession, nonce: str) -> tuple[bool, str | None]:
+    """Whether the token was used, and the code it filed (None if not known)."""
+    row = (
+        await session.execute(
+            select(RateCount.note).where(
+                RateCount.name == _token_mark(nonce), RateCount.window == 0
+            )
+        )
+    ).first()
+    return (row is not None, row[0] if row is not None else None)
 
 
 # --- the per-address limit -----------------------------------------------------------------
@@ -206,29 +242,53 @@ def address_key(address: str) -> str:
     return "report-form:" + keys().lookup("report-address", network)
 
 
-def limits(settings: Settings) -> list[Limit]:
+def limits(settings: Settings, times: int = 1) -> list[Limit]:
     return [
-        Limit(settings.report_form_per_hour, HOUR),
-        Limit(settings.report_form_per_day, DAY),
+        Limit(settings.report_form_per_hour * times, HOUR),
+        Limit(settings.report_form_per_day * times, DAY),
     ]
 
 
-async def within_limit(request: web.Request) -> bool:
-    """Whether the client may file one more form now: a look only (no write, so no wait
-    for SQLite's write lock); the count is taken when a report is filed."""
-    name = address_key(client_address(request))
+def tries_key(address: str) -> str:
+    return address_key(address) + ":try"
+
+
+async def within_limit(request: web.Request) -> str | None:
+    """What holds the client back now ("forms" filed or "tries"), or None: a look only
+    (no write, so no wait for SQLite's write lock); the counts are taken after."""
+    address = client_address(request)
+    settings = request.app[SETTINGS]
     now = time.time()
+    counted = [
+        ("forms", address_key(address), limits(settings)),
+        ("tries", tries_key(address), limits(settings, TRIES_PER_FORM)),
+    ]
     async with request.app[SESSIONS]() as session:
-        for limit in limits(request.app[SETTINGS]):
-            count = await session.scalar(
-                select(RateCount.count).where(
-                    RateCount.name == f"{name}:{limit.window}",
-                    RateCount.window == window_start(now, limit.window),
+        for kind, name, each in counted:
+            for limit in each:
+                count = await session.scalar(
+                    select(RateCount.count).where(
+                        RateCount.name == f"{name}:{limit.window}",
+                        RateCount.window == window_start(now, limit.window),
+                    )
                 )
-            )
-            if count is not None and count >= limit.count:
-                return False
-    return True
+                if count is not None and count >= limit.count:
+                    return kind
+    return None
+
+
+async def take_try(request: web.Request, nonce: str, stores_photos: bool) -> bool:
+    """Count one try under the address (and, when it stores photos, under the token), in
+    its own committed transaction: counted whatever becomes of the form."""
+    settings = request.app[SETTINGS]
+    async with _one_writer(request), request.app[SESSIONS]() as session, session.begin():
+        ok = await take_all(
+            session, tries_key(client_address(request)), limits(settings, TRIES_PER_FORM)
+        )
+        if stores_photos:
+            per_token = Limit(PHOTO_POSTS_PER_TOKEN, TOKEN_HOURS * HOUR)
+            ok = await take(session, f"report-photos:{nonce}"[:128], per_token) and ok
+    return ok
 
 
 # --- reading the form ------------------------------------------------------------------------
@@ -241,6 +301,13 @@ class Posted:
     # Photos refused while reading (over the size); and whether more were sent than taken.
     too_large: int = 0
     too_many: bool = False
+    # Whether the checks before the photos ran (at the first photos part).
+    gated: bool = False
+
+
+# Checks the token, the cookie and the limits, from the fields read so far, before any
+# photo is read; raises to refuse.
+Gate = Callable[[dict[str, str]], Awaitable[None]]
 
 
 class BadForm(Exception):
@@ -263,9 +330,11 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes | None:
     return bytes(data)
 
 
-async def read_report(request: web.Request, max_photos: int) -> Posted:
+async def read_report(request: web.Request, max_photos: int, gate: Gate) -> Posted:
     """The posted form (multipart, as the page sends it; urlencoded without photos), or
-    BadForm, or 411/413 when its length is not given or is over the largest form."""
+    BadForm, or 411/413 when its length is not given or is over the largest form. The
+    gate runs at the first photos part, before its bytes are read; photos before the
+    token are BadForm."""
     settings = request.app[SETTINGS]
     posted = Posted()
     if request.content_type == "application/x-www-form-urlencoded":
@@ -291,7 +360,7 @@ async def read_report(request: web.Request, max_photos: int) -> Posted:
                 break
             if not isinstance(part, BodyPartReader):
                 raise BadForm("a form inside a form")
-            await _take_part(posted, part, settings.max_photo_bytes, max_photos)
+            await _take_part(posted, part, settings.max_photo_bytes, max_photos, gate)
         else:
             raise BadForm("too many parts")
     except (ValueError, AssertionError, HttpProcessingError, LookupError, RuntimeError) as exc:
@@ -301,9 +370,17 @@ async def read_report(request: web.Request, max_photos: int) -> Posted:
     return posted
 
 
-async def _take_part(posted: Posted, part: BodyPartReader, max_bytes: int, max_photos: int) -> None:
+async def _take_part(
+    posted: Posted, part: BodyPartReader, max_bytes: int, max_photos: int, gate: Gate
+) -> None:
     name = part.name or ""
     if name == "photos":
+        if not posted.gated:
+            if "token" not in posted.fields:
+                raise BadForm("photos before the token")
+            _check_text(posted.fields)
+            await gate(posted.fields)
+            posted.gated = True
         data = await _read_part(part, max_bytes)
         if data is None:
             posted.too_large += 1
@@ -423,73 +500,46 @@ class _Undo(Exception):
 
 
 async def send_report(request: web.Request) -> web.StreamResponse:
-    """POST /report: check the token and the limit, store the photos, and file the form
-    through the conversation core; the form again with its problems, or the code."""
+    """POST /report: check the token and the limits (before a photo is read), count the
+    try, store the photos, and file the form through the conversation core; the form
+    again with its problems, or the code."""
     app = request.app
     settings = app[SETTINGS]
     channel = app[CHANNEL]
+    cookie = _cookie(request)
+    admitted: list[dict[str, Any]] = []
+
+    async def gate(fields: dict[str, str]) -> None:
+        admitted.append(await _admit(request, cookie, fields))
+
     try:
-        posted = await read_report(request, channel.max_photos)
+        posted = await read_report(request, channel.max_photos, gate)
+        token = admitted[0] if admitted else await _admit(request, cookie, posted.fields)
     except (BadForm, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(text="not a form this page sends") from exc
-    cookie = _cookie(request)
-    values = {k: v for k, v in posted.fields.items() if k not in ("token", "consent")}
-    try:
-        token = open_token(posted.fields.get("token", ""), cookie, settings.report_form_min_seconds)
-    except TokenRefused as refused:
-        early = refused.token
-        if early is not None:
-            # Sent faster than a person fills a form: the same token, good in a moment.
-            return _form_page(
-                request,
-                status=400,
-                cookie=cookie,
-                token=posted.fields["token"],
-                kept=[p for p in early["p"] if isinstance(p, dict)],
-                values=values,
-                problems=[FormProblem("", "report.problem.too_fast")],
-            )
-        return _form_page(
-            request,
-            status=403,
-            cookie=cookie,
-            values=values,
-            problems=[FormProblem("", f"report.problem.token_{refused.why}")],
-        )
-    if not await within_limit(request):
-        return _over_limit(request, cookie, values)
+    except _Undo as undo:
+        return undo.page
+    values = _values(posted.fields)
     kept: list[dict[str, Any]] = [p for p in token["p"] if isinstance(p, dict)]
+    stores = bool(posted.uploads) and not _too_many(posted, kept, channel.max_photos)
+    form, problems = _form(request, posted, kept, [])
+    if (stores or (form is not None and not problems)) and not await take_try(
+        request, token["n"], stores
+    ):
+        return _over_limit(request, cookie, values, "tries")
     problems, photo_errors = await _store_photos(request, posted, kept, channel.max_photos)
     form, form_problems = _form(request, posted, kept, photo_errors)
     problems += form_problems
-    if form is None:
+    if form is None or problems:
+        # The page's own problems refuse the form: the core is not asked (no filing, no
+        # lock); what it says of the rest comes once these are put right.
         return _form_page(
             request, status=400, cookie=cookie, kept=kept, values=values, problems=problems
-        )
-    if problems:
-        # What the core says of the rest too, so that one answer names every problem.
-        tried = await _try(request, form)
-        return _form_page(
-            request,
-            status=400,
-            cookie=cookie,
-            kept=kept,
-            values=values,
-            problems=problems + tried.problems,
-            ward_choices=tried.ward_choices,
         )
     try:
         async with _one_writer(request), app[SESSIONS]() as session, session.begin():
             if not await use_token_once(session, token["n"], float(token["t"])):
-                raise _Undo(
-                    _form_page(
-                        request,
-                        status=409,
-                        cookie=cookie,
-                        values=values,
-                        problems=[FormProblem("", "report.problem.token_used")],
-                    )
-                )
+                raise _Undo(await _used(request, cookie, token, values))
             if not await take_all(session, address_key(client_address(request)), limits(settings)):
                 raise _Undo(_over_limit(request, cookie, values))
             filed = await channel.file(
@@ -507,25 +557,81 @@ async def send_report(request: web.Request) -> web.StreamResponse:
                         ward_choices=filed.ward_choices,
                     )
                 )
+            await note_filed(session, token["n"], filed.code)
     except _Undo as undo:
         return undo.page
     # Filed and committed: only now is the resident told.
-    sent = keys().seal_json(
-        {"code": filed.code, "phone": form.phone is not None, "t": time.time()}, SENT_PURPOSE
-    )
-    raise web.HTTPSeeOther(linker(language(request))("/report/sent", s=sent))
+    raise _sent(request, filed.code, phone=form.phone is not None)
 
 
-async def _try(request: web.Request, form: WebForm) -> FiledForm:
-    """The core's answer to a form that will not be filed: its transaction rolled back."""
-    app = request.app
-    async with _one_writer(request), app[SESSIONS]() as session:
-        try:
-            return await app[CHANNEL].file(
-                session, form, wards=app[WARDS], policies=app[POLICIES], settings=app[SETTINGS]
+def _values(fields: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in fields.items() if k not in ("token", "consent")}
+
+
+def _sent(request: web.Request, code: str, *, phone: bool) -> web.HTTPSeeOther:
+    """The answer to a filed form: to the page with its code and the case page's link."""
+    sent = keys().seal_json({"code": code, "phone": phone, "t": time.time()}, SENT_PURPOSE)
+    return web.HTTPSeeOther(linker(language(request))("/report/sent", s=sent))
+
+
+async def _admit(request: web.Request, cookie: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The token, when it is this browser's, old enough, not used, and the address within
+    its limits; else _Undo with the page to answer (or the code, for a form filed)."""
+    settings = request.app[SETTINGS]
+    values = _values(fields)
+    try:
+        token = open_token(fields.get("token", ""), cookie, settings.report_form_min_seconds)
+    except TokenRefused as refused:
+        early = refused.token
+        if early is not None:
+            # Sent faster than a person fills a form: the same token, good in a moment.
+            raise _Undo(
+                _form_page(
+                    request,
+                    status=400,
+                    cookie=cookie,
+                    token=fields["token"],
+                    kept=[p for p in early["p"] if isinstance(p, dict)],
+                    values=values,
+                    problems=[FormProblem("", "report.problem.too_fast")],
+                )
+            ) from None
+        raise _Undo(
+            _form_page(
+                request,
+                status=403,
+                cookie=cookie,
+                values=values,
+                problems=[FormProblem("", f"report.problem.token_{refused.why}")],
             )
-        finally:
-            await session.rollback()
+        ) from None
+    async with request.app[SESSIONS]() as session:
+        used, _ = await token_use(session, token["n"])
+    if used:
+        raise _Undo(await _used(request, cookie, token, values))
+    held = await within_limit(request)
+    if held is not None:
+        raise _Undo(_over_limit(request, cookie, values, held))
+    return token
+
+
+async def _used(
+    request: web.Request, cookie: str, token: dict[str, Any], values: dict[str, str]
+) -> web.Response:
+    """A token sent again (a retry, a double click): the code it filed, to the browser it
+    is bound to (open_token checked the cookie); or "already sent" if none is known."""
+    async with request.app[SESSIONS]() as session:
+        _, code = await token_use(session, token["n"])
+    if code is not None:
+        redirect = _sent(request, code, phone=bool(values.get("phone", "").strip()))
+        return web.Response(status=redirect.status, headers=redirect.headers)
+    return _form_page(
+        request,
+        status=409,
+        cookie=cookie,
+        values=values,
+        problems=[FormProblem("", "report.problem.token_used")],
+    )
 
 
 @asynccontextmanager
@@ -539,16 +645,22 @@ async def _one_writer(request: web.Request) -> AsyncIterator[None]:
         yield
 
 
-def _over_limit(request: web.Request, cookie: str, values: dict[str, str]) -> web.Response:
+def _over_limit(
+    request: web.Request, cookie: str, values: dict[str, str], held: str = "forms"
+) -> web.Response:
     settings = request.app[SETTINGS]
     problem = FormProblem(
         "",
-        "report.problem.over_limit",
+        "report.problem.over_limit" if held == "forms" else "report.problem.over_tries",
         {"hour": settings.report_form_per_hour, "day": settings.report_form_per_day},
     )
     page = _form_page(request, status=429, cookie=cookie, values=values, problems=[problem])
     page.headers["Retry-After"] = str(HOUR)
     return page
+
+
+def _too_many(posted: Posted, kept: list[dict[str, Any]], max_photos: int) -> bool:
+    return posted.too_many or len(kept) + len(posted.uploads) > max_photos
 
 
 async def _store_photos(
@@ -558,7 +670,7 @@ async def _store_photos(
     problems only the page knows of, and the refused uploads for the core to judge."""
     problems: list[FormProblem] = []
     errors: list[str] = ["too_large"] * posted.too_large
-    if posted.too_many or len(kept) + len(posted.uploads) > max_photos:
+    if _too_many(posted, kept, max_photos):
         # None of these is taken: the resident chooses again, knowing which are kept.
         problems.append(FormProblem("photos", "report.problem.too_many", {"max": max_photos}))
         return problems, errors

@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("window", BIG_ID, nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("note", sa.String(length=32), nullable=True),
         _when("expires_at", nullable=False),
         sa.PrimaryKeyConstraint("name", "window", name=op.f("pk_rate_counts")),
     )

@@ -240,9 +240,14 @@ async def test_the_token_binds_the_browser_files_once_and_waits_a_moment(
         await asyncio.sleep(1.6)
         done = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
         assert done.status == 303, done.problems
+        # Sent again (a retry, a double click): the same code and link, nothing filed twice.
         again = await resident.send(report_fields(ward=BIM_SON_WARD), token=token)
-        assert again.status == 409
-        assert any("đã được gửi" in p for p in again.problems)
+        assert again.status == 303, again.problems
+        first_sent = await resident.get(code_of(done.location))
+        again_sent = await resident.get(code_of(again.location))
+        # Another browser sending the same token learns nothing of it.
+        stolen_again = await other.send(report_fields(ward=BIM_SON_WARD), token=token)
+        assert stolen_again.status == 403 and stolen_again.location == ""
         missing = await resident.send(report_fields(ward=BIM_SON_WARD), token="")
         assert missing.status == 403
         forged = await resident.send(report_fields(ward=BIM_SON_WARD), token=token[:-4] + "AAAA")
@@ -250,6 +255,11 @@ async def test_the_token_binds_the_browser_files_once_and_waits_a_moment(
         # The fields typed stay filled on a refused token, with a fresh token to send.
         assert "bốc mùi hôi" in forged.text and forged.token != token
     assert await tickets(sessions) == 1
+    async with sessions() as s:
+        code = (await s.scalars(select(Ticket.code))).one()
+    for sent in (first_sent, again_sent):
+        assert sent.status == 200 and code in sent.text
+        assert f'href="/r/{code}"' in sent.text
 
 
 async def test_over_the_address_limit_nothing_is_stored(
@@ -418,7 +428,9 @@ async def test_the_address_limit_holds_across_two_server_processes(
 
         async def attempt(base: str) -> int:
             async with Resident(base) as resident:
-                return (await file_report(resident)).status
+                # The ward given: one POST (one try) each, so the tries (nine) do not
+                # run out before the forms (three) do.
+                return (await file_report(resident, ward=BIM_SON_WARD)).status
 
         # Eight at once, half to each process: three filed, the rest refused.
         statuses = await asyncio.gather(*(attempt(b) for b in [one, two] * 4))
@@ -426,7 +438,9 @@ async def test_the_address_limit_holds_across_two_server_processes(
     assert await tickets(sessions) == 3
     async with sessions() as s:
         counted: Any = await s.scalar(
-            select(func.max(RateCount.count)).where(RateCount.name.like("report-form:%"))
+            select(func.max(RateCount.count)).where(
+                RateCount.name.like("report-form:%"), ~RateCount.name.like("%:try:%")
+            )
         )
         assert counted == 3  # the refused ones rolled back
 
@@ -555,16 +569,104 @@ async def test_the_forms_cookie_stays_on_this_site_and_out_of_scripts(
     assert attributes["path"].strip() == "Path=/report"
 
 
-async def test_one_answer_names_the_forms_problems_and_the_cores(
+async def test_a_form_the_page_refuses_is_not_filed_and_the_core_speaks_after(
     form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     base = form_settings.public_url or ""
     async with running(form_settings), Resident(base) as resident:
         await resident.open()
         page = await resident.send(report_fields(consent="", description="Rác", ward=BIM_SON_WARD))
-    assert page.status == 400
-    # Not ticked (the page's rule) and too short without a photo (the core's): both in
-    # one answer, listed first at the top.
-    assert 'data-field="consent"' in page.text and 'data-field="description"' in page.text
-    assert page.text.index('class="problems"') < page.text.index("<form")
+        # Not ticked (the page's rule): said at the top, and the core is not asked.
+        assert page.status == 400
+        assert 'data-field="consent"' in page.text
+        assert 'data-field="description"' not in page.text
+        assert page.text.index('class="problems"') < page.text.index("<form")
+        # Ticked: now the core says the description is too short without a photo.
+        page = await resident.send(report_fields(description="Rác", ward=BIM_SON_WARD))
+        assert page.status == 400
+        assert 'data-field="description"' in page.text
     assert await tickets(sessions) == 0 and await reporters(sessions) == 0
+    async with sessions() as s:
+        # Only the try that reached the core was counted.
+        tries = await s.scalars(select(RateCount.count).where(RateCount.name.like("%:try:%")))
+        assert set(tries) == {1}
+
+
+def fresh_photo(i: int) -> tuple[bytes, str]:
+    """A JPEG no other of the test's is: its size differs."""
+    return image_bytes(size=(64 + i, 48)), "image/jpeg"
+
+
+async def test_failing_forms_with_photos_are_limited_and_stop_storing(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # Two forms an hour: six tries. One token, each POST a fresh photo and no consent.
+    settings = web_settings(
+        database_url, tmp_path, report_form_min_seconds=0, report_form_per_hour=2
+    )
+    media = Path(settings.media_dir)
+    base = settings.public_url or ""
+    statuses, stored = [], []
+    async with running(settings), Resident(base) as resident:
+        await resident.open()
+        token = resident.last.token if resident.last else ""
+        for i in range(9):
+            page = await resident.send(report_fields(consent=""), [fresh_photo(i)], token=token)
+            statuses.append(page.status)
+            stored.append(stored_photos(media))
+        tries = "kể cả những lần chưa được nhận"
+        assert page.status == 429 and any(tries in p for p in page.problems), page.problems
+        # The address is held back for a whole form too, with a fresh token.
+        page = await file_report(resident)
+        assert page.status == 429 and any(tries in p for p in page.problems), page.problems
+    assert statuses == [400] * 6 + [429] * 3, statuses
+    assert stored[5] > 0 and stored[5:] == [stored[5]] * 4, stored
+    assert await tickets(sessions) == 0
+
+
+async def test_photo_posts_per_token_are_capped(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    media = Path(form_settings.media_dir)
+    base = form_settings.public_url or ""
+    statuses, stored = [], []
+    async with running(form_settings), Resident(base) as resident:
+        await resident.open()
+        token = resident.last.token if resident.last else ""
+        for i in range(10):
+            page = await resident.send(
+                report_fields(consent=""), [fresh_photo(i)], token=token, lang="en"
+            )
+            statuses.append(page.status)
+            stored.append(stored_photos(media))
+        assert any("this form has sent too many" in p for p in page.problems), page.problems
+        # A fresh token may store photos again.
+        await resident.open()
+        page = await resident.send(report_fields(consent=""), [fresh_photo(20)])
+        assert page.status == 400 and stored_photos(media) > stored[-1]
+    assert statuses == [400] * 8 + [429] * 2, statuses
+    assert stored[7:] == [stored[7]] * 3, stored
+
+
+async def test_photos_before_the_token_are_refused_and_not_stored(
+    form_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    base = form_settings.public_url or ""
+    async with running(form_settings), Resident(base) as resident:
+        await resident.open()
+        token = resident.last.token if resident.last else ""
+        fields = report_fields(consent="")
+        for with_token in (True, False):
+            form = aiohttp.FormData()
+            form.add_field("photos", fresh_photo(1)[0], filename="p.jpg", content_type="image/jpeg")
+            if with_token:
+                form.add_field("token", token)
+            for name, value in fields.items():
+                form.add_field(name, value)
+            async with resident.http.post(f"{base}/report", data=form) as r:
+                assert r.status == 400, with_token
+    assert stored_photos(Path(form_settings.media_dir)) == 0
+    async with sessions() as s:
+        assert not list(
+            await s.scalars(select(RateCount.name).where(RateCount.name.like("%:try:%")))
+        )
