@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 
 import pytest
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,7 +27,7 @@ from backend.services.escalation import escalate_overdue
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.presence import Presence
 from backend.services.reporters import find_or_create_reporter
-from backend.services.webhook_delivery import WebhookWorker
+from backend.services.webhook_delivery import AddressRefused, GuardedResolver, WebhookWorker
 from backend.services.workflow import Action, Actor, apply
 from tests.factories import PHOTO, actor, make_ticket
 from tests.fakes.partner import Answer, Partner, verify
@@ -480,6 +483,13 @@ async def test_addresses_inside_the_network_are_refused_at_delivery(
         ("https://[::1]/x", "private_address"),
         ("https://[::ffff:127.0.0.1]/x", "private_address"),
         ("https://[fd00::1]/x", "private_address"),
+        # IPv4 inside IPv6: NAT64, local NAT64, 6to4, IPv4-compatible, Teredo.
+        ("https://[64:ff9b::a00:5]/x", "private_address"),
+        ("https://[64:ff9b:1::a00:5]/x", "private_address"),
+        ("https://[2002:7f00:1::]/x", "private_address"),
+        ("https://[::7f00:1]/x", "private_address"),
+        ("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x", "private_address"),
+        ("https://192.0.0.8/x", "private_address"),
         ("https://0.0.0.0/x", "private_address"),
         ("https://localhost/x", "private_address"),
         ("https://a.localhost/x", "private_address"),
@@ -516,6 +526,49 @@ async def test_registration_refuses_bad_and_inside_addresses(
                 allow_private=False,
             )
     assert refused.value.code == code
+
+
+EMBEDDED = [
+    "64:ff9b::a00:5",
+    "64:ff9b::7f00:1",
+    "64:ff9b:1::a9fe:a9fe",
+    "2002:7f00:1::",
+    "2002:a9fe:a9fe::1",
+    "::7f00:1",
+    "::a00:5",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "192.0.0.8",
+]
+
+
+async def test_ipv4_inside_ipv6_is_refused_when_resolved(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings
+) -> None:
+    """A partner's name whose DNS answers one of these (an AAAA record reaching the
+    internal network through NAT64, 6to4 or Teredo) is never connected to."""
+
+    class Answers(ThreadedResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return [
+                ResolveResult(hostname=host, host=a, port=port, family=0, proto=0, flags=0)
+                for a in answers
+            ]
+
+    strict = GuardedResolver(allow_private=False)
+    strict._inner = Answers()
+    for address in EMBEDDED:
+        answers = [address]
+        assert not webhooks.address_allowed(address, False), address
+        with pytest.raises(AddressRefused):
+            await strict.resolve("partner.example.vn", 443)
+    # A public IPv6 and IPv4 address still pass; the refused ones are dropped among them.
+    answers = [*EMBEDDED, "2606:4700:4700::1111", "93.184.216.34"]
+    found = await strict.resolve("partner.example.vn", 443)
+    assert [r["host"] for r in found] == ["2606:4700:4700::1111", "93.184.216.34"]
+    # Allowed when private addresses are (a partner on the same network).
+    assert all(webhooks.address_allowed(a, True) for a in EMBEDDED)
 
 
 def test_a_vietnamese_name_is_checked_in_its_ascii_form() -> None:
