@@ -352,10 +352,12 @@ async def tickets_event(
         return 0
     wards = {t.id: await session.get(Ward, t.ward_code) for t in shown}
     provinces = {w.province_code for w in wards.values() if w is not None}
+    # Only the columns needed: the sealed secret is not opened here, so a secret that no
+    # longer opens (a data key changed without it) fails its deliveries, not the report.
     hooks = [
         h
-        for h in await session.scalars(
-            select(Webhook).where(
+        for h in await session.execute(
+            select(Webhook.id, Webhook.province_code, Webhook.events).where(
                 Webhook.province_code.in_(provinces), Webhook.disabled_at.is_(None)
             )
         )

@@ -672,3 +672,49 @@ async def test_two_processes_deliver_each_event_once(
     assert len(counts) == 40
     assert set(counts.values()) == {1}, counts.most_common(3)
     assert all(r.attempts == 1 for r in await deliveries(sessions))
+
+
+async def test_a_delivery_that_cannot_be_tried_backs_off_and_fails_at_the_day(
+    sessions: async_sessionmaker[AsyncSession],
+    hook_settings: Settings,
+    partner: Partner,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A webhook whose sealed secret no longer opens (the data key changed without it):
+    its delivery counts an attempt and backs off instead of being leased at every poll
+    ahead of the others, and fails at the day's end."""
+    poisoned = await add_webhook(sessions, partner.hook_url)
+    good = await add_webhook(sessions, partner.hook_url)
+    async with sessions() as s, s.begin():
+        await s.execute(
+            text("UPDATE webhooks SET secret = :sealed WHERE id = :id"),
+            {"sealed": "gone.AAAA", "id": poisoned.webhook.id},
+        )
+    # The report is taken and its events queued all the same.
+    async with sessions() as s, s.begin():
+        await make_ticket(s)
+    clock = Clock()
+    # One delivery at a time: the unreadable one, the older, is leased first.
+    one = hook_settings.model_copy(update={"webhook_concurrency": 1})
+    worker = worker_for(sessions, one, clock)
+    assert await worker.pump() == 1
+    bad, waiting = await deliveries(sessions)
+    assert bad.webhook_id == poisoned.webhook.id
+    assert (waiting.status, waiting.attempts) == ("pending", 0)
+    assert (bad.status, bad.attempts, bad.lease_owner) == ("pending", 1, None)
+    assert bad.last_error is not None and bad.last_error.startswith("not sent: ")
+    assert bad.next_attempt_at >= clock.now + timedelta(seconds=29)
+    # The next poll sends the other partner's delivery, not the unreadable one again.
+    assert await worker.pump() == 1
+    bad, sent = await deliveries(sessions)
+    assert (sent.webhook_id, sent.status) == (good.webhook.id, "delivered")
+    assert bad.attempts == 1
+    assert [verify(good.secret, g.headers, g.raw) for g in partner.hooks()] == [True]
+    # At the day's end it is failed, not retried for ever.
+    clock.now = bad.created_at + timedelta(hours=24)
+    assert await worker.pump() == 1
+    await worker.stop()
+    bad, _ = await deliveries(sessions)
+    assert (bad.status, bad.attempts) == ("failed", 2)
+    assert any("failed after 2 attempt(s)" in r.getMessage() for r in caplog.records)
+    assert not any("gone.AAAA" in r.getMessage() for r in caplog.records)
