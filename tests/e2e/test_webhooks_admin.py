@@ -86,9 +86,9 @@ async def test_register_secret_once_test_event_log_and_disable(
                 assert stolen.status == 200 and "whsec_" not in stolen.text
                 altered = await elsewhere.get(f"{base}{PAGE}", headers={"Cookie": cookie[:-3]})
                 assert altered.status == 200 and "whsec_" not in altered.text
-            shown = await admin.get(f"{base}{answer.location}")
-            assert shown.status == 200
-            found = re.search(r'id="webhook-secret">([^<]+)<', shown.text)
+            result = await admin.get(f"{base}{answer.location}")
+            assert result.status == 200
+            found = re.search(r'id="webhook-secret">([^<]+)<', result.text)
             assert found is not None
             secret = found.group(1)
             assert secret.startswith("whsec_") and len(secret) > 40
