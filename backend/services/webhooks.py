@@ -357,9 +357,9 @@ async def tickets_event(
     hooks = [
         h
         for h in await session.execute(
-            select(Webhook.id, Webhook.province_code, Webhook.events).where(
-                Webhook.province_code.in_(provinces), Webhook.disabled_at.is_(None)
-            )
+            select(Webhook.id, Webhook.province_code, Webhook.events)
+            .where(Webhook.province_code.in_(provinces), Webhook.disabled_at.is_(None))
+            .order_by(Webhook.id)
         )
         if event in (h.events or [])
     ]
