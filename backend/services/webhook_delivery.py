@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.crypto import DataKeyError
 from backend.models import Webhook, WebhookDelivery, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
@@ -269,10 +270,58 @@ class WebhookWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._quiet.failed(exc, "a webhook delivery")
+            # An error no attempt classified (a secret that no longer opens after a data
+            # key change, a bug): left as it was, the row would be leased again at every
+            # poll, never reach the window's end, and hold a place others wait for.
+            await self._record_unsent(row_id, exc)
         finally:
             self._flying.pop(row_id, None)
             self._wake.set()
+
+    async def _record_unsent(self, row_id: int, exc: Exception) -> None:
+        """Count a delivery that could not even be tried as a transient failure: it backs
+        off like one and fails at the window's end. Logged by the error's type (and a data
+        key's own explanation), never with the secret or the body."""
+        detail = str(exc) if isinstance(exc, DataKeyError) else type(exc).__name__
+        error = f"not sent: {detail}"
+        mine = [
+            WebhookDelivery.id == row_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.lease_owner == self._presence.id,
+        ]
+        try:
+            async with self._sessions() as session, session.begin():
+                found = (
+                    await session.execute(
+                        select(
+                            WebhookDelivery.event,
+                            WebhookDelivery.attempts,
+                            WebhookDelivery.created_at,
+                        ).where(*mine)
+                    )
+                ).first()
+                if found is None:
+                    return
+                event, attempts, created_at = found
+                row = _Row(row_id, event, "", "", attempts, created_at, "", "", False)
+                values = self.outcome(row, Attempt(TRANSIENT, error=error), self._clock())
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(*mine)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception as failure:
+            self._quiet.failed(failure, "could not record a webhook delivery")
+            return
+        log.warning(
+            "webhook delivery %d (%s) %s after %d attempt(s): %s",
+            row_id,
+            event,
+            "failed" if values.get("status") == "failed" else "not sent, retried later",
+            attempts + 1,
+            error,
+        )
 
     async def _load(self, row_id: int) -> _Row | None:
         async with self._sessions() as session:

@@ -113,7 +113,22 @@ def address_allowed(address: str, allow_private: bool) -> bool:
         ip = ip.ipv4_mapped
     if allow_private:
         return not ip.is_unspecified and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _EMBEDDING):
+        # An IPv4 address carried inside IPv6 (NAT64, 6to4, Teredo, IPv4-compatible) may
+        # reach the internal network through a gateway: Python counts most as global.
+        return False
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _IETF_PROTOCOL:
+        return False
     return ip.is_global and not ip.is_multicast
+
+
+# IPv6 ranges that embed an IPv4 address, refused unless private addresses are allowed.
+_EMBEDDING = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "2001::/32")
+)
+# IETF protocol assignments (192.0.0.0/24): Python counts 192.0.0.8 and others as global.
+_IETF_PROTOCOL = ipaddress.IPv4Network("192.0.0.0/24")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,12 +352,14 @@ async def tickets_event(
         return 0
     wards = {t.id: await session.get(Ward, t.ward_code) for t in shown}
     provinces = {w.province_code for w in wards.values() if w is not None}
+    # Only the columns needed: the sealed secret is not opened here, so a secret that no
+    # longer opens (a data key changed without it) fails its deliveries, not the report.
     hooks = [
         h
-        for h in await session.scalars(
-            select(Webhook).where(
-                Webhook.province_code.in_(provinces), Webhook.disabled_at.is_(None)
-            )
+        for h in await session.execute(
+            select(Webhook.id, Webhook.province_code, Webhook.events)
+            .where(Webhook.province_code.in_(provinces), Webhook.disabled_at.is_(None))
+            .order_by(Webhook.id)
         )
         if event in (h.events or [])
     ]

@@ -4,21 +4,31 @@ carries the CSRF token; every change is audited."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.crypto import DataKeyError, keys
 from backend.models import Province, Webhook, WebhookDelivery, utcnow
 from backend.services import webhooks
 from backend.services.workflow import Actor
 from backend.web.app import SESSIONS, SETTINGS, WEBHOOKS
+from backend.web.auth import WEB_SESSION, secure_cookies
 from backend.web.dashboard import check_csrf, render, require_triage
 
 # Deliveries shown per webhook, and failed ones shown above them all.
 LOG_SIZE = 20
 FAILED_SHOWN = 50
+PAGE = "/admin/webhooks"
+# A new webhook's secret, shown once on the page the registration redirects to: sealed
+# in a short-lived cookie of this browser session only, removed as it is shown.
+SECRET_COOKIE = "hotline_webhook_secret"  # noqa: S105 - a cookie's name, not a secret
+SECRET_PURPOSE = "web.webhook_secret"  # noqa: S105 - a sealing purpose, not a secret
+SECRET_SHOWN_FOR = 300
 
 
 async def _admin(request: web.Request, session: AsyncSession) -> Actor:
@@ -80,7 +90,34 @@ async def _page(
 async def webhooks_page(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         await _admin(request, session)
-        return await _page(request, session)
+        response = await _page(request, session, secret=_new_secret(request))
+    if SECRET_COOKIE in request.cookies:
+        response.del_cookie(SECRET_COOKIE, path=PAGE)
+    # The page may hold the secret: never kept by a cache or the browser's history.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _session_tag(request: web.Request) -> str:
+    """Ties the sealed secret to this browser session (a hash of its CSRF token)."""
+    web_session = request.get(WEB_SESSION)
+    token = web_session.csrf_token if web_session else ""
+    return hashlib.sha256(f"webhook-secret\0{token}".encode()).hexdigest()[:32]
+
+
+def _new_secret(request: web.Request) -> dict[str, str] | None:
+    """The secret a registration just made in this session, if its cookie is fresh."""
+    sealed = request.cookies.get(SECRET_COOKIE)
+    if not sealed or len(sealed) > 4000:
+        return None
+    try:
+        value = keys().open_json(sealed, SECRET_PURPOSE)
+        fresh = 0 <= time.time() - float(value["at"]) <= SECRET_SHOWN_FOR
+        if not fresh or value["tag"] != _session_tag(request):
+            return None
+        return {"value": str(value["value"]), "who": str(value["who"])}
+    except (DataKeyError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _text(form: dict[str, Any], name: str) -> str:
@@ -111,8 +148,28 @@ async def register(request: web.Request) -> web.Response:
             kept = {k: _text(form, k)[:2000] for k in ("name", "url", "province")}
             return await _page(request, session, problem=f"webhooks.error.{exc.code}", form=kept)
         await session.commit()
-        secret = {"value": registered.secret, "who": registered.webhook.name}
-        return await _page(request, session, secret=secret)
+    # Post, redirect, get: reloading the page shown does not register again, and the
+    # secret is shown once, by the page the redirect leads to.
+    sealed = keys().seal_json(
+        {
+            "value": registered.secret,
+            "who": registered.webhook.name,
+            "at": time.time(),
+            "tag": _session_tag(request),
+        },
+        SECRET_PURPOSE,
+    )
+    response = web.HTTPSeeOther(PAGE)
+    response.set_cookie(
+        SECRET_COOKIE,
+        sealed,
+        httponly=True,
+        samesite="Strict",
+        secure=secure_cookies(request),
+        max_age=SECRET_SHOWN_FOR,
+        path=PAGE,
+    )
+    raise response
 
 
 async def _webhook(session: AsyncSession, request: web.Request) -> Webhook:
@@ -146,8 +203,8 @@ async def ping(request: web.Request) -> web.Response:
 
 
 def mount_partners_admin(app: web.Application) -> None:
-    app.router.add_get("/admin/webhooks", webhooks_page)
-    app.router.add_post("/admin/webhooks", register)
+    app.router.add_get(PAGE, webhooks_page)
+    app.router.add_post(PAGE, register)
     # Ids of at most 9 digits: a longer one is no row and would overflow the column.
     app.router.add_post("/admin/webhooks/{id:[0-9]{1,9}}/disable", disable)
     app.router.add_post("/admin/webhooks/{id:[0-9]{1,9}}/ping", ping)

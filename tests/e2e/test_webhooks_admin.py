@@ -74,14 +74,31 @@ async def test_register_secret_once_test_event_log_and_disable(
             assert (await admin.log_in(base, "boss", PASSWORD)).status == 303
             assert f'href="{PAGE}"' in (await admin.get(f"{base}/admin")).text
             answer = await admin.post_form(base, PAGE, PAGE, registration(partner.hook_url))
-            assert answer.status == 200, answer.text
-            found = re.search(r'id="webhook-secret">([^<]+)<', answer.text)
+            # Post, redirect, get: the answer to the form is a redirect to the page.
+            assert (answer.status, answer.location) == (303, PAGE), answer.text
+            assert "whsec_" not in answer.text and "whsec_" not in str(answer.set_cookie)
+            # The sealed cookie, replayed in another session (even the same admin's), or
+            # altered, shows nothing.
+            [cookie] = [c.split(";", 1)[0] for c in answer.set_cookie if "webhook_secret" in c]
+            async with Visitor() as elsewhere:
+                assert (await elsewhere.log_in(base, "boss", PASSWORD)).status == 303
+                stolen = await elsewhere.get(f"{base}{PAGE}", headers={"Cookie": cookie})
+                assert stolen.status == 200 and "whsec_" not in stolen.text
+                altered = await elsewhere.get(f"{base}{PAGE}", headers={"Cookie": cookie[:-3]})
+                assert altered.status == 200 and "whsec_" not in altered.text
+            result = await admin.get(f"{base}{answer.location}")
+            assert result.status == 200
+            found = re.search(r'id="webhook-secret">([^<]+)<', result.text)
             assert found is not None
             secret = found.group(1)
             assert secret.startswith("whsec_") and len(secret) > 40
-            # Shown once: never again on the page.
-            page = await admin.get(f"{base}{PAGE}")
-            assert secret not in page.text and partner.hook_url in page.text
+            # Shown once: reloading the page neither registers again nor shows it again.
+            for _ in range(2):
+                page = await admin.get(f"{base}{PAGE}")
+                assert page.status == 200
+                assert secret not in page.text and partner.hook_url in page.text
+                assert 'id="webhook-secret"' not in page.text
+            assert await count(sessions, Webhook) == 1
             async with sessions() as s:
                 hook = await s.scalar(select(Webhook))
                 assert hook is not None
@@ -236,7 +253,7 @@ async def test_hostile_and_unauthorised_use_of_the_forms(
             answer = await admin.post_form(
                 base, PAGE, PAGE, registration(public, name="Cổng\x00 PAHT")
             )
-            assert answer.status == 200
+            assert answer.status == 303
             async with sessions() as s:
                 names = list(await s.scalars(select(Webhook.name)))
             assert names == ["Cổng PAHT"]

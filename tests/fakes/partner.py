@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,11 +26,14 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance: int 
     the raw body, compared in constant time, and a timestamp at most 5 minutes old."""
     timestamp = headers.get("X-Hotline-Timestamp", "")
     signature = headers.get("X-Hotline-Signature", "")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance:
-        return False  # missing, or too old: a replay
+    if not re.fullmatch(r"[0-9]{1,12}", timestamp, re.ASCII):
+        return False  # missing or malformed
+    if abs(time.time() - int(timestamp)) > tolerance:
+        return False  # too old: a replay
     signed = timestamp.encode() + b"." + body
     expected = "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature)
+    # Compared as bytes: a header of any characters is refused, never an error.
+    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
 
 
 @dataclass

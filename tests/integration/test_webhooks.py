@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 
 import pytest
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,7 +27,7 @@ from backend.services.escalation import escalate_overdue
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.presence import Presence
 from backend.services.reporters import find_or_create_reporter
-from backend.services.webhook_delivery import WebhookWorker
+from backend.services.webhook_delivery import AddressRefused, GuardedResolver, WebhookWorker
 from backend.services.workflow import Action, Actor, apply
 from tests.factories import PHOTO, actor, make_ticket
 from tests.fakes.partner import Answer, Partner, verify
@@ -480,6 +483,13 @@ async def test_addresses_inside_the_network_are_refused_at_delivery(
         ("https://[::1]/x", "private_address"),
         ("https://[::ffff:127.0.0.1]/x", "private_address"),
         ("https://[fd00::1]/x", "private_address"),
+        # IPv4 inside IPv6: NAT64, local NAT64, 6to4, IPv4-compatible, Teredo.
+        ("https://[64:ff9b::a00:5]/x", "private_address"),
+        ("https://[64:ff9b:1::a00:5]/x", "private_address"),
+        ("https://[2002:7f00:1::]/x", "private_address"),
+        ("https://[::7f00:1]/x", "private_address"),
+        ("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x", "private_address"),
+        ("https://192.0.0.8/x", "private_address"),
         ("https://0.0.0.0/x", "private_address"),
         ("https://localhost/x", "private_address"),
         ("https://a.localhost/x", "private_address"),
@@ -516,6 +526,49 @@ async def test_registration_refuses_bad_and_inside_addresses(
                 allow_private=False,
             )
     assert refused.value.code == code
+
+
+EMBEDDED = [
+    "64:ff9b::a00:5",
+    "64:ff9b::7f00:1",
+    "64:ff9b:1::a9fe:a9fe",
+    "2002:7f00:1::",
+    "2002:a9fe:a9fe::1",
+    "::7f00:1",
+    "::a00:5",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "192.0.0.8",
+]
+
+
+async def test_ipv4_inside_ipv6_is_refused_when_resolved(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings
+) -> None:
+    """A partner's name whose DNS answers one of these (an AAAA record reaching the
+    internal network through NAT64, 6to4 or Teredo) is never connected to."""
+
+    class Answers(ThreadedResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return [
+                ResolveResult(hostname=host, host=a, port=port, family=0, proto=0, flags=0)
+                for a in answers
+            ]
+
+    strict = GuardedResolver(allow_private=False)
+    strict._inner = Answers()
+    for address in EMBEDDED:
+        answers = [address]
+        assert not webhooks.address_allowed(address, False), address
+        with pytest.raises(AddressRefused):
+            await strict.resolve("partner.example.vn", 443)
+    # A public IPv6 and IPv4 address still pass; the refused ones are dropped among them.
+    answers = [*EMBEDDED, "2606:4700:4700::1111", "93.184.216.34"]
+    found = await strict.resolve("partner.example.vn", 443)
+    assert [r["host"] for r in found] == ["2606:4700:4700::1111", "93.184.216.34"]
+    # Allowed when private addresses are (a partner on the same network).
+    assert all(webhooks.address_allowed(a, True) for a in EMBEDDED)
 
 
 def test_a_vietnamese_name_is_checked_in_its_ascii_form() -> None:
@@ -619,3 +672,49 @@ async def test_two_processes_deliver_each_event_once(
     assert len(counts) == 40
     assert set(counts.values()) == {1}, counts.most_common(3)
     assert all(r.attempts == 1 for r in await deliveries(sessions))
+
+
+async def test_a_delivery_that_cannot_be_tried_backs_off_and_fails_at_the_day(
+    sessions: async_sessionmaker[AsyncSession],
+    hook_settings: Settings,
+    partner: Partner,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A webhook whose sealed secret no longer opens (the data key changed without it):
+    its delivery counts an attempt and backs off instead of being leased at every poll
+    ahead of the others, and fails at the day's end."""
+    poisoned = await add_webhook(sessions, partner.hook_url)
+    good = await add_webhook(sessions, partner.hook_url)
+    async with sessions() as s, s.begin():
+        await s.execute(
+            text("UPDATE webhooks SET secret = :sealed WHERE id = :id"),
+            {"sealed": "gone.AAAA", "id": poisoned.webhook.id},
+        )
+    # The report is taken and its events queued all the same.
+    async with sessions() as s, s.begin():
+        await make_ticket(s)
+    clock = Clock()
+    # One delivery at a time: the unreadable one, the older, is leased first.
+    one = hook_settings.model_copy(update={"webhook_concurrency": 1})
+    worker = worker_for(sessions, one, clock)
+    assert await worker.pump() == 1
+    bad, waiting = await deliveries(sessions)
+    assert bad.webhook_id == poisoned.webhook.id
+    assert (waiting.status, waiting.attempts) == ("pending", 0)
+    assert (bad.status, bad.attempts, bad.lease_owner) == ("pending", 1, None)
+    assert bad.last_error is not None and bad.last_error.startswith("not sent: ")
+    assert bad.next_attempt_at >= clock.now + timedelta(seconds=29)
+    # The next poll sends the other partner's delivery, not the unreadable one again.
+    assert await worker.pump() == 1
+    bad, sent = await deliveries(sessions)
+    assert (sent.webhook_id, sent.status) == (good.webhook.id, "delivered")
+    assert bad.attempts == 1
+    assert [verify(good.secret, g.headers, g.raw) for g in partner.hooks()] == [True]
+    # At the day's end it is failed, not retried for ever.
+    clock.now = bad.created_at + timedelta(hours=24)
+    assert await worker.pump() == 1
+    await worker.stop()
+    bad, _ = await deliveries(sessions)
+    assert (bad.status, bad.attempts) == ("failed", 2)
+    assert any("failed after 2 attempt(s)" in r.getMessage() for r in caplog.records)
+    assert not any("gone.AAAA" in r.getMessage() for r in caplog.records)

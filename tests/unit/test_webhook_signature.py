@@ -50,3 +50,26 @@ def test_the_readme_names_every_status() -> None:
     said = said.split(". `url`", 1)[0]
     named = [w.strip(" `\n,") for w in said.replace(" or ", ", ").split(",")]
     assert named == list(STATES)
+
+
+def test_hostile_headers_are_refused_not_raised() -> None:
+    """A receiver running the README's snippet refuses malformed headers instead of
+    crashing: a superscript digit ("²" passes str.isdigit, not int), a non-ASCII or
+    too long signature (compare_digest on str raises TypeError), a huge timestamp."""
+    secret = new_secret()
+    now = int(time.time())
+    good = signed_headers(secret, now, "ping", "e1", BODY)
+    assert verify(secret, good, BODY.encode())
+    hostile = [
+        {**good, "X-Hotline-Timestamp": "²"},
+        {**good, "X-Hotline-Timestamp": str(now) + "²"},
+        {**good, "X-Hotline-Timestamp": "١٢٣"},  # Arabic-Indic digits
+        {**good, "X-Hotline-Timestamp": "9" * 5000},
+        {**good, "X-Hotline-Timestamp": f" {now}"},
+        {**good, "X-Hotline-Timestamp": f"{now}\n"},
+        {**good, "X-Hotline-Signature": "v1=é" + good["X-Hotline-Signature"][4:]},
+        {**good, "X-Hotline-Signature": "v1=\udcff"},
+        {**good, "X-Hotline-Signature": "Ω" * 3000},
+    ]
+    for headers in hostile:
+        assert verify(secret, headers, BODY.encode()) is False, headers
