@@ -378,8 +378,10 @@ async def _remember_device(
     return token
 
 
-def _counted_address(address: str) -> str:
-    """What an address counts as: itself, or for IPv6 its /64 network."""
+def counted_address(address: str) -> str:
+    """What a client address counts as for a limit: itself, or for IPv6 its /64 network
+    (one household's network hands out many addresses). Logins, the web form and
+    Open311 all count by it."""
     try:
         parsed = ip_address(address)
     except ValueError:
@@ -406,7 +408,7 @@ async def _address_key(session: AsyncSession, address: str) -> str:
         secret = await session.scalar(kept)
     if secret is None:
         raise RuntimeError("the login address key was not kept")
-    counted = _counted_address(address).encode("utf-8", "surrogateescape")
+    counted = counted_address(address).encode("utf-8", "surrogateescape")
     return _ADDRESS + hmac.new(secret.encode(), counted, hashlib.sha256).hexdigest()[:62]
 
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageFilter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.geo import public_point
 from backend.models import AuditEvent, Category, Photo, Province, Ticket, Unit, Ward
 from backend.services.intake import is_approximate
 from backend.services.workflow import OPEN_STATES, REJECT_REASONS
@@ -98,8 +99,6 @@ class PublicCase:
     category_en: str
     ward: str
     province: str
-    # The place in words: the address, else a rounded point, else None (the ward only).
-    address: str | None
     point: tuple[float, float] | None
     state: str
     steps: list[PublicStep]
@@ -210,13 +209,18 @@ async def public_case(session: AsyncSession, ticket: Ticket, case: Ticket) -> Pu
         if p.kind != "result" or p.public
     ]
     point = None
-    if ticket.address is None and not is_approximate(ticket.location_source):
-        # Rounded to about a hundred metres: where, not whose door.
-        point = (round(ticket.lat, 3), round(ticket.lon, 3))
+    if not is_approximate(ticket.location_source):
+        # Rounded to about a hundred metres: where, not whose door. Never the address
+        # text: it may be what someone typed (naming people, a phone, the polluter).
+        point = public_point(ticket.lat, ticket.lon)
     reports = 0
     if joined:
+        # The case and its reports the public may see (a hidden one is not counted).
         reports = 1 + int(
-            await session.scalar(select(func.count()).where(Ticket.case_id == case.id)) or 0
+            await session.scalar(
+                select(func.count()).where(Ticket.case_id == case.id, Ticket.hidden_at.is_(None))
+            )
+            or 0
         )
     waiting = case.state in OPEN_STATES
     return PublicCase(
@@ -226,7 +230,6 @@ async def public_case(session: AsyncSession, ticket: Ticket, case: Ticket) -> Pu
         category_en=category.name_en if category else ticket.category_code,
         ward=ward.name if ward else ticket.ward_code,
         province=province.name if province else "",
-        address=ticket.address,
         point=point,
         state=case.state,
         steps=steps,

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     Integer,
+    Numeric,
     String,
     TextClause,
     and_,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.geo import haversine_km
+from backend.geo import PUBLIC_DECIMALS, haversine_km, public_km
 from backend.models import MAP_INDEX, Ticket, UTCDateTime
 from backend.services.stats import ANSWERED, IS_CASE, ON_TIME
 from backend.services.workflow import OPEN_STATES
@@ -189,6 +190,21 @@ def _cell(dialect: str, column: Any, origin: float, size: float) -> ColumnElemen
     return cast(offset, Integer)
 
 
+def public_degrees(dialect: str, column: Any) -> ColumnElement[Any]:
+    """A coordinate as it may be shown (backend.geo.public_point), in SQL: clusters,
+    points and the order by distance are all computed from it, so no answer tells more
+    of the exact point than the case page does."""
+    if dialect == "postgresql":
+        # round(double precision, int) does not exist there: through numeric.
+        return cast(func.round(cast(column, Numeric), PUBLIC_DECIMALS), Float)
+    return cast(func.round(column, PUBLIC_DECIMALS), Float)
+
+
+# Half the public rounding step, and a little: a point whose rounded value lies in the
+# box lies within this of it.
+_HALF_STEP = 0.5 * 10.0**-PUBLIC_DECIMALS + 1e-9
+
+
 # The columns the map reads, by name: the query names its index (below), so it reads
 # `tickets` as text rather than through the ORM's table.
 class _T:
@@ -218,13 +234,20 @@ def _visible(query: MapQuery, now: datetime, columns: list[Any], dialect: str) -
     (models.MAP_INDEX), named: the open cases by state, the recently answered ones by
     state and the answer's time."""
     box = query.box
+    lat, lon = public_degrees(dialect, _T.lat), public_degrees(dialect, _T.lon)
     common: list[ColumnElement[bool]] = [
         _T.hidden.is_(None),
         _T.case.is_(None),
-        _T.lat >= box.south,
-        _T.lat <= box.north,
-        _T.lon >= box.west,
-        _T.lon <= box.east,
+        # The exact point's range reads the index; the public point decides: moving the
+        # box's edge must not tell more of a point than its rounded value.
+        _T.lat >= box.south - _HALF_STEP,
+        _T.lat <= box.north + _HALF_STEP,
+        _T.lon >= box.west - _HALF_STEP,
+        _T.lon <= box.east + _HALF_STEP,
+        lat >= box.south,
+        lat <= box.north,
+        lon >= box.west,
+        lon <= box.east,
     ]
     if query.category is not None:
         common.append(_T.category == query.category)
@@ -245,12 +268,20 @@ def _visible(query: MapQuery, now: datetime, columns: list[Any], dialect: str) -
     return union_all(*parts).subquery("visible")
 
 
+def _public_lat_lon(dialect: str) -> list[ColumnElement[Any]]:
+    """The public point's columns, named lat and lon."""
+    return [
+        public_degrees(dialect, _T.lat).label("lat"),
+        public_degrees(dialect, _T.lon).label("lon"),
+    ]
+
+
 async def clusters(
     session: AsyncSession, query: MapQuery, now: datetime, zoom: int
 ) -> list[Cluster]:
     """The visible cases grouped by grid cell: one GROUP BY in the database."""
     dialect = session.get_bind().dialect.name
-    visible = _visible(query, now, [_T.lat, _T.lon, _T.state], dialect)
+    visible = _visible(query, now, [*_public_lat_lon(dialect), _T.state], dialect)
     size = cell_degrees(zoom)
     cx = _cell(dialect, visible.c.lon, VIETNAM.west, size).label("cx")
     cy = _cell(dialect, visible.c.lat, VIETNAM.south, size).label("cy")
@@ -272,7 +303,9 @@ async def clusters(
 async def points(session: AsyncSession, query: MapQuery, now: datetime) -> list[Point]:
     """The visible cases one by one (at most POINTS_CAP + 1, to tell a cut)."""
     dialect = session.get_bind().dialect.name
-    visible = _visible(query, now, [_T.code, _T.category, _T.state, _T.lat, _T.lon], dialect)
+    visible = _visible(
+        query, now, [_T.code, _T.category, _T.state, *_public_lat_lon(dialect)], dialect
+    )
     found = await session.execute(select(visible).order_by(visible.c.code).limit(POINTS_CAP + 1))
     return [
         Point(code, category, status_of(state), state, lat, lon)
@@ -282,8 +315,8 @@ async def points(session: AsyncSession, query: MapQuery, now: datetime) -> list[
 
 async def listed(session: AsyncSession, query: MapQuery, now: datetime) -> list[ListItem]:
     """One page of the visible cases: the newest first, or the nearest first."""
-    columns = [_T.code, _T.category, _T.ward, _T.state, _T.created, _T.lat, _T.lon]
     dialect = session.get_bind().dialect.name
+    columns = [_T.code, _T.category, _T.ward, _T.state, _T.created, *_public_lat_lon(dialect)]
     visible = _visible(query, now, columns, dialect)
     statement = select(visible)
     if query.near is not None:
@@ -313,7 +346,9 @@ async def listed(session: AsyncSession, query: MapQuery, now: datetime) -> list[
             status=status_of(state),
             state=state,
             received_at=created,
-            distance_km=None if query.near is None else haversine_km(*query.near, lat, lon),
+            distance_km=(
+                None if query.near is None else public_km(haversine_km(*query.near, lat, lon))
+            ),
         )
         for code, category, ward, state, created, lat, lon in found
     ]

@@ -22,11 +22,14 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from backend.crypto import keys
+from backend.geo import public_point
 from backend.i18n import Catalogues
 from backend.models import AuditEvent, Category, PartnerKey, Province, Ticket, Unit, Ward, utcnow
 from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.limits import DAY, HOUR, Limit, take_all
+from backend.services.logins import counted_address
 from backend.services.partners import find_key
 from backend.services.workflow import OPEN_STATES
 from backend.timeutil import local
@@ -66,6 +69,12 @@ class Open311Error(Exception):
 
 
 # --- rendering ------------------------------------------------------------------------------
+
+
+def _address(request: web.Request) -> str:
+    """The client's address as a limit counts it (an IPv6 /64 as one), by its keyed
+    look-up: the counts do not keep addresses."""
+    return keys().lookup("open311-address", counted_address(client_address(request)))
 
 
 def _xml_value(value: Any) -> str:
@@ -197,7 +206,7 @@ async def _within_limit(request: web.Request, name: str, limits: list[Limit]) ->
 
 async def _read_limit(request: web.Request, key: PartnerKey | None) -> None:
     per_minute = Limit(request.app[SETTINGS].open311_reads_per_minute, 60)
-    who = f"key:{key.id}" if key is not None else f"addr:{client_address(request)}"
+    who = f"key:{key.id}" if key is not None else f"addr:{_address(request)}"
     await _within_limit(request, f"open311:read:{who}", [per_minute])
 
 
@@ -332,6 +341,7 @@ def _request(row: _Row, lang: str, own: set[int]) -> dict[str, Any]:
     if row.case is not None:
         notes = PUBLIC_TEXT.translate(lang, "open311.merged", code=row.case.code, status=notes)
     name = row.category.name_en if lang == "en" else row.category.name_vi
+    point = public_point(ticket.lat, ticket.lon)
     return {
         "service_request_id": ticket.code,
         "status": _status(shown),
@@ -348,8 +358,9 @@ def _request(row: _Row, lang: str, own: set[int]) -> dict[str, Any]:
         "address": f"{row.ward_name}, {row.province_name}",
         "address_id": "",
         "zipcode": "",
-        "lat": ticket.lat,
-        "long": ticket.lon,
+        # The public point (backend.geo.public_point), as on the case page and the map.
+        "lat": point[0],
+        "long": point[1],
         "media_url": "",
     }
 
@@ -385,7 +396,10 @@ def _date(value: str | None, name: str) -> datetime | None:
         raise Open311Error(400, f"{name} is not a W3C date and time") from None
     if parsed.tzinfo is None:
         raise Open311Error(400, f"{name} needs its time zone (e.g. 2026-12-01T00:00:00+07:00)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it
+        raise Open311Error(400, f"{name} is out of range") from None
 
 
 def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -581,7 +595,7 @@ def _media_url(value: str) -> str | None:
 async def post_request(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     per_address = Limit(settings.open311_posts_per_address_per_minute, 60)
-    await _within_limit(request, f"open311:post:addr:{client_address(request)}", [per_address])
+    await _within_limit(request, f"open311:post:addr:{_address(request)}", [per_address])
     form = await _form(request)
     async with request.app[SESSIONS]() as session:
         key = await find_key(session, form.get("api_key"))

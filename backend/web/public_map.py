@@ -17,6 +17,7 @@ from multidict import MultiMapping
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.geo import public_km
 from backend.models import Category, Province, Ward, utcnow
 from backend.services.public_map import (
     FIGURES_DAYS,
@@ -84,7 +85,7 @@ def _item_json(item: ListItem, names: Names, lang: str) -> dict[str, Any]:
         "received": f"{local(item.received_at):%d/%m/%Y}",
     }
     if item.distance_km is not None:
-        out["distance_km"] = round(item.distance_km, 2)
+        out["distance_km"] = public_km(item.distance_km)
     return out
 
 

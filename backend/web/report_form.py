@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, web
@@ -45,6 +44,7 @@ from backend.db import is_sqlite
 from backend.models import RateCount
 from backend.services.deadlines import Policies
 from backend.services.limits import DAY, HOUR, Limit, take, take_all, window_start
+from backend.services.logins import counted_address
 from backend.services.media_store import MediaUnavailable
 from backend.services.photos import ACCEPTED_NAMES, NotAnImage, TooLarge, store_photo
 from backend.services.reporters import CONSENT_TEXT_VERSION, normalise_phone
@@ -229,17 +229,7 @@ async def token_use(session: AsyncSession, nonce: str) -> tuple[bool, str | None
 def address_key(address: str) -> str:
     """The limit's name for a client: its IPv4 address, or its IPv6 /64 (one household's
     network hands out many addresses), kept only as a keyed hash."""
-    try:
-        parsed = ip_address(address)
-    except ValueError:
-        network = address
-    else:
-        network = (
-            str(ip_network(f"{parsed}/64", strict=False))
-            if isinstance(parsed, IPv6Address)
-            else str(parsed)
-        )
-    return "report-form:" + keys().lookup("report-address", network)
+    return "report-form:" + keys().lookup("report-address", counted_address(address))
 
 
 def limits(settings: Settings, times: int = 1) -> list[Limit]:

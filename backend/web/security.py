@@ -174,12 +174,16 @@ async def log_request_id(request: web.Request, handler: Handler) -> web.StreamRe
     return await handler(request)
 
 
+# Paths that answer JSON, errors included: a NUL is refused there in JSON too.
+_JSON_PATHS = ("/api/", "/map/data", "/map/wards")
+
+
 @web.middleware
 async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A NUL character has no business in a path or a query, and PostgreSQL refuses it
     in text: 400 before any handler sees it."""
     if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
-        if request.path.startswith("/api/"):
+        if request.path.startswith(_JSON_PATHS):
             raise web.HTTPBadRequest(
                 text='{"error": "bad_request", "detail": "NUL characters are not accepted"}',
                 content_type="application/json",
