@@ -10,6 +10,12 @@ def case_page_url(base: str, code: str, language: str) -> str:
     return f"{base.rstrip('/')}/r/{code}" + ("?lang=en" if language == "en" else "")
 
 
+def case_page_line(base: str, code: str, language: str) -> str:
+    """For a line of a list that names a code: its case page on a line of its own, or
+    nothing without a public address."""
+    return f"\n  {case_page_url(base, code, language)}" if base else ""
+
+
 def with_case_page(text: str, base: str, code: str | None, language: str) -> str:
     """text, then the line with the case page's link; text as it is without a public
     address (the link would lead nowhere) or a code."""

@@ -664,6 +664,7 @@ class CategoryChoice(Step):
             if case.photo_sha256 is not None:
                 turn.say(
                     "duplicate.case",
+                    page=case.code,
                     photo_sha256=case.photo_sha256,
                     thumbnail=True,
                     status=turn.t(f"ticket_state.{case.state}"),
@@ -687,6 +688,7 @@ class Duplicate(Step):
     def prompt(self, turn: Turn) -> None:
         lines = "\n".join(
             turn.t("duplicate.line", status=turn.t(f"ticket_state.{c['state']}"), **c)
+            + turn.page_line(c["code"])
             for c in turn.data.get("cases", [])
         )
         turn.say("duplicate.ask", buttons=self.options(turn), cases=lines)
@@ -695,7 +697,7 @@ class Duplicate(Step):
         case = next((c for c in turn.data.get("cases", []) if c["code"] == value), None)
         if case is not None:
             turn.data.update(joins=value, nature=case["nature"], polluter=None)
-            turn.say("duplicate.joining", code=value)
+            turn.say("duplicate.joining", code=value, page=value)
         await advance(turn, "description")
         return True
 
@@ -822,7 +824,7 @@ class Summary(Step):
         d = turn.data
         ward = turn.services.wards.get(d["ward_code"])
         if d.get("joins"):
-            turn.say("summary.joins", code=d["joins"])
+            turn.say("summary.joins", code=d["joins"], page=d["joins"])
         if d.get("address"):
             turn.say("summary.address", address=d["address"])
         nature = d.get("nature")
@@ -1054,7 +1056,7 @@ class Addition(Step):
             "addition.got", photos=len(d.get("add_photos", [])), text=d.get("add_text") or "-"
         )
         if len(reports) == 1:
-            turn.say("addition.ask_one", got=got, code=reports[0]["code"])
+            turn.say("addition.ask_one", got=got, code=reports[0]["code"], page=reports[0]["code"])
         else:
             lines = "\n".join(
                 turn.t(
@@ -1063,6 +1065,7 @@ class Addition(Step):
                     category=category_name(turn, r["category"]),
                     date=r["date"],
                 )
+                + turn.page_line(r["code"])
                 for r in reports
             )
             turn.say("addition.ask_which", got=got, reports=lines)

@@ -54,6 +54,7 @@ def _summary(turn: Turn, held: HeldData) -> dict[str, Any]:
         turn.t(
             "mydata.report_line", code=r.code, state=turn.t(f"ticket_state.{r.state}"), unit=r.unit
         )
+        + turn.page_line(r.code)
         for r in held.reports
     ]
     unsealings = [

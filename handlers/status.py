@@ -7,7 +7,6 @@ from typing import Any
 from backend.services.reporters import find_reporter
 from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
 from backend.timeutil import format_local
-from handlers.case_page import case_page_url
 from handlers.turn import Turn
 
 
@@ -52,7 +51,6 @@ async def show_mine(turn: Turn) -> None:
     if not mine:
         turn.say("my.none")
         return
-    base, language = turn.services.case_base, turn.conv.language
     lines = "\n".join(
         turn.t(
             "my.line",
@@ -61,7 +59,7 @@ async def show_mine(turn: Turn) -> None:
             created=format_local(s.created_at),
         )
         # Each with its case page, when the service has a public address.
-        + (f"\n  {case_page_url(base, s.code, language)}" if base else "")
+        + turn.page_line(s.code)
         for s in mine
     )
     turn.say("my.list", lines=lines)

@@ -15,7 +15,7 @@ from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
 from backend.services.units import WardIndex
-from handlers.case_page import with_case_page
+from handlers.case_page import case_page_line, with_case_page
 from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
 from handlers.i18n import translate
 
@@ -78,6 +78,10 @@ class Turn:
 
     def t(self, key: str, **params: Any) -> str:
         return translate(self.conv.language, key, **params)
+
+    def page_line(self, code: str) -> str:
+        """The case page of a code, for a line in a list (see case_page_line)."""
+        return case_page_line(self.services.case_base, code, self.conv.language)
 
     def say(
         self,

@@ -20,7 +20,8 @@ from handlers.notices import render_payload
 from handlers.turn import Services
 from tests.chat import TELEGRAM_LIKE, Chat, texts
 from tests.factories import PHOTO, actor, make_ticket
-from tests.integration.test_dialogue import submit, to_description
+from tests.integration.test_dialogue import PHOTO as CHAT_PHOTO
+from tests.integration.test_dialogue import submit, to_description, to_photos
 
 BASE = "https://hotline.example.vn"
 
@@ -137,3 +138,33 @@ async def test_thanks_for_a_rating_and_a_reopening_too_late_link_to_the_page(
     assert "hết thời hạn" in late.lower() and f"{BASE}/r/{code}" in late
     thanks = texts(await chat.press(f"t|{code}|rate|5"))
     assert "5 ⭐" in thanks and f"{BASE}/r/{code}" in thanks
+
+
+async def test_offers_and_lists_that_name_a_code_link_to_its_page(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    chat = Chat(dispatcher, sessions, chat_id="9331")
+    await to_description(chat)
+    await chat.say("Rác đổ đầy lề đường.")
+    sent = texts(await chat.press("summary|anonymous"))
+    code = sent.split("Mã theo dõi: ")[1].split()[0]
+    page = f"{BASE}/r/{code}"
+    # A photo after sending: the offer to add it names the report, with its page.
+    await chat.send("photo", media=CHAT_PHOTO)
+    offer = texts(await chat.replies())
+    assert "Thêm vào phản ánh" in offer and page in offer
+    await chat.say("/cancel")
+    # The reporter's data lists the report with its page.
+    assert page in texts(await chat.say("/mydata"))
+    # Another resident reporting the same thing there is offered the case, with its page.
+    other = Chat(dispatcher, sessions, chat_id="9332")
+    await to_photos(other)
+    await other.send("photo", media=CHAT_PHOTO)
+    await other.press("photos|done")
+    await other.send("location", location=(20.0740, 105.9120))
+    await other.press("ward|14812")
+    offered = texts(await other.press("category|dumping"))
+    assert await other.state() == "duplicate"
+    assert page in offered
+    joining = texts(await other.press(f"duplicate|{code}"))
+    assert page in joining
