@@ -57,13 +57,15 @@ WARD_QUESTION = "ward.ask|ward.ask_named"
 def transcript_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
     """What a chat reads, message after message (joined by a blank line, as the bot joins
     replies of one turn), for these messages in this order; each may carry numbered
-    choices on a channel without buttons."""
+    choices on a channel without buttons, and a case page's link."""
     choices = (
         r"(?:\n\n(?:\d+\. [^\n]*\n)+"
         + re.escape(catalogue("vi")["choices.reply_with_number"])
         + ")?"
     )
-    return re.compile("\n\n".join(_key_pattern(k) + choices for k in keys))
+    # A message that gives a code ends with its case page's link (handlers.case_page).
+    page = r"(?:\n\n" + _key_pattern("case_page.link") + ")?"
+    return re.compile("\n\n".join(_key_pattern(k) + choices + page for k in keys))
 
 
 def transcript(received: list[Received[Any]]) -> str:
