@@ -53,7 +53,16 @@ async def raw_postgres(engine: AsyncEngine, since: float, *, wal: bool = True) -
             if p.is_file() and p.stat().st_mtime >= since
         ]
     assert files, "no database files to search"
-    return b"".join(p.read_bytes() for p in files) + "\n".join(map(str, dumps)).encode()
+    return b"".join(map(_read_if_there, files)) + "\n".join(map(str, dumps)).encode()
+
+
+def _read_if_there(path: Path) -> bytes:
+    """A file's bytes; nothing for one the server removed meanwhile (its relation cache,
+    pg_internal.init, is dropped and written again at any time: it holds no rows)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 async def raw_database(
