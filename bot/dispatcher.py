@@ -31,6 +31,7 @@ from backend.db import (
     write_retrying,
 )
 from backend.models import Conversation, InboundEvent, OutboxMessage, ProcessedUpdate, utcnow
+from backend.services.abuse import takes_photo
 from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
 from bot.batching import Batches, Pending
@@ -507,6 +508,13 @@ class Dispatcher:
         """Queue an event; the future resolves once its outcome is committed, and fails
         when the database did not take it (the event is then not handled: try again)."""
         return self._batches.submit(_Item(event, inbound_id, request_id=request_id))
+
+    async def takes_photo(self, channel: str, chat_id: str) -> bool:
+        """Whether a photo from this chat can be taken now, asked before it is downloaded
+        (see backend.services.abuse.takes_photo)."""
+        services = self._services
+        async with self._sessions() as session:
+            return await takes_photo(session, channel, chat_id, services.limits, services.now())
 
     def submit_stored(self, stored: Stored, ready: Incoming | None) -> asyncio.Future[None]:
         """Store an update, and handle it in the same transaction when it is ready (read

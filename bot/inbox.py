@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from sqlalchemy import String, Table, bindparam, delete, func, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from backend.crypto import keys
@@ -112,6 +113,11 @@ class Inbox:
 
     def add_reader(self, channel: str, reader: Reader) -> None:
         self._readers[channel] = reader
+
+    async def takes_photo(self, channel: str, chat_id: str) -> bool:
+        """Whether a chat's photo is to be downloaded and stored: not when the dialogue
+        would refuse it (a muted reporter, a chat over its allowance)."""
+        return await self._dispatcher.takes_photo(channel, chat_id)
 
     def wake(self) -> None:
         """Look for waiting updates now (some were stored and left for the worker)."""
@@ -298,8 +304,8 @@ class Inbox:
             return None
         try:
             return await reader(body)
-        except MediaUnavailable:
-            raise  # the photo store is down: the update waits and is tried again
+        except (MediaUnavailable, DBAPIError):
+            raise  # the photo store or the database is down: the update waits, tried again
         except Exception:
             # An update that cannot be read must not hold up the ones after it.
             log.exception("a stored %s update could not be read; skipped", row.channel)

@@ -1,11 +1,14 @@
 """Photos from chats: store what a platform sent (or fetch it from its URL first).
 
 A media store that does not answer raises MediaUnavailable: the update is then left to
-be tried again, not taken as a photo that failed."""
+be tried again, not taken as a photo that failed. A photo the dialogue would refuse (a
+muted reporter, a chat over its allowance) is neither downloaded nor stored: its event
+carries the error "not_taken" instead."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -17,6 +20,9 @@ from handlers.events import Incoming, MediaError, MediaRef
 log = logging.getLogger(__name__)
 
 Fetched = tuple[MediaRef | None, MediaError | None]
+# Whether a chat's photo is to be taken, given its channel and chat id (Inbox.takes_photo).
+PhotoGate = Callable[[str, str], Awaitable[bool]]
+NOT_TAKEN: Fetched = (None, "not_taken")
 
 
 async def store_media(media: MediaStore, settings: Settings, data: bytes) -> Fetched:
@@ -65,9 +71,14 @@ async def photo_event(
     channel: str,
     chat_id: str,
     update_id: str,
+    gate: PhotoGate,
 ) -> Incoming:
-    """The dialogue's photo event for an image a platform links to, fetched and stored."""
-    ref, error = await fetch_media(http, url, settings, media)
+    """The dialogue's photo event for an image a platform links to, fetched and stored
+    when the gate lets it be taken."""
+    if await gate(channel, chat_id):
+        ref, error = await fetch_media(http, url, settings, media)
+    else:
+        ref, error = NOT_TAKEN
     return Incoming(
         channel=channel,
         chat_id=chat_id,

@@ -38,7 +38,7 @@ from backend.services.photos import read_photo
 from backend.services.presence import Presence
 from backend.web.bodies import WEBHOOK_LIMIT, BadJSON, parse_json, read_body
 from bot.inbox import Inbox, NotStored
-from bot.media import Fetched, store_media
+from bot.media import NOT_TAKEN, Fetched, store_media
 from bot.outbox import PermanentError, RetryLater, TransientError
 from bot.parsing import has_secret, split_command, text_or_command
 from bot.tasks import cancel
@@ -330,7 +330,8 @@ class TelegramChannel:
             return Incoming(kind="contact", phone=msg.contact.phone_number, **base)
         source = _media_of(msg)
         if source is not None:
-            media, error = await self._fetch_media(source)
+            taken = await self._inbox.takes_photo(CHANNEL, base["chat_id"])
+            media, error = await self._fetch_media(source) if taken else NOT_TAKEN
             return Incoming(
                 kind="photo",
                 media=media,

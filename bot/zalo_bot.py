@@ -251,6 +251,7 @@ class ZaloBotChannel:
             channel=CHANNEL,
             chat_id=update.chat_id,
             update_id=update.message_id,
+            gate=self._inbox.takes_photo,
         )
 
     # --- sending -----------------------------------------------------------------------------

@@ -278,6 +278,7 @@ class ZaloOAChannel:
             channel=CHANNEL,
             chat_id=event.user_id,
             update_id=event.msg_id,
+            gate=self._inbox.takes_photo,
         )
 
     # --- sending -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ EventKind = Literal[
 # What became of a typed address: found by the geocoder, found from a ward's name alone,
 # matched nothing, or the geocoder could not answer.
 GeocodeOutcome = Literal["nominatim", "ward_name", "not_found", "unavailable"]
-MediaError = Literal["not_image", "too_large", "download_failed"]
+MediaError = Literal["not_image", "too_large", "download_failed", "not_taken"]
 
 
 @dataclass(frozen=True, slots=True)

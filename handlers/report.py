@@ -213,6 +213,15 @@ class Consent(Step):
         return True
 
 
+def said_photo_error(turn: Turn, event: Incoming) -> bool:
+    """A photo that could not be taken (not an image, too large, not downloaded, or not
+    taken at all): said what to do, and True."""
+    if event.media_error is None:
+        return False
+    turn.say(f"photos.error.{event.media_error}", formats=ACCEPTED_NAMES)
+    return True
+
+
 class Photos(Step):
     name = "photos"
 
@@ -227,8 +236,7 @@ class Photos(Step):
         _ask_with_location(turn, key, self.options(turn))
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
-        if event.media_error is not None:
-            turn.say(f"photos.error.{event.media_error}", formats=ACCEPTED_NAMES)
+        if said_photo_error(turn, event):
             return True
         if event.media is None:
             return False
@@ -976,13 +984,19 @@ class Idle(Step):
     async def photo(self, turn: Turn, event: Incoming) -> bool:
         """A photo before anything else, as residents often begin: added to a report of
         theirs still being handled, if they want, or else the first photo of a new
-        report (waiting for their consent, dropped if they decline)."""
-        if event.media is None:
+        report (waiting for their consent, dropped if they decline). One not taken (see
+        bot.media) would have begun a report: beginning one says why it was not taken."""
+        if event.media is None and event.media_error != "not_taken":
             return False
-        if await _offer_addition(turn, [_photo(event.media)], None, event.media_group):
+        if event.media is not None and await _offer_addition(
+            turn, [_photo(event.media)], None, event.media_group
+        ):
             return True
         if not await begin(turn):
             return True
+        if event.media is None:
+            # Begun after all (the allowance came back meanwhile): the photo is sent again.
+            return said_photo_error(turn, event)
         # Waiting for consent, or (consent given before) the report's first photo.
         return await STEPS[turn.state].photo(turn, event)
 
@@ -1072,6 +1086,8 @@ class Addition(Step):
         turn.say("addition.choose", buttons=self.options(turn))
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
+        if said_photo_error(turn, event):
+            return True
         if event.media is None:
             return False
         photos: list[dict[str, object]] = turn.data.setdefault("add_photos", [])

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.crypto import keys
 from backend.models import RateCount, Reporter, ReporterMute
+from backend.services.additions import open_reports
 from backend.services.limits import DAY, HOUR, Limit, take_all, window_start
+from backend.services.reporters import find_reporter
 
 if TYPE_CHECKING:
     from backend.config import Settings
@@ -106,6 +109,30 @@ async def give_back(session: AsyncSession, name: str, limits: Sequence[Limit], n
             )
             .values(count=RateCount.count - 1)
         )
+
+
+async def takes_photo(
+    session: AsyncSession, channel: str, chat_id: str, limits: ReporterLimits, now: datetime
+) -> bool:
+    """Whether a photo from this chat can be taken now, asked before it is downloaded:
+    not when the chat's reporter is muted, nor when the photo could neither begin a
+    report (the chat is over its allowance of reports) nor be added to one (over its
+    allowance of additions, or no report of theirs is open). A photo not taken is never
+    fetched from the platform, and nothing of it is stored. Reads only."""
+    reporter_id = await find_reporter(session, channel, chat_id)
+    if reporter_id is not None and await muted_until(session, reporter_id, now) is not None:
+        return False
+    chat_key = keys().chat_key(channel, chat_id)
+    stamp = now.timestamp()
+    reports = counter(REPORTS, channel, chat_key)
+    if await next_allowed(session, reports, limits.reports, stamp) is None:
+        return True
+    if reporter_id is None:
+        return False
+    additions = counter(ADDITIONS, channel, chat_key)
+    if await next_allowed(session, additions, limits.additions, stamp) is not None:
+        return False
+    return bool(await open_reports(session, reporter_id))
 
 
 # --- muting ------------------------------------------------------------------------------

@@ -42,17 +42,27 @@ async def take(session: AsyncSession, name: str, limit: Limit, now: float | None
     the limit. Runs in the caller's transaction: a rolled-back attempt is not counted."""
     now = time.time() if now is None else now
     start = window_start(now, limit.window)
+    return await _count(session, name, start, start + limit.window) <= limit.count
+
+
+async def once(session: AsyncSession, name: str, until: float) -> bool:
+    """True the first time `name` is taken, False every time after, until `until` (epoch
+    seconds), when its row may go: a one-time use that every process sees."""
+    return await _count(session, name, 0, until) == 1
+
+
+async def _count(session: AsyncSession, name: str, window: int, ends: float) -> int:
+    """One more under (name, window), in one atomic upsert; the count now."""
     stmt = insert_for(session, RateCount).values(
         name=name,
-        window=start,
+        window=window,
         count=1,
-        expires_at=datetime.fromtimestamp(start + limit.window, UTC),
+        expires_at=datetime.fromtimestamp(ends, UTC),
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["name", "window"], set_={"count": RateCount.count + 1}
     ).returning(RateCount.count)
-    count = (await session.execute(stmt)).scalar_one()
-    return int(count) <= limit.count
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def take_all(

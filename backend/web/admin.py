@@ -14,19 +14,9 @@ from backend.models import OAuthToken, StaffGroup, Unit, User
 from backend.services.accounts import ROLES, TELEGRAM_ID, create_user, reset_password
 from backend.services.partners import issue_key, list_keys, revoke_key
 from backend.services.staff_groups import create_link_code
-from backend.services.workflow import Actor
 from backend.web.app import SESSIONS
 from backend.web.auth import signed_in
-from backend.web.dashboard import check_csrf, render, require_triage
-
-
-async def _admin(request: web.Request, session: AsyncSession) -> Actor:
-    actor = await require_triage(request, session)
-    if actor.role != "admin":
-        raise web.HTTPForbidden(
-            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
-        )
-    return actor
+from backend.web.dashboard import check_csrf, render, require_admin
 
 
 def _by_demo(request: web.Request) -> bool:
@@ -73,7 +63,7 @@ async def _page(
 
 async def admin_page(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
+        await require_admin(request, session)
         return await _page(request, session)
 
 
@@ -85,7 +75,7 @@ def _field(form: dict[str, Any], name: str) -> str | None:
 async def new_user(request: web.Request) -> web.Response:
     form = await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
+        await require_admin(request, session)
         try:
             async with session.begin_nested():
                 created = await create_user(
@@ -112,7 +102,7 @@ async def new_user(request: web.Request) -> web.Response:
 async def change_user(request: web.Request) -> web.Response:
     form = await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         user = await session.get(User, int(request.match_info["id"]))
         if user is None or (_by_demo(request) and not user.demo):
             raise web.HTTPNotFound()
@@ -136,7 +126,7 @@ async def change_user(request: web.Request) -> web.Response:
 async def link_code(request: web.Request) -> web.Response:
     form = await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
+        await require_admin(request, session)
         unit = _field(form, "unit") or ""
         try:
             code = await create_link_code(session, unit)
@@ -151,7 +141,7 @@ async def link_code(request: web.Request) -> web.Response:
 async def unlink_group(request: web.Request) -> web.Response:
     await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
+        await require_admin(request, session)
         await session.execute(
             delete(StaffGroup).where(StaffGroup.id == int(request.match_info["id"]))
         )
@@ -163,7 +153,7 @@ async def new_partner_key(request: web.Request) -> web.Response:
     """Issue an Open311 key; the page shows it this once (only its hash is kept)."""
     form = await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         try:
             issued = await issue_key(
                 session,
@@ -182,7 +172,7 @@ async def new_partner_key(request: web.Request) -> web.Response:
 async def revoke_partner_key(request: web.Request) -> web.Response:
     await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         if not await revoke_key(session, int(request.match_info["id"]), actor=admin.label):
             raise web.HTTPNotFound()
         await session.commit()

@@ -522,12 +522,24 @@ async def media(request: web.Request) -> web.StreamResponse:
 # --- hotline phone intake ---------------------------------------------------------------
 
 
+def _forbidden(request: web.Request) -> web.HTTPForbidden:
+    return web.HTTPForbidden(
+        text=render(request, "forbidden.html", status=403).text, content_type="text/html"
+    )
+
+
 async def require_triage(request: web.Request, session: AsyncSession) -> Actor:
     _, actor = await require_user(request, session)
     if actor.role not in TRIAGE:
-        raise web.HTTPForbidden(
-            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
-        )
+        raise _forbidden(request)
+    return actor
+
+
+async def require_admin(request: web.Request, session: AsyncSession) -> Actor:
+    """The signed-in admin, or the forbidden page for anyone else."""
+    actor = await require_triage(request, session)
+    if actor.role != "admin":
+        raise _forbidden(request)
     return actor
 
 

@@ -1,10 +1,12 @@
 """Admin page for partners' webhooks: register one (its secret shown once), disable it,
 send it a test event, and read its delivery log, failures first. Admins only; every form
-carries the CSRF token; every change is audited."""
+carries the CSRF token; every change is audited and answered with a redirect to the page
+(post, redirect, get), so that reloading what it shows does not do it again."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from typing import Any
 
@@ -15,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.crypto import DataKeyError, keys
 from backend.models import Province, Webhook, WebhookDelivery, utcnow
 from backend.services import webhooks
-from backend.services.workflow import Actor
+from backend.services.limits import once
 from backend.web.app import SESSIONS, SETTINGS, WEBHOOKS
 from backend.web.auth import WEB_SESSION, secure_cookies
-from backend.web.dashboard import check_csrf, render, require_triage
+from backend.web.dashboard import check_csrf, render, require_admin
 
 # Deliveries shown per webhook, and failed ones shown above them all.
 LOG_SIZE = 20
@@ -29,15 +31,8 @@ PAGE = "/admin/webhooks"
 SECRET_COOKIE = "hotline_webhook_secret"  # noqa: S105 - a cookie's name, not a secret
 SECRET_PURPOSE = "web.webhook_secret"  # noqa: S105 - a sealing purpose, not a secret
 SECRET_SHOWN_FOR = 300
-
-
-async def _admin(request: web.Request, session: AsyncSession) -> Actor:
-    actor = await require_triage(request, session)
-    if actor.role != "admin":
-        raise web.HTTPForbidden(
-            text=render(request, "forbidden.html", status=403).text, content_type="text/html"
-        )
-    return actor
+# What the page says after a change it redirected from (?done=…).
+DONE = {"disabled": "webhooks.disabled_done", "ping": "webhooks.ping_queued"}
 
 
 async def _page(
@@ -89,8 +84,11 @@ async def _page(
 
 async def webhooks_page(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
-        await _admin(request, session)
-        response = await _page(request, session, secret=_new_secret(request))
+        await require_admin(request, session)
+        secret = await _new_secret(request, session)
+        await session.commit()
+        done = DONE.get(request.query.get("done", ""))
+        response = await _page(request, session, secret=secret, done=done)
     if SECRET_COOKIE in request.cookies:
         response.del_cookie(SECRET_COOKIE, path=PAGE)
     # The page may hold the secret: never kept by a cache or the browser's history.
@@ -105,19 +103,26 @@ def _session_tag(request: web.Request) -> str:
     return hashlib.sha256(f"webhook-secret\0{token}".encode()).hexdigest()[:32]
 
 
-def _new_secret(request: web.Request) -> dict[str, str] | None:
-    """The secret a registration just made in this session, if its cookie is fresh."""
+async def _new_secret(request: web.Request, session: AsyncSession) -> dict[str, str] | None:
+    """The secret a registration just made in this session, if its cookie is fresh and
+    was never shown before (its one-time name is taken in the database, which every
+    process shares: the cookie replayed shows nothing)."""
     sealed = request.cookies.get(SECRET_COOKIE)
     if not sealed or len(sealed) > 4000:
         return None
     try:
         value = keys().open_json(sealed, SECRET_PURPOSE)
-        fresh = 0 <= time.time() - float(value["at"]) <= SECRET_SHOWN_FOR
+        at = float(value["at"])
+        fresh = 0 <= time.time() - at <= SECRET_SHOWN_FOR
         if not fresh or value["tag"] != _session_tag(request):
             return None
-        return {"value": str(value["value"]), "who": str(value["who"])}
+        shown = {"value": str(value["value"]), "who": str(value["who"])}
+        nonce = str(value["once"])
     except (DataKeyError, ValueError, KeyError, TypeError):
         return None
+    if not await once(session, f"webhook-secret:{nonce}", at + SECRET_SHOWN_FOR + 60):
+        return None
+    return shown
 
 
 def _text(form: dict[str, Any], name: str) -> str:
@@ -129,7 +134,7 @@ async def register(request: web.Request) -> web.Response:
     form = await check_csrf(request)
     settings = request.app[SETTINGS]
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         events = [e for e in webhooks.EVENTS if form.get(f"event.{e}")]
         try:
             registered = await webhooks.register(
@@ -156,6 +161,7 @@ async def register(request: web.Request) -> web.Response:
             "who": registered.webhook.name,
             "at": time.time(),
             "tag": _session_tag(request),
+            "once": secrets.token_urlsafe(16),
         },
         SECRET_PURPOSE,
     )
@@ -182,24 +188,24 @@ async def _webhook(session: AsyncSession, request: web.Request) -> Webhook:
 async def disable(request: web.Request) -> web.Response:
     await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         webhook = await _webhook(session, request)
         await webhooks.disable(session, webhook, actor=admin.label, now=utcnow())
         await session.commit()
-        return await _page(request, session, done="webhooks.disabled_done")
+    raise web.HTTPSeeOther(f"{PAGE}?done=disabled")
 
 
 async def ping(request: web.Request) -> web.Response:
     await check_csrf(request)
     async with request.app[SESSIONS]() as session:
-        admin = await _admin(request, session)
+        admin = await require_admin(request, session)
         webhook = await _webhook(session, request)
         if webhook.disabled_at is not None:
             return await _page(request, session, problem="webhooks.error.disabled")
         await webhooks.ping(session, webhook, actor=admin.label, now=utcnow())
         await session.commit()
-        request.app[WEBHOOKS].wake()
-        return await _page(request, session, done="webhooks.ping_queued")
+    request.app[WEBHOOKS].wake()
+    raise web.HTTPSeeOther(f"{PAGE}?done=ping")
 
 
 def mount_partners_admin(app: web.Application) -> None:

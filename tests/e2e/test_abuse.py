@@ -11,15 +11,27 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.models import AuditEvent, Conversation, Reporter, ReporterMute, Ticket
+from backend.models import AuditEvent, Conversation, Reporter, ReporterMute, Ticket, utcnow
+from backend.services.abuse import mute
 from tests.e2e.conftest import report_in_bim_son, running
 from tests.e2e.staff_http import form_token, sign_in
 from tests.factories import make_ticket, make_user
+from tests.fakes.images import image_bytes
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 
 PASSWORD = "Mat-khau-that-dai-9"
 CHAT = 5550123
 NEUTRAL = "Chúng tôi đã nhận được tin nhắn của bạn."
+
+
+# One report an hour, four a day.
+ONE_AN_HOUR = {"reports_per_hour": 1, "reports_per_day": 4}
+
+
+async def a_report(user: FakeUser) -> None:
+    await report_in_bim_son(
+        user, "Đổ rác, xả rác trái phép", "Rác cạnh chợ.", "Thường xuyên, lặp lại"
+    )
 
 
 async def tickets(sessions: async_sessionmaker[AsyncSession]) -> int:
@@ -31,12 +43,10 @@ async def tickets(sessions: async_sessionmaker[AsyncSession]) -> int:
 async def test_over_the_limit_on_telegram_the_message_arrives_and_no_ticket_is_made(
     api: FakeTelegram, chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    settings = chat_settings.model_copy(update={"reports_per_hour": 1, "reports_per_day": 4})
+    settings = chat_settings.model_copy(update=ONE_AN_HOUR)
     user = FakeUser(api, chat_id=CHAT)
     async with running(settings):
-        await report_in_bim_son(
-            user, "Đổ rác, xả rác trái phép", "Rác cạnh chợ.", "Thường xuyên, lặp lại"
-        )
+        await a_report(user)
         assert await tickets(sessions) == 1
         await user.text("/start")
         refused = (await user.reply()).text or ""
@@ -47,6 +57,51 @@ async def test_over_the_limit_on_telegram_the_message_arrives_and_no_ticket_is_m
         await user.reply()
         await user.text("/start")
         assert "You can send a new report from" in ((await user.reply()).text or "")
+    assert await tickets(sessions) == 1
+    async with sessions() as s:
+        conv = (await s.scalars(select(Conversation))).one()
+    assert conv.state == "idle" and conv.data == {}
+
+
+def stored_files(settings: Settings) -> set[str]:
+    return {str(p) for p in settings.media_dir.rglob("*") if p.is_file()}
+
+
+def downloads(api: FakeTelegram) -> int:
+    return sum(1 for method, _ in api.calls if method == "getFile")
+
+
+@pytest.mark.parametrize("mode", ["polling"])
+async def test_a_photo_the_dialogue_would_refuse_is_never_downloaded_nor_stored(
+    api: FakeTelegram, chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = chat_settings.model_copy(update=ONE_AN_HOUR)
+    user = FakeUser(api, chat_id=CHAT)
+    async with running(settings):
+        await a_report(user)
+        # With a report of theirs open, a photo may still be added to it: it is taken.
+        await user.photo(image_bytes(color="red"))
+        assert "➕ Thêm vào phản ánh" in ((await user.reply()).text or "")
+        assert downloads(api) == 1
+        await user.text("/cancel")
+        await user.reply()
+        async with sessions() as s, s.begin():
+            ticket = (await s.scalars(select(Ticket))).one()
+            ticket.state = "closed"
+        files = stored_files(settings)
+
+        # Over the allowance, and nothing open to add to: the photo is never fetched.
+        await user.photo(image_bytes(color="blue"))
+        refused = (await user.reply()).text or ""
+        assert "Bạn đã gửi đủ số phản ánh cho phép qua kênh này" in refused
+        assert downloads(api) == 1 and stored_files(settings) == files
+
+        # Muted: the neutral answer, and again nothing fetched or stored.
+        async with sessions() as s, s.begin():
+            await mute(s, ticket.reporter_id, 7, "Gửi ảnh quấy rối", None, utcnow())
+        await user.photo(image_bytes(color="yellow"))
+        assert ((await user.reply()).text or "").startswith(NEUTRAL)
+        assert downloads(api) == 1 and stored_files(settings) == files
     assert await tickets(sessions) == 1
     async with sessions() as s:
         conv = (await s.scalars(select(Conversation))).one()
@@ -65,9 +120,7 @@ async def test_an_operator_mutes_from_the_ticket_page_and_the_chat_answers_neutr
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         base = chat_settings.public_url or ""
-        await report_in_bim_son(
-            user, "Đổ rác, xả rác trái phép", "Rác cạnh chợ.", "Thường xuyên, lặp lại"
-        )
+        await a_report(user)
         async with sessions() as s:
             ticket = (await s.scalars(select(Ticket))).one()
             pseudonym = await s.scalar(
