@@ -456,6 +456,17 @@ class AuditEvent(Base):
     # What one actor did lately (the retention pass: a reporter's last rating or reopening).
     __table_args__ = (Index("ix_audit_events_actor", "actor", "created_at"),)
 
+    @classmethod
+    def of_act(
+        cls, actor: str, action: str, note: str | None, now: datetime | None = None
+    ) -> AuditEvent:
+        """An act about no one ticket (a reporter's matter, a personal-data search, a
+        partner's key or webhook): in the trail, off every ticket's timeline, which
+        ward staff read."""
+        return cls(
+            ticket_id=None, actor=actor, action=action, note=note, created_at=now or utcnow()
+        )
+
 
 # --- chat runtime -------------------------------------------------------------------------
 

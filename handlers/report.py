@@ -127,6 +127,14 @@ async def advance(turn: Turn, next_state: str) -> None:
     STEPS[next_state].prompt(turn)
 
 
+async def _said_muted(turn: Turn) -> bool:
+    """Whether the chat's reporter is muted (said so, neutrally)."""
+    if not await is_muted(turn):
+        return False
+    say_neutral(turn)
+    return True
+
+
 async def begin(turn: Turn) -> bool:
     """/start: consent first unless given for the current text version, then photos.
     False (and said why) when the reporter may not begin a report now: muted, or over
@@ -138,19 +146,19 @@ async def begin(turn: Turn) -> bool:
     returning = turn.conv.reporter_id is not None
     # A step that showed a keyboard (share the place, the phone) leaves it on screen.
     keyboard = turn.state in KEYBOARD_STATES
+    # The count is the chat's, and outlives a /forgetme: asked of everyone, before a
+    # reporter is made for a new contact (refused, nothing of them is stored).
+    if await _said_muted(turn) or await refuse_new_report(turn):
+        return False
     if turn.conv.reporter_id is None:
         reporter_id, created = await find_or_create_reporter(
             turn.session, turn.channel, turn.chat_id
         )
         returning = not created
         turn.conv.reporter_id = reporter_id
-    # A reporter new this moment has no mute: no query for them. The count is the
-    # chat's, and outlives a /forgetme: asked of everyone.
-    if returning and await is_muted(turn):
-        say_neutral(turn)
-        return False
-    if await refuse_new_report(turn):
-        return False
+        # A reporter new this moment has no mute: no query for them.
+        if returning and await _said_muted(turn):
+            return False
     turn.reset("consent")
     turn.say("start.welcome", remove_keyboard=keyboard)
     if returning and await has_consent(turn.session, turn.conv.reporter_id):

@@ -36,6 +36,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.crypto import keys
 from backend.models import InstanceSecret, KnownDevice, LoginAttempt, User, WebSession, utcnow
 from backend.services.accounts import (
     DEVICE_DAYS,
@@ -391,6 +392,12 @@ def counted_address(address: str) -> str:
             return str(parsed.ipv4_mapped)
         return str(ip_network(f"{parsed}/64", strict=False))
     return str(parsed)
+
+
+def address_lookup(purpose: str, address: str) -> str:
+    """A limit's name for a client address as it counts (counted_address): its keyed
+    look-up for this purpose, so that the counts never keep an address."""
+    return keys().lookup(purpose, counted_address(address))
 
 
 async def _address_key(session: AsyncSession, address: str) -> str:

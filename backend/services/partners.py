@@ -43,11 +43,6 @@ def _clean_name(name: str) -> str:
     return cleaned
 
 
-def audit(actor: str, action: str, note: str) -> AuditEvent:
-    """An admin's act on keys, in the trail (no ticket): the key's id, hint and partner."""
-    return AuditEvent(ticket_id=None, actor=actor, action=action, note=note, created_at=utcnow())
-
-
 async def issue_key(
     session: AsyncSession,
     province_code: str,
@@ -73,7 +68,9 @@ async def issue_key(
     )
     session.add(row)
     await session.flush()
-    session.add(audit(actor, "partner_key_issue", f"key {row.id} ({row.key_hint}…) {cleaned}"))
+    session.add(
+        AuditEvent.of_act(actor, "partner_key_issue", f"key {row.id} ({row.key_hint}…) {cleaned}")
+    )
     return IssuedKey(row.id, cleaned, code, row.key_hint, key)
 
 
@@ -100,7 +97,9 @@ async def revoke_key(
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = now or utcnow()
-    session.add(audit(actor, "partner_key_revoke", f"key {row.id} ({row.key_hint}…) {row.name}"))
+    session.add(
+        AuditEvent.of_act(actor, "partner_key_revoke", f"key {row.id} ({row.key_hint}…) {row.name}")
+    )
     return True
 
 

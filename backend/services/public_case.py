@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.geo import public_point
 from backend.models import AuditEvent, Category, Photo, Province, Ticket, Unit, Ward
 from backend.services.intake import is_approximate
+from backend.services.tickets import is_public
 from backend.services.workflow import OPEN_STATES, REJECT_REASONS
 
 # A tracking code: province, yymm, sequence ("38-2612-00042"). Anything else is not
@@ -123,15 +124,11 @@ async def visible_ticket(session: AsyncSession, code: str) -> tuple[Ticket, Tick
     if not well_formed(code):
         return None
     ticket = await session.scalar(select(Ticket).where(Ticket.code == code))
-    if ticket is None or ticket.hidden_at is not None:
+    if ticket is None or not await is_public(session, ticket):
         return None
-    case = ticket
-    if ticket.case_id is not None:
-        found = await session.get(Ticket, ticket.case_id)
-        if found is None or found.hidden_at is not None:
-            return None
-        case = found
-    return ticket, case
+    # Loaded by is_public already: from the session, with no query.
+    case = await session.get(Ticket, ticket.case_id) if ticket.case_id is not None else ticket
+    return (ticket, case) if case is not None else None
 
 
 def _step(event: AuditEvent, units: dict[str, str]) -> PublicStep:

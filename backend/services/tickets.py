@@ -1,14 +1,33 @@
-"""Reading tickets for their reporters: public status and the reporter's own list."""
+"""Reading tickets for their reporters: public status and the reporter's own list; and
+the one rule of what the public may see of a report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Row, Select, select
+from sqlalchemy import ColumnElement, Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Category, Ticket, Unit, Ward
+
+
+def public_where(report: Any, case: Any) -> ColumnElement[bool]:
+    """In SQL, the reports the public may see (case pages, Open311, partners' webhooks):
+    neither the report nor the case it was joined with (`case`, outer-joined on its
+    case_id) is hidden. is_public() is the same rule for one loaded ticket."""
+    return and_(report.hidden_at.is_(None), or_(case.id.is_(None), case.hidden_at.is_(None)))
+
+
+async def is_public(session: AsyncSession, ticket: Ticket) -> bool:
+    """Whether the public may see this report (see public_where)."""
+    if ticket.hidden_at is not None:
+        return False
+    if ticket.case_id is None:
+        return True
+    case = await session.get(Ticket, ticket.case_id)
+    return case is not None and case.hidden_at is None
 
 
 @dataclass(frozen=True, slots=True)

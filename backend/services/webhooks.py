@@ -35,6 +35,7 @@ from backend.models import (
     WebhookDelivery,
     utcnow,
 )
+from backend.services.tickets import is_public
 
 CREATED = "ticket.created"
 STATUS_CHANGED = "ticket.status_changed"
@@ -269,7 +270,9 @@ async def register(
     session.add(webhook)
     await session.flush()
     session.add(
-        _audit(actor, "webhook_register", f"#{webhook.id} {name} {province_code} {target.url}", now)
+        AuditEvent.of_act(
+            actor, "webhook_register", f"#{webhook.id} {name} {province_code} {target.url}", now
+        )
     )
     return Registered(webhook, secret)
 
@@ -279,12 +282,9 @@ async def disable(session: AsyncSession, webhook: Webhook, *, actor: str, now: d
     disabled webhook's deliveries failed rather than send them)."""
     if webhook.disabled_at is None:
         webhook.disabled_at = now
-        session.add(_audit(actor, "webhook_disable", f"#{webhook.id} {webhook.name}", now))
-
-
-def _audit(actor: str, action: str, note: str, now: datetime) -> AuditEvent:
-    # Not about a ticket: ticket_id NULL, as the other admin actions are.
-    return AuditEvent(ticket_id=None, actor=actor, action=action, note=note, created_at=now)
+        session.add(
+            AuditEvent.of_act(actor, "webhook_disable", f"#{webhook.id} {webhook.name}", now)
+        )
 
 
 # --- events --------------------------------------------------------------------------------
@@ -346,8 +346,9 @@ async def tickets_event(
     previous_status: str | None = None,
 ) -> int:
     """ticket_event() for many tickets at once (the deadline worker's batch), with one
-    query for the webhooks. A case hidden from the public is told to no one."""
-    shown = [t for t in tickets if t.hidden_at is None]
+    query for the webhooks. A report hidden from the public, or joined with a case
+    that is, is told to no one."""
+    shown = [t for t in tickets if await is_public(session, t)]
     if not shown:
         return 0
     wards = {t.id: await session.get(Ward, t.ward_code) for t in shown}
@@ -427,5 +428,5 @@ async def ping(session: AsyncSession, webhook: Webhook, *, actor: str, now: date
             created_at=now,
         )
     )
-    session.add(_audit(actor, "webhook_ping", f"#{webhook.id} {webhook.name}", now))
+    session.add(AuditEvent.of_act(actor, "webhook_ping", f"#{webhook.id} {webhook.name}", now))
     return event_id

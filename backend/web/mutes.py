@@ -6,7 +6,6 @@ neutral answer and start no report (handlers.abuse); their data rights stay.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,12 +21,6 @@ from backend.web.privacy import _in_scope as reporters_in_scope
 
 MUTE = "mute_reporter"
 UNMUTE = "unmute_reporter"
-
-
-def _audit(actor: Actor, action: str, note: str, now: datetime) -> AuditEvent:
-    """A reporter's matter, not the ticket's: kept off the ticket's timeline (which ward
-    staff read), like the privacy page's records."""
-    return AuditEvent(ticket_id=None, actor=actor.label, action=action, note=note, created_at=now)
 
 
 async def _ticket_reporter(
@@ -73,7 +66,7 @@ async def mute_reporter(request: web.Request) -> web.StreamResponse:
         now = utcnow()
         row = await mute(session, reporter.id, days, reason, actor.user_id, now)
         note = f"#{reporter.pseudonym} {ticket.code} → {format_local(row.until)}: {reason}"
-        session.add(_audit(actor, MUTE, note, now))
+        session.add(AuditEvent.of_act(actor.label, MUTE, note, now))
     raise _back(ticket.code, "done=muted")
 
 
@@ -90,7 +83,7 @@ async def unmute_reporter(request: web.Request) -> web.StreamResponse:
 async def _lift(session: AsyncSession, actor: Actor, reporter: Reporter, where: str) -> None:
     now = utcnow()
     if await lift(session, reporter.id, now):
-        session.add(_audit(actor, UNMUTE, f"#{reporter.pseudonym}{where}", now))
+        session.add(AuditEvent.of_act(actor.label, UNMUTE, f"#{reporter.pseudonym}{where}", now))
 
 
 async def mutes_page(request: web.Request) -> web.Response:

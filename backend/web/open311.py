@@ -18,19 +18,19 @@ from xml.etree import ElementTree as ET
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from backend.crypto import keys
 from backend.geo import public_point
 from backend.i18n import Catalogues
 from backend.models import AuditEvent, Category, PartnerKey, Province, Ticket, Unit, Ward, utcnow
 from backend.services.geocoding import GeocoderDown, find_place
 from backend.services.intake import ReportDraft, submit_report
 from backend.services.limits import DAY, HOUR, Limit, take_all
-from backend.services.logins import counted_address
+from backend.services.logins import address_lookup
 from backend.services.partners import find_key
+from backend.services.tickets import public_where
 from backend.services.workflow import OPEN_STATES
 from backend.timeutil import local
 from backend.web.app import GEOCODER, POLICIES, SESSIONS, SETTINGS, WARDS
@@ -74,7 +74,7 @@ class Open311Error(Exception):
 def _address(request: web.Request) -> str:
     """The client's address as a limit counts it (an IPv6 /64 as one), by its keyed
     look-up: the counts do not keep addresses."""
-    return keys().lookup("open311-address", counted_address(client_address(request)))
+    return address_lookup("open311-address", client_address(request))
 
 
 def _xml_value(value: Any) -> str:
@@ -308,11 +308,6 @@ class _Row:
     province_name: str
 
 
-def _public(query: Any, case: Any) -> Any:
-    """Tickets the public may see: neither they nor the case they were merged into hidden."""
-    return query.where(Ticket.hidden_at.is_(None), or_(case.id.is_(None), case.hidden_at.is_(None)))
-
-
 def _rows_query() -> tuple[Any, Any]:
     case = aliased(Ticket)
     shown = aliased(Ticket)  # the ticket whose status is shown: the case, else the report
@@ -325,7 +320,7 @@ def _rows_query() -> tuple[Any, Any]:
         .join(Ward, Ward.code == Ticket.ward_code)
         .join(Province, Province.code == Ward.province_code)
     )
-    return _public(query, case), shown
+    return query.where(public_where(Ticket, case)), shown
 
 
 def _status(ticket: Ticket) -> str:

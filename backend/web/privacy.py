@@ -27,12 +27,6 @@ from backend.web.dashboard import check_csrf, render, require_triage, stated_rea
 UNSEALS_SHOWN = 200
 
 
-def _audit(actor: Actor, action: str, note: str | None) -> AuditEvent:
-    return AuditEvent(
-        ticket_id=None, actor=actor.label, action=action, note=note, created_at=utcnow()
-    )
-
-
 async def _in_scope(session: AsyncSession, actor: Actor, reporter_ids: list[int]) -> list[int]:
     """The reporters among these with a ticket the actor may see (all, for admins)."""
     if not reporter_ids or actor.role == "admin":
@@ -119,7 +113,7 @@ async def search(request: web.Request) -> web.Response:
             for reporter_id in await _in_scope(session, actor, ids)
             if (held := await held_data(session, reporter_id, _narrow(actor))) is not None
         ]
-        session.add(_audit(actor, "pd_search", f"{len(found)} found"))
+        session.add(AuditEvent.of_act(actor.label, "pd_search", f"{len(found)} found"))
         return await _page(request, session, actor, found=found)
 
 
@@ -137,7 +131,7 @@ async def erase(request: web.Request) -> web.StreamResponse:
             return await _page(request, session, actor, problem="privacy.reason_needed", status=422)
         if not await erase_identity(session, reporter_id, utcnow()):
             return await _page(request, session, actor, problem="privacy.was_erased", status=409)
-        session.add(_audit(actor, "pd_erase", f"#{held.pseudonym}: {reason}"))
+        session.add(AuditEvent.of_act(actor.label, "pd_erase", f"#{held.pseudonym}: {reason}"))
     raise web.HTTPSeeOther("/privacy?done=erased")
 
 

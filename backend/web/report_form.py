@@ -44,7 +44,7 @@ from backend.db import is_sqlite
 from backend.models import RateCount
 from backend.services.deadlines import Policies
 from backend.services.limits import DAY, HOUR, Limit, take, take_all, window_start
-from backend.services.logins import counted_address
+from backend.services.logins import address_lookup
 from backend.services.media_store import MediaUnavailable
 from backend.services.photos import ACCEPTED_NAMES, NotAnImage, TooLarge, store_photo
 from backend.services.reporters import CONSENT_TEXT_VERSION, normalise_phone
@@ -229,7 +229,7 @@ async def token_use(session: AsyncSession, nonce: str) -> tuple[bool, str | None
 def address_key(address: str) -> str:
     """The limit's name for a client: its IPv4 address, or its IPv6 /64 (one household's
     network hands out many addresses), kept only as a keyed hash."""
-    return "report-form:" + keys().lookup("report-address", counted_address(address))
+    return "report-form:" + address_lookup("report-address", address)
 
 
 def limits(settings: Settings, times: int = 1) -> list[Limit]:

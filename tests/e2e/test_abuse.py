@@ -57,6 +57,17 @@ async def test_over_the_limit_on_telegram_the_message_arrives_and_no_ticket_is_m
         await user.reply()
         await user.text("/start")
         assert "You can send a new report from" in ((await user.reply()).text or "")
+        # Erasing oneself does not refill the allowance, and the new contact refused
+        # leaves no reporter behind.
+        await user.text("/forgetme")
+        await user.reply()
+        await user.press("Erase")
+        assert "erased" in ((await user.reply()).text or "")
+        # The chat forgotten, it is spoken to in Vietnamese again.
+        await user.text("/start")
+        assert "Bạn có thể gửi phản ánh mới từ " in ((await user.reply()).text or "")
+        async with sessions() as s:
+            assert await s.scalar(select(func.count()).select_from(Reporter)) == 1
     assert await tickets(sessions) == 1
     async with sessions() as s:
         conv = (await s.scalars(select(Conversation))).one()

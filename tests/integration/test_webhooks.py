@@ -317,6 +317,24 @@ async def test_a_hidden_case_and_a_disabled_webhook_hear_nothing(
     assert (row.status, row.last_error) == ("failed", "webhook disabled")
 
 
+async def test_a_report_joined_with_a_hidden_case_is_told_to_no_one(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
+) -> None:
+    await add_webhook(sessions, partner.hook_url)
+    async with sessions() as s, s.begin():
+        case_id = (await make_ticket(s)).id
+        report_id = (await make_ticket(s)).id
+    assert len(await deliveries(sessions)) == 2  # both creations
+    async with sessions() as s, s.begin():
+        case, report = await s.get(Ticket, case_id), await s.get(Ticket, report_id)
+        assert case is not None and report is not None
+        case.hidden_at = utcnow()
+        report.case_id = case.id
+        operator = await actor(s, "operator", "P38")
+        await apply(s, report, Action("classify", competence="ward"), operator, POLICIES)
+    assert len(await deliveries(sessions)) == 2
+
+
 async def test_retried_after_a_500_and_a_timeout_then_delivered(
     sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
 ) -> None:
