@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     retention_identity_months: int = Field(default=12, ge=1)
     retention_outbox_days: int = Field(default=30, ge=1)
     retention_processed_days: int = Field(default=30, ge=2)
+    retention_webhook_days: int = Field(default=30, ge=1)
     retention_interval: float = 3600.0
 
     # The key that seals reporters' identities at rest (base64, 32 bytes; `hotline

@@ -6,6 +6,7 @@ same). One process does it at a time (a duty, see Presence), every RETENTION int
 - The texts of delivered messages are erased after `retention_outbox_days`.
 - The ids of handled updates are dropped after `retention_processed_days` (platforms stop
   redelivering within a day).
+- Partners' webhook deliveries, delivered or failed, go after `retention_webhook_days`.
 - Expired login sessions and expired group link codes are removed.
 """
 
@@ -41,6 +42,7 @@ from backend.models import (
     Reporter,
     ReporterIdentity,
     Ticket,
+    WebhookDelivery,
     WebSession,
     utcnow,
 )
@@ -61,6 +63,7 @@ class Periods:
     identity_months: int
     outbox_days: int
     processed_days: int
+    webhook_days: int = 30
 
     @classmethod
     def of(cls, settings: Settings) -> Periods:
@@ -68,6 +71,7 @@ class Periods:
             settings.retention_identity_months,
             settings.retention_outbox_days,
             settings.retention_processed_days,
+            settings.retention_webhook_days,
         )
 
 
@@ -182,6 +186,13 @@ async def retention_pass(
         codes = await session.execute(delete(LinkCode).where(LinkCode.expires_at < now))
         done["link codes"] = _count(codes)
         done["rate counts"] = await sweep_limits(session, now)
+        deliveries = await session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.status.in_(("delivered", "failed")),
+                WebhookDelivery.created_at < now - timedelta(days=periods.webhook_days),
+            )
+        )
+        done["webhook deliveries"] = _count(deliveries)
     return done
 
 

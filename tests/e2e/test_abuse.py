@@ -108,6 +108,7 @@ async def test_a_photo_the_dialogue_would_refuse_is_never_downloaded_nor_stored(
         assert downloads(api) == 1 and stored_files(settings) == files
 
         # Muted: the neutral answer, and again nothing fetched or stored.
+        assert ticket.reporter_id is not None
         async with sessions() as s, s.begin():
             await mute(s, ticket.reporter_id, 7, "Gửi ảnh quấy rối", None, utcnow())
         await user.photo(image_bytes(color="yellow"))

@@ -121,6 +121,9 @@ async def test_hostile_requests_on_every_route(
             for junk in ("x" * 300, "..%2F..%2Fetc", "%F0%9F%8C%8A", "38-2612-" + "9" * 40):
                 await check("GET", f"{base}/requests/{junk}.{fmt}", fmt, 404)
                 await check("GET", f"{base}/services/{junk}.{fmt}", fmt, 404)
+            # A NUL in the path: the spec's error all the same.
+            await check("GET", f"{base}/requests/a%00b.{fmt}", fmt, 400)
+            await check("GET", f"{base}/services/a%00b.{fmt}", fmt, 400)
             for body, kind, expected in _bodies(key):
                 headers = {"Content-Type": kind} if kind else {"Content-Type": ""}
                 await check(

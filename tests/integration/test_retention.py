@@ -23,6 +23,8 @@ from backend.models import (
     Ticket,
     Unit,
     User,
+    Webhook,
+    WebhookDelivery,
     WebSession,
 )
 from backend.services.reporters import create_phone_reporter
@@ -103,6 +105,29 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         assert unit is not None
         for name, expires in (("old", NOW - timedelta(days=2)), ("new", NOW + timedelta(days=1))):
             s.add(LinkCode(code_hash=name, unit_id=unit, expires_at=expires))
+        # Webhook deliveries: finished a month ago (go), finished lately or still being
+        # tried (stay).
+        hook = Webhook(
+            name="PAHT",
+            url="https://paht.example/hook",
+            province_code="38",
+            events=["ticket.created"],
+            secret="s",
+            created_at=LONG_AGO,
+        )
+        s.add(hook)
+        await s.flush()
+        for age, status in ((31, "delivered"), (31, "failed"), (29, "delivered"), (31, "pending")):
+            s.add(
+                WebhookDelivery(
+                    webhook_id=hook.id,
+                    event="ticket.created",
+                    event_id=f"{status}{age}",
+                    body="{}",
+                    status=status,
+                    created_at=NOW - timedelta(days=age),
+                )
+            )
         # A limit's window that has ended, and one still counting.
         for window, expires in ((0, NOW - timedelta(minutes=1)), (1, NOW + timedelta(hours=1))):
             s.add(RateCount(name="reports:telegram:1", window=window, count=3, expires_at=expires))
@@ -116,6 +141,7 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         "login sessions": 1,
         "link codes": 1,
         "rate counts": 1,
+        "webhook deliveries": 2,
     }
     async with sessions() as s:
         kept = set(await s.scalars(select(ReporterIdentity.reporter_id)))
@@ -125,10 +151,12 @@ async def test_retention_pseudonymises_idle_reporters_and_clears_what_has_expire
         logins = set(await s.scalars(select(WebSession.token_hash)))
         codes = set(await s.scalars(select(LinkCode.code_hash)))
         windows = set(await s.scalars(select(RateCount.window)))
+        hooked = set(await s.scalars(select(WebhookDelivery.event_id)))
         tickets = await s.scalar(select(func.count()).select_from(Ticket))
     assert erased == {idle, rejected, caller}
     assert kept == {waiting, talked, rated}
     assert windows == {1}
+    assert hooked == {"delivered29", "pending31"}
     assert tickets == 5  # the reports stay, under their pseudonyms
     assert "sent31" not in texts and {"sent29", "pending90", "failed90"} <= set(texts)
     assert texts[""] == {} and texts["sent29"] == Reply("x").to_payload()
@@ -154,4 +182,5 @@ def test_the_readme_table_says_what_the_code_does() -> None:
         "HOTLINE_RETENTION_IDENTITY_MONTHS",
         "HOTLINE_RETENTION_OUTBOX_DAYS",
         "HOTLINE_RETENTION_PROCESSED_DAYS",
+        "HOTLINE_RETENTION_WEBHOOK_DAYS",
     }
