@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     duplicate_days: int = 30
     # Map tiles for the dashboard ({z}/{x}/{y}); OpenStreetMap unless configured.
     map_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    # The public map's queries (/map, /map/data, a ward's figures) each process runs at
+    # once; one that waits longer than map_query_wait seconds for its turn is answered
+    # 503 with Retry-After, so that a flood of views cannot take the database from staff.
+    map_queries_at_once: int = Field(default=4, ge=1, le=256)
+    map_query_wait: float = Field(default=10.0, gt=0, le=300)
 
     # The demo (`hotline serve --demo`, or HOTLINE_DEMO=1; never in production): training
     # accounts for every role and, without a Telegram token, the built-in Bot API

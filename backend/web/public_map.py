@@ -5,7 +5,10 @@ no description, no polluter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -37,6 +40,36 @@ from backend.timeutil import local
 from backend.web.api import json_error
 from backend.web.app import SESSIONS, SETTINGS
 from backend.web.public import language, linker, public_translator, render_public
+
+
+class QueryGate:
+    """At most `slots` of the map's queries at once in this process; a request that waits
+    longer than `wait` seconds for one is answered 503 with Retry-After."""
+
+    def __init__(self, slots: int, wait: float) -> None:
+        self._free = asyncio.Semaphore(slots)
+        self.wait = wait
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._free.acquire()
+        except TimeoutError:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "busy", "detail": BUSY}),
+                content_type="application/json",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            ) from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+MAP_GATE = web.AppKey("map_gate", QueryGate)
+RETRY_AFTER = 5
+BUSY = f"the map is busy: try again in {RETRY_AFTER} seconds"
 
 # The page's own list, before the script takes over: the whole country, newest first.
 COUNTRY_ZOOM = 6
@@ -154,7 +187,7 @@ async def map_api(request: web.Request) -> web.Response:
     &near=lat,lon&page=&page_size=&lang="""
     lang = language(request)
     now = utcnow()
-    async with request.app[SESSIONS]() as session:
+    async with request.app[MAP_GATE].turn(), request.app[SESSIONS]() as session:
         try:
             query, categories = await _read(session, request.query, lang)
         except MapQueryError as e:
@@ -218,7 +251,7 @@ async def _ward_with_figures(
 
 async def ward_api(request: web.Request) -> web.Response:
     """GET /map/wards/{code}: the ward's public figures."""
-    async with request.app[SESSIONS]() as session:
+    async with request.app[MAP_GATE].turn(), request.app[SESSIONS]() as session:
         found = await _ward_with_figures(session, request.match_info["code"], utcnow())
     if found is None:
         raise json_error(404, {"error": "unknown_ward", "detail": "no ward with this code"})
@@ -248,7 +281,7 @@ async def map_page(request: web.Request) -> web.Response:
     country (and for a phone without scripts), then by the script for the map's view."""
     lang = language(request)
     now = utcnow()
-    async with request.app[SESSIONS]() as session:
+    async with request.app[MAP_GATE].turn(), request.app[SESSIONS]() as session:
         categories = await category_names(session, lang)
         query = await _country_query(session, request.query, set(categories))
         view = await map_view(session, query, now)
@@ -289,6 +322,8 @@ async def map_page(request: web.Request) -> web.Response:
 
 
 def mount_map(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    app[MAP_GATE] = QueryGate(settings.map_queries_at_once, settings.map_query_wait)
     app.router.add_get("/map", map_page)
     app.router.add_get("/map/data", map_api)
     app.router.add_get("/map/wards", wards_api)

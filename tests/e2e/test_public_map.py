@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.models import Ticket, Unit, utcnow
 from backend.services.public_map import MAX_CELLS_ACROSS, POINTS_CAP, VIETNAM
+from backend.web.public_map import MAP_GATE
 from tests.e2e.conftest import free_port, running
 
 API = "/map/data"
@@ -462,3 +463,23 @@ async def test_the_map_page_lists_cases_and_keeps_filters(
     for junk in ({"ward": "99999"}, {"category": "x"}, {"status": "x" * 3000}):
         async with session.get(f"{base}/map", params=junk) as r:
             assert r.status == 200 and world.shown["bd-open"].code in await r.text()
+
+
+async def test_a_flood_of_map_views_waits_its_turn_then_is_told_to_come_back(
+    map_settings: Settings,
+) -> None:
+    """The map's queries run a few at a time per process: one that cannot get its turn
+    within the wait is answered 503 with Retry-After, and the next is served."""
+    settings = map_settings.model_copy(update={"map_queries_at_once": 1, "map_query_wait": 0.2})
+    base = settings.public_url or ""
+    box = f"{API}?bbox={COUNTRY}&zoom=6"
+    async with running(settings) as app, aiohttp.ClientSession() as http:
+        async with app[MAP_GATE].turn():  # the one turn, held by a slow query
+            for path in (box, f"/map/wards/{BIM_SON}", "/map"):
+                async with http.get(f"{base}{path}") as r:
+                    assert r.status == 503, path
+                    assert r.headers["Retry-After"] == "5"
+                    assert (await r.json())["error"] == "busy"
+        for path in (box, f"/map/wards/{BIM_SON}", "/map"):
+            async with http.get(f"{base}{path}") as r:
+                assert r.status == 200, path
