@@ -105,6 +105,19 @@ async def refuse_new_report(turn: Turn) -> bool:
     return True
 
 
+async def refuse_addition(turn: Turn, *, say: bool) -> bool:
+    """Before an addition is offered: True when the chat has added as many as allowed
+    now (said so, with when it can add again, if `say`). Reads only: an addition is
+    counted when it is stored."""
+    name = _name(turn, ADDITIONS)
+    when = await next_allowed(turn.session, name, turn.services.limits.additions, _now(turn))
+    if when is None:
+        return False
+    if say:
+        _say_limit(turn, "limit.additions", ADDITIONS, when)
+    return True
+
+
 async def count_report(turn: Turn) -> bool:
     """At sending: count the report (in the transaction that stores it); False when the
     reporter is muted (the neutral answer) or it goes over the limit, in which case the

@@ -35,6 +35,7 @@ from handlers.abuse import (
     count_addition,
     count_report,
     is_muted,
+    refuse_addition,
     refuse_new_report,
     say_neutral,
     uncount_addition,
@@ -1035,6 +1036,10 @@ async def _offer_addition(
     text = (text or "").strip()
     if not photos and not text:
         return False
+    # Over the allowance of additions: words are refused (said so); photos begin a new
+    # report instead, as for a reporter with nothing open.
+    if await refuse_addition(turn, say=not photos):
+        return not photos
     turn.goto(
         "addition",
         add_photos=photos,

@@ -20,10 +20,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import keys
-from backend.models import RateCount, Reporter, ReporterMute
+from backend.models import Conversation, RateCount, Reporter, ReporterMute
 from backend.services.additions import open_reports
 from backend.services.limits import DAY, HOUR, Limit, take_all, window_start
-from backend.services.reporters import find_reporter
+from backend.services.reporters import has_consent
 
 if TYPE_CHECKING:
     from backend.config import Settings
@@ -114,25 +114,43 @@ async def give_back(session: AsyncSession, name: str, limits: Sequence[Limit], n
 async def takes_photo(
     session: AsyncSession, channel: str, chat_id: str, limits: ReporterLimits, now: datetime
 ) -> bool:
-    """Whether a photo from this chat can be taken now, asked before it is downloaded:
-    not when the chat's reporter is muted, nor when the photo could neither begin a
-    report (the chat is over its allowance of reports) nor be added to one (over its
-    allowance of additions, or no report of theirs is open). A photo not taken is never
-    fetched from the platform, and nothing of it is stored. Reads only."""
-    reporter_id = await find_reporter(session, channel, chat_id)
+    """Whether a photo from this chat can be taken now, asked before it is downloaded, as
+    the dialogue (handlers.report) would take it: not when the chat's reporter is muted;
+    within a draft, always; offered as an addition (idle, with a report of theirs open
+    and consent given) or added (the addition step) only within the allowance of
+    additions; else it would begin a report, so only within the allowance of reports. A
+    photo not taken is never fetched from the platform, and nothing of it is stored.
+    Reads only."""
+    chat_key = keys().chat_key(channel, chat_id)
+    found = (
+        await session.execute(
+            select(Conversation.state, Conversation.reporter_id).where(
+                Conversation.channel == channel, Conversation.chat_key == chat_key
+            )
+        )
+    ).first()
+    state, reporter_id = found if found is not None else ("idle", None)
     if reporter_id is not None and await muted_until(session, reporter_id, now) is not None:
         return False
-    chat_key = keys().chat_key(channel, chat_id)
-    stamp = now.timestamp()
-    reports = counter(REPORTS, channel, chat_key)
-    if await next_allowed(session, reports, limits.reports, stamp) is None:
+    if state not in ("idle", "addition"):
         return True
-    if reporter_id is None:
-        return False
+    stamp = now.timestamp()
     additions = counter(ADDITIONS, channel, chat_key)
-    if await next_allowed(session, additions, limits.additions, stamp) is not None:
-        return False
-    return bool(await open_reports(session, reporter_id))
+    may_add = (
+        reporter_id is not None
+        and await next_allowed(session, additions, limits.additions, stamp) is None
+    )
+    if state == "addition":
+        return may_add
+    if (
+        may_add
+        and reporter_id is not None
+        and await has_consent(session, reporter_id)
+        and await open_reports(session, reporter_id)
+    ):
+        return True
+    reports = counter(REPORTS, channel, chat_key)
+    return await next_allowed(session, reports, limits.reports, stamp) is None
 
 
 # --- muting ------------------------------------------------------------------------------

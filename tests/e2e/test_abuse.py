@@ -86,22 +86,26 @@ def downloads(api: FakeTelegram) -> int:
 async def test_a_photo_the_dialogue_would_refuse_is_never_downloaded_nor_stored(
     api: FakeTelegram, chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    settings = chat_settings.model_copy(update=ONE_AN_HOUR)
+    once = {"additions_per_hour": 1, "additions_per_day": 4}
+    settings = chat_settings.model_copy(update={**ONE_AN_HOUR, **once})
     user = FakeUser(api, chat_id=CHAT)
     async with running(settings):
         await a_report(user)
-        # With a report of theirs open, a photo may still be added to it: it is taken.
+        async with sessions() as s:
+            ticket = (await s.scalars(select(Ticket))).one()
+        # Over the allowance of reports, but a report of theirs is open: a photo may
+        # still be added to it, so it is taken.
         await user.photo(image_bytes(color="red"))
         assert "➕ Thêm vào phản ánh" in ((await user.reply()).text or "")
         assert downloads(api) == 1
-        await user.text("/cancel")
-        await user.reply()
-        async with sessions() as s, s.begin():
-            ticket = (await s.scalars(select(Ticket))).one()
-            ticket.state = "closed"
+        await user.press(f"➕ Thêm vào {ticket.code}")
+        assert ticket.code in ((await user.reply()).text or "")
         files = stored_files(settings)
 
-        # Over the allowance, and nothing open to add to: the photo is never fetched.
+        # Over the allowance of additions too: words are refused and said so, and a
+        # photo (which could neither be added nor begin a report) is never fetched.
+        await user.text("Bãi rác vẫn còn nguyên, chưa ai dọn.")
+        assert "Phần bổ sung này chưa được thêm" in ((await user.reply()).text or "")
         await user.photo(image_bytes(color="blue"))
         refused = (await user.reply()).text or ""
         assert "Bạn đã gửi đủ số phản ánh cho phép qua kênh này" in refused

@@ -21,7 +21,7 @@ from backend.models import (
     ReporterIdentity,
     Ticket,
 )
-from backend.services.abuse import ReporterLimits, counter, lift, mute
+from backend.services.abuse import ReporterLimits, counter, lift, mute, takes_photo
 from backend.services.limits import DAY, HOUR, Limit, take_all
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
@@ -254,14 +254,18 @@ async def test_additions_have_their_own_limit(
     replies = await chat.press(f"addition|{code}")
     assert "Đã bổ sung" in texts(replies)
     _, photos = await counts(sessions)
-    await chat.send("photo", media=photo(7002))
-    await chat.replies()
-    replies = await chat.press(f"addition|{code}")
+    # Over the allowance of additions: words are not offered as one (said so, with when
+    # they can add again), and a photo begins a new report instead: additions do not
+    # use up reports.
+    replies = await chat.say("Bãi rác vẫn còn nguyên, chưa ai dọn.")
     assert "Phần bổ sung này chưa được thêm" in texts(replies)
     assert "10:00 02/12/2026" in texts(replies)
-    assert (await counts(sessions))[1] == photos
     assert await chat.state() == "idle"
-    # A new report is still allowed: additions do not use up reports.
+    await chat.send("photo", media=photo(7002))
+    await chat.replies()
+    assert await chat.state() == "photos"
+    assert (await counts(sessions))[1] == photos
+    await chat.say("/cancel")
     await file_report(chat)
     clock.forward(timedelta(hours=1))
     await chat.send("photo", media=photo(7003))
@@ -427,3 +431,35 @@ async def test_forgetting_oneself_does_not_refill_the_allowance(
     replies = await chat.say("/start")
     assert LIMIT_TEXT in texts(replies)
     assert await draft(chat) == {}
+
+
+async def test_a_photo_is_fetched_only_where_the_dialogue_would_take_it(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession], clock: Clock
+) -> None:
+    """takes_photo, asked before a chat's photo is downloaded, answers as the dialogue
+    would take the photo: a draft's, an addition's within its allowance, a new report's
+    within its allowance; never a muted reporter's."""
+
+    async def taken() -> bool:
+        async with sessions() as s:
+            return await takes_photo(s, chat.channel, chat.chat_id, LIMITS, clock())
+
+    assert await taken()  # a new contact: the photo begins a report
+    code = await file_report(chat)
+    await to_summary(chat)
+    assert await taken()  # a draft under way
+    await chat.say("/cancel")
+    await file_report(chat)  # the hour's two reports
+    assert await chat.state() == "idle"
+    assert await taken()  # reports used up, but one may be added to
+    await chat.send("photo", media=photo(7101))
+    await chat.replies()
+    assert await chat.state() == "addition"
+    assert await taken()  # more photos for the addition
+    await chat.press(f"addition|{code}")
+    assert not await taken()  # neither an addition nor a report is allowed now
+    clock.forward(timedelta(hours=1))
+    assert await taken()
+    async with sessions() as s, s.begin():
+        await mute(s, await reporter_of(chat), 1, "spam", None, clock())
+    assert not await taken()
