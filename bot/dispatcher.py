@@ -36,6 +36,7 @@ from backend.services.quiet import Quiet
 from backend.services.upsert import dialect_insert, upsert_statement
 from bot.batching import Batches, Pending
 from bot.spool import Stored
+from handlers.core import DRAFT_PHOTO_STEPS
 from handlers.core import step as dialogue_step
 from handlers.events import (
     ERASE_AFTER_SEND,
@@ -514,7 +515,9 @@ class Dispatcher:
         (see backend.services.abuse.takes_photo)."""
         services = self._services
         async with self._sessions() as session:
-            return await takes_photo(session, channel, chat_id, services.limits, services.now())
+            return await takes_photo(
+                session, channel, chat_id, services.limits, services.now(), DRAFT_PHOTO_STEPS
+            )
 
     def submit_stored(self, stored: Stored, ready: Incoming | None) -> asyncio.Future[None]:
         """Store an update, and handle it in the same transaction when it is ready (read

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from sqlalchemy import String, Table, bindparam, delete, func, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from backend.crypto import keys
@@ -66,6 +66,13 @@ MAX_BACKOFF = 60.0
 class NotStored(Exception):
     """The database did not store the update in time: answer so that the platform sends
     it again."""
+
+
+def waits_out(exc: BaseException) -> bool:
+    """Whether an error in reading an update is one the update waits out, to be tried
+    again, not skipped: the photo store or the database not answering (a database error,
+    a pool's timeout, a refused connection)."""
+    return isinstance(exc, (MediaUnavailable, SQLAlchemyError, OSError))
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +311,9 @@ class Inbox:
             return None
         try:
             return await reader(body)
-        except (MediaUnavailable, DBAPIError):
-            raise  # the photo store or the database is down: the update waits, tried again
-        except Exception:
+        except Exception as exc:
+            if waits_out(exc):
+                raise
             # An update that cannot be read must not hold up the ones after it.
             log.exception("a stored %s update could not be read; skipped", row.channel)
             return None

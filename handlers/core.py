@@ -19,6 +19,14 @@ from handlers.turn import Turn
 
 # Every state a chat can be in: the report flow's, and the questions about its data.
 STEPS: dict[str, Step] = {**REPORT_STEPS, **RIGHTS_STEPS}
+# The steps of a draft that take a photo (they override Step.photo; the others answer
+# one as input they did not expect). Idle and addition take one by rules of their own:
+# see backend.services.abuse.takes_photo, asked before a photo is downloaded.
+DRAFT_PHOTO_STEPS = frozenset(
+    name
+    for name, s in STEPS.items()
+    if type(s).photo is not Step.photo and name not in ("idle", "addition")
+)
 
 
 def remind(turn: Turn, problem: str | None = None) -> None:

@@ -222,11 +222,19 @@ class Consent(Step):
         return True
 
 
-def said_photo_error(turn: Turn, event: Incoming) -> bool:
+async def said_photo_error(turn: Turn, event: Incoming) -> bool:
     """A photo that could not be taken (not an image, too large, not downloaded, or not
-    taken at all): said what to do, and True."""
+    taken at all): said what to do, and True. One not taken because the reporter is
+    muted gets the neutral answer, and one over the allowance of additions says so and
+    when they can add again: sending it again would not help."""
     if event.media_error is None:
         return False
+    if event.media_error == "not_taken":
+        if await _said_muted(turn):
+            return True
+        if turn.state == "addition" and await refuse_addition(turn, say=True):
+            turn.reset()  # nothing more can be added now: the addition is dropped
+            return True
     turn.say(f"photos.error.{event.media_error}", formats=ACCEPTED_NAMES)
     return True
 
@@ -245,7 +253,7 @@ class Photos(Step):
         _ask_with_location(turn, key, self.options(turn))
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
-        if said_photo_error(turn, event):
+        if await said_photo_error(turn, event):
             return True
         if event.media is None:
             return False
@@ -1005,7 +1013,7 @@ class Idle(Step):
             return True
         if event.media is None:
             # Begun after all (the allowance came back meanwhile): the photo is sent again.
-            return said_photo_error(turn, event)
+            return await said_photo_error(turn, event)
         # Waiting for consent, or (consent given before) the report's first photo.
         return await STEPS[turn.state].photo(turn, event)
 
@@ -1099,7 +1107,7 @@ class Addition(Step):
         turn.say("addition.choose", buttons=self.options(turn))
 
     async def photo(self, turn: Turn, event: Incoming) -> bool:
-        if said_photo_error(turn, event):
+        if await said_photo_error(turn, event):
             return True
         if event.media is None:
             return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -112,15 +112,20 @@ async def give_back(session: AsyncSession, name: str, limits: Sequence[Limit], n
 
 
 async def takes_photo(
-    session: AsyncSession, channel: str, chat_id: str, limits: ReporterLimits, now: datetime
+    session: AsyncSession,
+    channel: str,
+    chat_id: str,
+    limits: ReporterLimits,
+    now: datetime,
+    photo_steps: Collection[str],
 ) -> bool:
     """Whether a photo from this chat can be taken now, asked before it is downloaded, as
     the dialogue (handlers.report) would take it: not when the chat's reporter is muted;
-    within a draft, always; offered as an addition (idle, with a report of theirs open
-    and consent given) or added (the addition step) only within the allowance of
-    additions; else it would begin a report, so only within the allowance of reports. A
-    photo not taken is never fetched from the platform, and nothing of it is stored.
-    Reads only."""
+    at a step of a draft that takes photos (`photo_steps`), always, and at the other
+    steps never; offered as an addition (idle, with a report of theirs open and consent
+    given) or added (the addition step) only within the allowance of additions; else it
+    would begin a report, so only within the allowance of reports. A photo not taken is
+    never fetched from the platform, and nothing of it is stored. Reads only."""
     chat_key = keys().chat_key(channel, chat_id)
     found = (
         await session.execute(
@@ -132,8 +137,10 @@ async def takes_photo(
     state, reporter_id = found if found is not None else ("idle", None)
     if reporter_id is not None and await muted_until(session, reporter_id, now) is not None:
         return False
-    if state not in ("idle", "addition"):
+    if state in photo_steps:
         return True
+    if state not in ("idle", "addition"):
+        return False
     stamp = now.timestamp()
     additions = counter(ADDITIONS, channel, chat_key)
     may_add = (

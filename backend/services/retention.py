@@ -6,7 +6,8 @@ same). One process does it at a time (a duty, see Presence), every RETENTION int
 - The texts of delivered messages are erased after `retention_outbox_days`.
 - The ids of handled updates are dropped after `retention_processed_days` (platforms stop
   redelivering within a day).
-- Partners' webhook deliveries, delivered or failed, go after `retention_webhook_days`.
+- Partners' webhook deliveries, once delivered or failed, go `retention_webhook_days`
+  after their event was queued.
 - Expired login sessions and expired group link codes are removed.
 """
 

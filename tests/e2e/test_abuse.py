@@ -125,6 +125,25 @@ async def test_a_photo_the_dialogue_would_refuse_is_never_downloaded_nor_stored(
 
 
 @pytest.mark.parametrize("mode", ["polling"])
+async def test_a_photo_at_a_step_that_takes_none_is_never_downloaded_nor_stored(
+    api: FakeTelegram, chat_settings: Settings
+) -> None:
+    user = FakeUser(api, chat_id=CHAT)
+    async with running(chat_settings):
+        await user.text("/start")
+        await user.reply()
+        await user.press("✅ Tôi đồng ý")
+        await user.reply()
+        await user.text("/skip")  # no photos: the place is asked for next
+        await user.reply()
+        files = stored_files(chat_settings)
+        await user.photo(image_bytes(color="green"))
+        # The step's own answer, as to any input it does not expect.
+        assert "vị trí" in ((await user.reply()).text or "").lower()
+        assert downloads(api) == 0 and stored_files(chat_settings) == files
+
+
+@pytest.mark.parametrize("mode", ["polling"])
 async def test_an_operator_mutes_from_the_ticket_page_and_the_chat_answers_neutrally(
     api: FakeTelegram, chat_settings: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -25,6 +25,7 @@ from backend.services.abuse import ReporterLimits, counter, lift, mute, takes_ph
 from backend.services.limits import DAY, HOUR, Limit, take_all
 from backend.services.units import WardIndex
 from bot.dispatcher import Dispatcher
+from handlers.core import DRAFT_PHOTO_STEPS
 from handlers.events import MediaRef
 from tests.chat import TELEGRAM_LIKE, TEXT_ONLY, Chat, texts
 from tests.factories import chat_key
@@ -437,17 +438,25 @@ async def test_a_photo_is_fetched_only_where_the_dialogue_would_take_it(
     chat: Chat, sessions: async_sessionmaker[AsyncSession], clock: Clock
 ) -> None:
     """takes_photo, asked before a chat's photo is downloaded, answers as the dialogue
-    would take the photo: a draft's, an addition's within its allowance, a new report's
-    within its allowance; never a muted reporter's."""
+    would take the photo: at a step that asks for photos, an addition's within its
+    allowance, a new report's within its allowance; never at another step of a draft,
+    never a muted reporter's."""
 
     async def taken() -> bool:
         async with sessions() as s:
-            return await takes_photo(s, chat.channel, chat.chat_id, LIMITS, clock())
+            return await takes_photo(
+                s, chat.channel, chat.chat_id, LIMITS, clock(), DRAFT_PHOTO_STEPS
+            )
 
     assert await taken()  # a new contact: the photo begins a report
     code = await file_report(chat)
+    await chat.say("/start")
+    assert await chat.state() == "photos" and await taken()  # the step that asks for them
+    await chat.say("/skip")
+    assert await chat.state() == "location" and not await taken()  # a step that does not
+    await chat.say("/cancel")
     await to_summary(chat)
-    assert await taken()  # a draft under way
+    assert not await taken()
     await chat.say("/cancel")
     await file_report(chat)  # the hour's two reports
     assert await chat.state() == "idle"
@@ -463,3 +472,35 @@ async def test_a_photo_is_fetched_only_where_the_dialogue_would_take_it(
     async with sessions() as s, s.begin():
         await mute(s, await reporter_of(chat), 1, "spam", None, clock())
     assert not await taken()
+
+
+async def test_a_photo_not_taken_is_answered_with_the_reason_not_send_it_again(
+    chat: Chat, sessions: async_sessionmaker[AsyncSession], clock: Clock
+) -> None:
+    """A photo the gate refused reaches the dialogue as "not_taken": a reporter muted a
+    moment ago (which this process's view of mutes may not know yet) gets the neutral
+    answer, and one over the allowance of additions is told so; neither is asked to
+    send it again, which would not help."""
+    not_taken = {"media": None, "media_error": "not_taken"}
+    code = await file_report(chat)
+    await chat.say("/start")
+    await chat.say("Rác thải đổ trộm bên đường")  # at the photos step: the view is loaded
+    async with sessions() as s, s.begin():
+        await mute(s, await reporter_of(chat), 1, "spam", None, clock())
+    await chat.send("photo", **not_taken)
+    assert texts(await chat.replies()).startswith(NEUTRAL)
+    assert await chat.state() == "idle" and await draft(chat) == {}
+    async with sessions() as s, s.begin():
+        await lift(s, await reporter_of(chat), clock())
+
+    clock.forward(timedelta(minutes=1))
+    await chat.send("photo", media=photo(7201))
+    await chat.replies()
+    assert await chat.state() == "addition"
+    name = counter("addition", "telegram", chat_key(chat.channel, chat.chat_id))
+    async with sessions() as s, s.begin():
+        await take_all(s, name, list(LIMITS.additions), clock().timestamp())
+    await chat.send("photo", **not_taken)
+    replies = texts(await chat.replies())
+    assert "Phần bổ sung này chưa được thêm" in replies and code not in replies
+    assert await chat.state() == "idle"
