@@ -26,9 +26,28 @@ cleanup() { bash scripts/pg.sh stop "$pgdir"; }
 trap cleanup EXIT
 bash scripts/pg.sh start "$pgdir" "$pgport"
 
-echo "== pytest (SQLite)"
-$BIN/pytest -q -p no:cacheprovider "$@"
-
-echo "== pytest (PostgreSQL)"
-HOTLINE_TEST_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$pgport/postgres" \
-  $BIN/pytest -q -p no:cacheprovider "$@"
+# The two engines' runs go side by side, one per core, each with its own temporary
+# directory and log; HOTLINE_TEST_SERIAL=1 runs them one after the other instead.
+logs=$(mktemp -d /tmp/hotline-test.XXXXXX)
+pg_url="postgresql+asyncpg://postgres@127.0.0.1:$pgport/postgres"
+suite() {  # NAME [VAR=value …]: the suite on one engine, into $logs/NAME.log
+  local name=$1
+  shift
+  env "$@" $BIN/pytest -q -p no:cacheprovider --durations=10 --basetemp="$logs/$name" \
+    "${args[@]}" >"$logs/$name.log" 2>&1
+}
+args=("$@")
+status=0
+if [ "${HOTLINE_TEST_SERIAL:-0}" = 1 ]; then
+  suite sqlite || status=1
+  suite postgresql HOTLINE_TEST_DATABASE_URL="$pg_url" || status=1
+else
+  suite sqlite & sqlite=$!
+  suite postgresql HOTLINE_TEST_DATABASE_URL="$pg_url" & postgresql=$!
+  wait $sqlite || status=1
+  wait $postgresql || status=1
+fi
+echo "== pytest (SQLite)"; cat "$logs/sqlite.log"
+echo "== pytest (PostgreSQL)"; cat "$logs/postgresql.log"
+rm -rf "$logs"
+exit $status
