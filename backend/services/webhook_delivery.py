@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.crypto import DataKeyError
-from backend.models import Webhook, WebhookDelivery, utcnow
+from backend.models import Ticket, Webhook, WebhookDelivery, utcnow
 from backend.services.presence import Presence
 from backend.services.quiet import Quiet
+from backend.services.tickets import is_public
 from backend.services.webhooks import WebhookError, address_allowed, check_url, signed_headers
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class _Row:
     url: str
     secret: str
     disabled: bool
+    # The ticket was hidden from the public (or joined with a hidden case) since the
+    # event was queued: it is not told.
+    hidden: bool
 
 
 # How an attempt ended: delivered; transient (timeout, 5xx, 408, 429, connection: retry
@@ -303,7 +307,7 @@ class WebhookWorker:
                 if found is None:
                     return
                 event, attempts, created_at = found
-                row = _Row(row_id, event, "", "", attempts, created_at, "", "", False)
+                row = _Row(row_id, event, "", "", attempts, created_at, "", "", False, False)
                 values = self.outcome(row, Attempt(TRANSIENT, error=error), self._clock())
                 await session.execute(
                     update(WebhookDelivery)
@@ -336,9 +340,15 @@ class WebhookWorker:
                     )
                 )
             ).first()
-        if found is None:
-            return None
-        delivery, webhook = found
+            if found is None:
+                return None
+            delivery, webhook = found
+            ticket = (
+                await session.get(Ticket, delivery.ticket_id)
+                if delivery.ticket_id is not None
+                else None
+            )
+            hidden = ticket is not None and not await is_public(session, ticket)
         return _Row(
             id=delivery.id,
             event=delivery.event,
@@ -349,6 +359,7 @@ class WebhookWorker:
             url=webhook.url,
             secret=webhook.secret,
             disabled=webhook.disabled_at is not None,
+            hidden=hidden,
         )
 
     async def attempt(self, row: _Row) -> Attempt | None:
@@ -356,6 +367,8 @@ class WebhookWorker:
         others may count it dead: the delivery is left to them)."""
         if row.disabled:
             return Attempt(FAILED, error="webhook disabled")
+        if row.hidden:
+            return Attempt(FAILED, error="case hidden from the public")
         settings = self._settings
         try:
             check_url(

@@ -335,6 +335,29 @@ async def test_a_report_joined_with_a_hidden_case_is_told_to_no_one(
     assert len(await deliveries(sessions)) == 2
 
 
+async def test_an_event_queued_before_its_case_was_hidden_is_not_sent(
+    sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
+) -> None:
+    await add_webhook(sessions, partner.hook_url)
+    async with sessions() as s, s.begin():
+        case_id = (await make_ticket(s)).id
+        report_id = (await make_ticket(s)).id
+    # Queued, then the case hidden (and the other report joined with it) before sending.
+    async with sessions() as s, s.begin():
+        case, report = await s.get(Ticket, case_id), await s.get(Ticket, report_id)
+        assert case is not None and report is not None
+        case.hidden_at = utcnow()
+        report.case_id = case.id
+    worker = worker_for(sessions, hook_settings)
+    await worker.pump()
+    await worker.stop()
+    assert partner.hooks() == []
+    rows = await deliveries(sessions)
+    assert [(r.status, r.last_error) for r in rows] == [
+        ("failed", "case hidden from the public")
+    ] * 2
+
+
 async def test_retried_after_a_500_and_a_timeout_then_delivered(
     sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
 ) -> None:
