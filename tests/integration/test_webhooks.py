@@ -317,19 +317,26 @@ async def test_a_hidden_case_and_a_disabled_webhook_hear_nothing(
     assert (row.status, row.last_error) == ("failed", "webhook disabled")
 
 
+async def a_report_joined_with_a_hidden_case(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """Two tickets made (their creations queued), then the first hidden from the public
+    and the second joined with it; the second's id."""
+    async with sessions() as s, s.begin():
+        case, report = await make_ticket(s), await make_ticket(s)
+    async with sessions() as s, s.begin():
+        await s.execute(update(Ticket).where(Ticket.id == case.id).values(hidden_at=utcnow()))
+        await s.execute(update(Ticket).where(Ticket.id == report.id).values(case_id=case.id))
+    return report.id
+
+
 async def test_a_report_joined_with_a_hidden_case_is_told_to_no_one(
     sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
 ) -> None:
     await add_webhook(sessions, partner.hook_url)
-    async with sessions() as s, s.begin():
-        case_id = (await make_ticket(s)).id
-        report_id = (await make_ticket(s)).id
+    report_id = await a_report_joined_with_a_hidden_case(sessions)
     assert len(await deliveries(sessions)) == 2  # both creations
     async with sessions() as s, s.begin():
-        case, report = await s.get(Ticket, case_id), await s.get(Ticket, report_id)
-        assert case is not None and report is not None
-        case.hidden_at = utcnow()
-        report.case_id = case.id
+        report = await s.get(Ticket, report_id)
+        assert report is not None
         operator = await actor(s, "operator", "P38")
         await apply(s, report, Action("classify", competence="ward"), operator, POLICIES)
     assert len(await deliveries(sessions)) == 2
@@ -339,15 +346,8 @@ async def test_an_event_queued_before_its_case_was_hidden_is_not_sent(
     sessions: async_sessionmaker[AsyncSession], hook_settings: Settings, partner: Partner
 ) -> None:
     await add_webhook(sessions, partner.hook_url)
-    async with sessions() as s, s.begin():
-        case_id = (await make_ticket(s)).id
-        report_id = (await make_ticket(s)).id
-    # Queued, then the case hidden (and the other report joined with it) before sending.
-    async with sessions() as s, s.begin():
-        case, report = await s.get(Ticket, case_id), await s.get(Ticket, report_id)
-        assert case is not None and report is not None
-        case.hidden_at = utcnow()
-        report.case_id = case.id
+    # Both creations queued, then the case hidden and the report joined with it.
+    await a_report_joined_with_a_hidden_case(sessions)
     worker = worker_for(sessions, hook_settings)
     await worker.pump()
     await worker.stop()
