@@ -8,6 +8,7 @@ summary asks how to send (with the phone shared, or anonymously), so sending is 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Literal
 
 from backend.geo import haversine_km
@@ -680,7 +681,9 @@ class CategoryChoice(Step):
             entry: dict[str, Any] = {
                 "code": case.code,
                 "n": n,
-                "distance": round(case.distance_m),
+                # Within about this many metres: a finer distance from the resident's
+                # own point would tell the case's place better than the public may know.
+                "distance": max(100, math.ceil(case.distance_m / 100) * 100),
                 "state": case.state,
                 "nature": case.nature,
                 "date": local(case.created_at).strftime("%d/%m/%Y"),

@@ -61,7 +61,10 @@ async def nearby_cases(
     now: datetime,
     rule: DuplicateRule,
 ) -> list[NearbyCase]:
-    """Up to rule.limit open cases of the category within its radius, nearest first."""
+    """Up to rule.limit open cases of the category within its radius, nearest first:
+    offered to a resident, so only what the public may see. A case hidden from the
+    public is left out (a case joins nothing, so its own flag is the whole rule of
+    tickets.public_where), and its photo is one staff published, or none."""
     radius = rule.radius(category_code)
     south, north, west, east = bounding_box(lat, lon, radius)
     rows = await session.execute(
@@ -80,6 +83,7 @@ async def nearby_cases(
             Ticket.lon.between(west, east),
             Ticket.state.in_(CASE_STATES),
             Ticket.case_id.is_(None),
+            Ticket.hidden_at.is_(None),
             Ticket.created_at >= now - timedelta(days=rule.days),
         )
         .limit(500)
@@ -95,7 +99,11 @@ async def nearby_cases(
     if near:
         for tid, sha in await session.execute(
             select(Photo.ticket_id, Photo.sha256)
-            .where(Photo.ticket_id.in_([n[1] for n in near]), Photo.kind == "evidence")
+            .where(
+                Photo.ticket_id.in_([n[1] for n in near]),
+                Photo.kind == "evidence",
+                Photo.public.is_(True),
+            )
             .order_by(Photo.id.desc())
         ):
             photos[tid] = sha  # the first photo wins: rows come last to first

@@ -23,6 +23,7 @@ from backend.models import (
     GeocodeCache,
     InboundEvent,
     OutboxMessage,
+    Photo,
     Ticket,
     Ward,
     WardBoundary,
@@ -346,20 +347,42 @@ async def test_a_second_report_nearby_joins_the_case_and_hears_its_answer(
         first = await make_ticket(session, lat=BIM_SON[0], lon=BIM_SON[1])
         far = await make_ticket(session, lat=metres_north(*BIM_SON, 400)[0], lon=BIM_SON[1])
         other = await make_ticket(session, category="noise")
+        # Nearer still, but hidden from the public: never offered.
+        hidden = await make_ticket(session, lat=metres_north(*BIM_SON, 55)[0], lon=BIM_SON[1])
+        hidden.hidden_at = utcnow()
         first_code, far_code, other_code = first.code, far.code, other.code
+        await session.flush()
+        first_photo = await session.scalar(select(Photo).where(Photo.ticket_id == first.id))
+        assert first_photo is not None
+        hidden_code, first_photo_id = hidden.code, first_photo.id
     chat = await make_chat()
     await to_location(chat)
     await chat.send("location", location=metres_north(*BIM_SON, 60))
     await chat.press("ward|14812")
     replies = await chat.press("category|dumping")
     assert await chat.state() == "duplicate"
-    (thumb, ask) = replies
-    assert thumb["photo_sha256"] == "b" * 64 and thumb["thumbnail"] is True
-    assert first_code in thumb["text"] and "cách 60 m" in thumb["text"]
-    assert "Đã tiếp nhận" in thumb["text"] or "Tiếp nhận" in thumb["text"]
+    # Its photo not published: the case is offered in words only, its distance to the
+    # nearest 100 m (no finer than the public may know its place).
+    [ask] = replies
+    assert "photo_sha256" not in ask or ask["photo_sha256"] is None
+    assert first_code in ask["text"] and "trong khoảng 100 m" in ask["text"]
+    assert hidden_code not in ask["text"]
     assert far_code not in ask["text"] and other_code not in ask["text"]
     buttons = [b["data"] for row in ask["buttons"] for b in row]
     assert buttons == [f"duplicate|{first_code}", "duplicate|new"]
+    # Published, it is shown with the offer.
+    async with sessions() as session, session.begin():
+        published = await session.get(Photo, first_photo_id)
+        assert published is not None
+        published.public = True
+    await chat.say("/cancel")
+    await to_location(chat)
+    await chat.send("location", location=metres_north(*BIM_SON, 60))
+    await chat.press("ward|14812")
+    (thumb, ask) = await chat.press("category|dumping")
+    assert thumb["photo_sha256"] == "b" * 64 and thumb["thumbnail"] is True
+    assert first_code in thumb["text"] and "trong khoảng 100 m" in thumb["text"]
+    assert "Đã tiếp nhận" in thumb["text"] or "Tiếp nhận" in thumb["text"]
 
     await chat.press(f"duplicate|{first_code}")
     said = texts(await chat.say("Vẫn còn, lại đổ thêm hôm nay"))
