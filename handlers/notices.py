@@ -38,7 +38,8 @@ def render_payload(
         for row in payload.get("buttons") or ()
     )
     text = translate(language, str(payload["key"]), **params)
-    if str(payload["key"]).startswith(REPORTER_NOTICE):
+    # "linked" false: the case was hidden from the public when the notice was queued.
+    if str(payload["key"]).startswith(REPORTER_NOTICE) and payload.get("linked", True):
         text = with_case_page(text, case_base, params.get("code"), language)
     if buttons and not inline_buttons:
         codes = {

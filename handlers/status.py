@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from backend.services.reporters import find_reporter
-from backend.services.tickets import TicketStatus, status_by_code, tickets_of_reporter
+from backend.services.tickets import (
+    TicketStatus,
+    status_by_code,
+    tickets_of_reporter,
+)
 from backend.timeutil import format_local
 from handlers.turn import Turn
 
@@ -20,7 +24,11 @@ async def show_status(turn: Turn, code: str) -> None:
         turn.say("status.usage")
         return
     status = await status_by_code(turn.session, code)
-    if status is None:
+    # Looked up, never made: a look-up stores nothing about whoever asks.
+    reporter_id = await find_reporter(turn.session, turn.channel, turn.chat_id)
+    owner = status is not None and reporter_id is not None and status.reporter_id == reporter_id
+    if status is None or not (owner or status.public):
+        # A case hidden from the public is, to anyone but its reporter, no case at all.
         turn.say("status.not_found", code=code[:30])
         return
     params: dict[str, Any] = {
@@ -30,19 +38,18 @@ async def show_status(turn: Turn, code: str) -> None:
         "unit": status.unit_name,
         "updated": format_local(status.updated_at),
     }
-    # Looked up, never made: a look-up stores nothing about whoever asks.
-    reporter_id = await find_reporter(turn.session, turn.channel, turn.chat_id)
-    if status.reporter_id is not None and status.reporter_id == reporter_id:
+    page = status.code if status.public else None
+    if owner:
         turn.say(
             "status.owner",
             category=status.category_en if turn.conv.language == "en" else status.category_vi,
             created=format_local(status.created_at),
             description=status.description[:300],
-            page=status.code,
+            page=page,
             **params,
         )
     else:
-        turn.say("status.public", page=status.code, **params)
+        turn.say("status.public", page=page, **params)
 
 
 async def show_mine(turn: Turn) -> None:

@@ -23,6 +23,7 @@ from backend.models import (
     User,
     utcnow,
 )
+from backend.services.tickets import is_public
 
 # Outbox states of a notice that did not reach the chat (refused for good, or outside the
 # platform's reply window): staff phone the reporter, and it becomes "called".
@@ -120,17 +121,22 @@ async def tell_reporters(
         if channel in NO_CHAT_CHANNELS and reporter_id not in callable_:
             continue
         ticket = by_reporter[reporter_id]
+        # Its case page, unless the public may not see it (a 404 is no link to give).
+        linked = await is_public(session, ticket)
         own_buttons = [
             [{**b, "data": str(b["data"]).format(code=ticket.code)} for b in row] for row in buttons
         ]
         payloads = [
-            notice(
-                key,
-                language,
-                {**params, "code": ticket.code},
-                photo_sha256=photos[0] if photos else None,
-                buttons=own_buttons,
-            ),
+            {
+                **notice(
+                    key,
+                    language,
+                    {**params, "code": ticket.code},
+                    photo_sha256=photos[0] if photos else None,
+                    buttons=own_buttons,
+                ),
+                "linked": linked,
+            },
             *(notice("notify.more_photo", language, {}, photo_sha256=p) for p in photos[1:]),
         ]
         for payload in payloads:

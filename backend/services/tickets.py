@@ -3,7 +3,7 @@ the one rule of what the public may see of a report."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,8 @@ class TicketStatus:
     category_vi: str
     category_en: str
     description: str
+    # Whether the public may see it (is_public): asked by status_by_code only.
+    public: bool = True
 
 
 def _status_query() -> Select[Ticket, str, str, str, str]:
@@ -71,7 +73,9 @@ def _to_status(row: Row[Ticket, str, str, str, str]) -> TicketStatus:
 
 async def status_by_code(session: AsyncSession, code: str) -> TicketStatus | None:
     row = (await session.execute(_status_query().where(Ticket.code == code))).first()
-    return None if row is None else _to_status(row)
+    if row is None:
+        return None
+    return replace(_to_status(row), public=await is_public(session, row[0]))
 
 
 async def tickets_of_reporter(

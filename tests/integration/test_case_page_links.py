@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.models import OutboxMessage, utcnow
+from backend.models import OutboxMessage, Ticket, utcnow
 from backend.services.deadlines import Policies
 from backend.services.units import WardIndex
 from backend.services.workflow import Action, Actor, apply
@@ -168,3 +168,38 @@ async def test_offers_and_lists_that_name_a_code_link_to_its_page(
     assert page in offered
     joining = texts(await other.press(f"duplicate|{code}"))
     assert page in joining
+
+
+async def test_a_hidden_case_is_no_case_to_strangers_and_no_link_to_its_reporter(
+    dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Hidden from the public, a case answers a stranger's /status as an unknown code
+    does; its reporter still sees it, without a link to a page that would answer 404;
+    and the notices queued while it is hidden carry no link either."""
+    chat = Chat(dispatcher, sessions, chat_id="9321")
+    await to_description(chat)
+    await chat.say("Rác đổ đầy lề đường.")
+    sent = texts(await chat.press("summary|anonymous"))
+    code = sent.split("Mã theo dõi: ")[1].split()[0]
+    async with sessions() as s, s.begin():
+        ticket = await s.scalar(select(Ticket).where(Ticket.code == code))
+        assert ticket is not None
+        ticket.hidden_at = utcnow()
+        operator = await actor(s, "operator", "P38")
+        await apply(s, ticket, Action("classify", competence="ward"), operator, Policies.load())
+        await apply(s, ticket, Action("assign"), Actor.system(), Policies.load())
+    stranger = Chat(dispatcher, sessions, chat_id="9322")
+    unknown = texts(await stranger.say("/status 38-2601-99999")).replace("38-2601-99999", "X")
+    assert texts(await stranger.say(f"/status {code}")).replace(code, "X") == unknown
+    own = texts(await chat.say(f"/status {code}"))
+    assert code in own and "Gửi lúc" in own and "/r/" not in own
+    async with sessions() as s:
+        notices = [
+            o.payload
+            for o in await s.scalars(select(OutboxMessage))
+            if o.address == "9321" and o.payload.get("type") == "notice"
+        ]
+    assert notices
+    for payload in notices:
+        message = render_payload(payload, True, BASE)
+        assert isinstance(message, Reply) and "/r/" not in message.text
