@@ -146,9 +146,12 @@ def _step(event: AuditEvent, units: dict[str, str]) -> PublicStep:
     # Only the steps the regulation times are measured against the due time in force
     # (verification runs within the answer's time, and is not a step of its own).
     timed = event.action in TIMED_STEPS
+    action = event.action
+    if action == "reopen" and not event.actor.startswith("reporter:"):
+        action = "reopen_by_staff"  # not the reporter's word that it was not fixed
     return PublicStep(
         at=event.created_at,
-        action=event.action,
+        action=action,
         unit=unit,
         reason_key=reason,
         until=until,

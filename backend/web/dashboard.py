@@ -45,6 +45,7 @@ from backend.services.reporters import (
     normalise_phone,
     record_consent,
 )
+from backend.services.tickets import is_public
 from backend.services.units import WardIndex, WardInfo
 from backend.services.workflow import (
     ACTION_RETRIES,
@@ -290,6 +291,7 @@ async def _ticket_response(
         # Muting (backend/web/mutes.py): for triage roles, a reporter not forgotten.
         can_mute = actor.role in TRIAGE and reporter is not None and reporter.erased_at is None
         muted = await muted_until(session, reporter.id, now) if can_mute and reporter else None
+        public = await is_public(session, ticket)
     # Where the pin is, in words (the geocoder's answer is cached: once per place); a
     # ward's centre is no address.
     approximate = is_approximate(ticket.location_source)
@@ -307,6 +309,7 @@ async def _ticket_response(
         category=category,
         pseudonym=f"#{reporter.pseudonym}" if reporter else None,
         case=case,
+        public=public,
         evidence=[p for p in photos if p.kind not in ("result", "addition")],
         added=[p for p in photos if p.kind == "addition"],
         results=[p for p in photos if p.kind == "result"],

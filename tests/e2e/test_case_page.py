@@ -33,7 +33,7 @@ from backend.services.workflow import Action, Actor, apply
 from backend.timeutil import format_local
 from tests.e2e.conftest import running
 from tests.e2e.staff_http import Visitor, base_url, form_token, staff_account, web_settings
-from tests.factories import make_ticket, make_user
+from tests.factories import PHOTO, make_ticket, make_user
 from tests.fakes.telegram_api import FakeTelegram
 
 POLICIES = Policies.load()
@@ -500,3 +500,66 @@ async def test_a_rejection_and_an_extension_say_public_words_and_no_typed_reason
         assert f"hạn {format_local(until)}" in steps(html)[-1]
     for body in (html, english):
         assert typed not in body
+
+
+async def test_a_reopening_is_worded_by_who_reopened(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Only a reporter's reopening says the reporter found it not fixed; one by staff
+    says staff are looking at the result again."""
+    settings = web_settings(database_url, tmp_path)
+    base = base_url(settings)
+    by_reporter = await reported(sessions, settings, days_ago=2)
+    by_staff = await reported(sessions, settings, days_ago=2, chat_id="777007777")
+    async with sessions() as s, s.begin():
+        operator = await Actor.of_user(s, await make_user(s, "operator", "P38"))
+        staff = await Actor.of_user(s, await make_user(s, "ward_staff", "W14812"))
+        reporter_id = (await s.get(Ticket, by_reporter.ticket_id)).reporter_id  # type: ignore[union-attr]
+    reporter = Actor(role="reporter", reporter_id=reporter_id)
+    for world, who in ((by_reporter, reporter), (by_staff, operator)):
+        for n, (step, actor) in enumerate(
+            [
+                (Action("classify", competence="ward"), operator),
+                (Action("assign"), operator),
+                (Action("claim"), staff),
+                (Action("verify"), staff),
+                (Action("confirm"), staff),
+                (Action("answer", result="Đã thu gom.", photos=[PHOTO]), staff),
+                (Action("reopen"), who),
+            ],
+            1,
+        ):
+            await act(sessions, world.ticket_id, step, actor, timedelta(hours=n))
+    async with running(settings), aiohttp.ClientSession() as http:
+        mine = " | ".join(steps((await page(http, f"{base}/r/{by_reporter.code}"))[1]))
+        theirs = " | ".join(steps((await page(http, f"{base}/r/{by_staff.code}"))[1]))
+        english = " | ".join(steps((await page(http, f"{base}/r/{by_staff.code}?lang=en"))[1]))
+    assert "Mở lại: người phản ánh báo chưa được khắc phục" in mine
+    assert "Mở lại: cán bộ xem xét lại kết quả" in theirs and "người phản ánh" not in theirs
+    assert "Reopened: staff are looking at the result again" in english
+
+
+async def test_staff_see_no_public_link_for_a_report_joined_with_a_hidden_case(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = web_settings(database_url, tmp_path)
+    base = base_url(settings)
+    case = await reported(sessions, settings, days_ago=1)
+    joined = await reported(sessions, settings, days_ago=1, chat_id="777008888")
+    await staff_account(sessions, "operator1", PASSWORD, role="operator", unit="P38")
+    async with sessions() as s, s.begin():
+        report = await s.get(Ticket, joined.ticket_id)
+        assert report is not None
+        report.case_id = case.ticket_id
+    async with running(settings), Visitor() as visitor:
+        await visitor.log_in(base, "operator1", PASSWORD)
+        link = 'class="public-link"'
+        assert link in (await visitor.get(f"{base}/tickets/{joined.code}")).text
+        async with sessions() as s, s.begin():
+            hidden = await s.get(Ticket, case.ticket_id)
+            assert hidden is not None
+            hidden.hidden_at = utcnow()
+        for code in (case.code, joined.code):
+            assert link not in (await visitor.get(f"{base}/tickets/{code}")).text
+            async with aiohttp.ClientSession() as anonymous:
+                assert (await page(anonymous, f"{base}/r/{code}"))[0] == 404
