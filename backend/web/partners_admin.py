@@ -65,6 +65,7 @@ async def _page(
         )
     )
     provinces = list(await session.scalars(select(Province).order_by(Province.code)))
+    settings = request.app[SETTINGS]
     return render(
         request,
         "webhooks.html",
@@ -75,6 +76,8 @@ async def _page(
         failed=failed,
         provinces=provinces,
         events=webhooks.EVENTS,
+        retry_hours=f"{settings.webhook_retry_hours:g}",
+        refused_attempts=settings.webhook_refused_attempts,
         secret=secret,
         problem=problem,
         done=done,

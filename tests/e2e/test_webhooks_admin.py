@@ -88,6 +88,8 @@ async def test_register_secret_once_test_event_log_and_disable(
                 assert altered.status == 200 and "whsec_" not in altered.text
             result = await admin.get(f"{base}{answer.location}")
             assert result.status == 200
+            # The page says the retry window and the tries a refusal gets, as set.
+            assert "gửi lại trong 24 giờ" in result.text and "được thử 3 lần" in result.text
             found = re.search(r'id="webhook-secret">([^<]+)<', result.text)
             assert found is not None
             secret = found.group(1)
