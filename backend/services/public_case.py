@@ -49,6 +49,8 @@ PUBLIC_STEPS = frozenset(
         "extend",
         "mark_complex",
         "merge",
+        # Only when it sent the ticket to another unit (its note names the unit).
+        "reclassify",
     }
 )
 # The steps with a due time of their own: classify (or reject), forward, take up, answer.
@@ -67,6 +69,7 @@ NEXT_STEP = {
 }
 _EXTENDED_TO = re.compile(r"^.*? → (.*?): ", re.S)
 _MOVED_TO = re.compile(r"^\S+ → (\S+): ", re.S)
+_SENT_TO = re.compile(r"; unit=(\S+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +134,25 @@ async def visible_ticket(session: AsyncSession, code: str) -> tuple[Ticket, Tick
     return (ticket, case) if case is not None else None
 
 
+def _unit_code(event: AuditEvent) -> str | None:
+    """The code of the unit a step sent the ticket to: forwarded (assign), passed on by
+    competence (transfer), or sent elsewhere by a reclassification; else None."""
+    note = event.note or ""
+    if event.action == "assign":
+        return note
+    found = None
+    if event.action == "transfer":
+        found = _MOVED_TO.match(note)
+    elif event.action == "reclassify":
+        found = _SENT_TO.search(note)
+    return found[1] if found else None
+
+
 def _step(event: AuditEvent, units: dict[str, str]) -> PublicStep:
     unit = reason = until = None
     note = event.note or ""
-    if event.action == "assign":
-        unit = units.get(note)
-    elif event.action == "transfer" and (m := _MOVED_TO.match(note)):
-        unit = units.get(m[1])
+    if (sent_to := _unit_code(event)) is not None:
+        unit = units.get(sent_to)
     elif event.action == "reject":
         code = note.partition(": ")[0]
         reason = f"public.reject.{code}" if code in REJECT_REASONS else "public.reject.other"
@@ -171,10 +186,9 @@ async def public_steps(session: AsyncSession, tickets: list[Ticket]) -> list[Pub
             .order_by(AuditEvent.created_at, AuditEvent.id)
         )
     )
-    codes = {e.note or "" for e in events if e.action == "assign"}
-    codes |= {
-        m[1] for e in events if e.action == "transfer" and (m := _MOVED_TO.match(e.note or ""))
-    }
+    # A reclassification that kept the unit is internal (the urgency, say).
+    events = [e for e in events if e.action != "reclassify" or _unit_code(e) is not None]
+    codes = {code for e in events if (code := _unit_code(e)) is not None}
     units = {
         u.code: u.name for u in await session.scalars(select(Unit).where(Unit.code.in_(codes)))
     }

@@ -453,12 +453,15 @@ async def _reclassify(step: _Step) -> str | None:
         ticket.urgency = request.urgency
     ticket.competence = request.competence
     unit = await unit_for(session, request.competence or "ward", ticket.ward_code)
+    note = f"urgency={ticket.urgency}; competence={ticket.competence}"
     if unit.id != ticket.unit_id:
         ticket.unit_id = unit.id
         ticket.assigned_at = now
         ticket.due_at = policy.claim_due(now)
         await post_cards(session, ticket)
-    return f"urgency={ticket.urgency}; competence={ticket.competence}"
+        # The unit it now goes to: the public page says so (public_case).
+        note += f"; unit={unit.code}"
+    return note
 
 
 async def _assign(step: _Step) -> str | None:

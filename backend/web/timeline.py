@@ -23,7 +23,7 @@ from backend.services.privacy import UNSEAL, UNSEAL_READERS
 Translate = Callable[..., str]
 
 _SUBMIT = re.compile(r"^(\w+); (\d+) photo\(s\)$")
-_CLASSIFY = re.compile(r"^urgency=(\w+); competence=(\w+)$")
+_CLASSIFY = re.compile(r"^urgency=(\w+); competence=(\w+)(?:; unit=(\S+))?$")
 _MOVE = re.compile(r"^(\S+) → (\S+): (.*)$", re.S)
 _EXTEND = re.compile(r"^(.*?) → (.*?): (.*)$", re.S)
 _STAFF = re.compile(r"^user:(\d+)$")

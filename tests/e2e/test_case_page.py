@@ -24,6 +24,7 @@ from backend.models import (
     ReporterIdentity,
     Ticket,
     TicketNote,
+    Unit,
     utcnow,
 )
 from backend.services.deadlines import Policies
@@ -563,3 +564,34 @@ async def test_staff_see_no_public_link_for_a_report_joined_with_a_hidden_case(
             assert link not in (await visitor.get(f"{base}/tickets/{code}")).text
             async with aiohttp.ClientSession() as anonymous:
                 assert (await page(anonymous, f"{base}/r/{code}"))[0] == 404
+
+
+async def test_a_reclassification_to_another_unit_is_said_and_one_that_keeps_it_is_not(
+    database_url: str, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = web_settings(database_url, tmp_path)
+    base = base_url(settings)
+    world = await reported(sessions, settings, days_ago=2)
+    async with sessions() as s, s.begin():
+        operator = await Actor.of_user(s, await make_user(s, "operator", "P38"))
+    for n, step in enumerate(
+        [
+            Action("classify", competence="ward"),
+            Action("assign"),
+            Action("reclassify", urgency="urgent", competence="ward"),  # the same unit
+            Action("reclassify", competence="province"),
+        ],
+        1,
+    ):
+        await act(sessions, world.ticket_id, step, operator, timedelta(hours=n))
+    async with sessions() as s:
+        ticket = await s.get(Ticket, world.ticket_id)
+        assert ticket is not None
+        unit = await s.get(Unit, ticket.unit_id)
+        assert unit is not None and "Sở" in unit.name
+    async with running(settings), aiohttp.ClientSession() as http:
+        lines = steps((await page(http, f"{base}/r/{world.code}"))[1])
+        english = steps((await page(http, f"{base}/r/{world.code}?lang=en"))[1])
+    passed = [line for line in lines if "Chuyển lại tới" in line]
+    assert len(passed) == 1 and unit.name in passed[0]
+    assert any(f"Passed on to {unit.name} for handling" in line for line in english)
