@@ -18,9 +18,9 @@ from backend.crypto import keys
 from backend.models import Consent, Reporter, ReporterIdentity, utcnow
 
 # The consent text shown to residents; bump when its wording changes.
-CONSENT_TEXT_VERSION = "2026-12-v4"
+CONSENT_TEXT_VERSION = "2026-12-v5"
 # The consent an operator reads out to a caller (the phone form's script).
-PHONE_CONSENT_VERSION = "2026-12-phone-v1"
+PHONE_CONSENT_VERSION = "2026-12-phone-v2"
 
 _reporters = cast(Table, Reporter.__table__)
 _identities = cast(Table, ReporterIdentity.__table__)

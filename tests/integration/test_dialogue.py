@@ -100,13 +100,15 @@ async def test_a_new_consent_text_is_asked_again_and_names_the_rights(
     consent = replies[-1]["text"]
     assert await chat.state() == "consent"
     # Each is kept and tested: the rights (tests/e2e/test_rights.py), the retention
-    # (test_retention.py), and what is public (test_case_page.py, test_public_map.py).
+    # (test_retention.py), and what is public (test_case_page.py, test_public_map.py,
+    # test_open311.py, test_webhooks.py).
     for promise in (
         "/mydata",
         "/forgetme",
         "/withdraw",
         "không liên hệ trong 12 tháng",
-        "vị trí làm tròn (khoảng 100 m)",
+        "vị trí làm tròn (khoảng 100 m), thời điểm tiếp nhận, tiến độ (kèm thời gian từng bước)",
+        "các hệ thống kết nối",
         "không bao giờ công khai danh tính của bạn hay nội dung bạn viết",
     ):
         assert promise in consent
