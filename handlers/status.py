@@ -65,8 +65,9 @@ async def show_mine(turn: Turn) -> None:
             state=_state_label(turn, s),
             created=format_local(s.created_at),
         )
-        # Each with its case page, when the service has a public address.
-        + turn.page_line(s.code)
+        # Each with its case page, when the service has a public address and the
+        # public may see it.
+        + (turn.page_line(s.code) if s.public else "")
         for s in mine
     )
     turn.say("my.list", lines=lines)

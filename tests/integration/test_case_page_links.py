@@ -193,6 +193,8 @@ async def test_a_hidden_case_is_no_case_to_strangers_and_no_link_to_its_reporter
     assert texts(await stranger.say(f"/status {code}")).replace(code, "X") == unknown
     own = texts(await chat.say(f"/status {code}"))
     assert code in own and "Gửi lúc" in own and "/r/" not in own
+    mine = texts(await chat.say("/my"))
+    assert code in mine and "/r/" not in mine
     async with sessions() as s:
         notices = [
             o.payload
