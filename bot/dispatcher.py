@@ -669,6 +669,7 @@ class Dispatcher:
                 update_id=event.update_id,
             )
             await self._step(turn, event)
+            await turn.drop_hidden_pages()
             for job in turn.jobs:
                 job_key = f"{event.update_id}:{job.kind}"
                 body = job_body(job.kind, job_key, job.args)

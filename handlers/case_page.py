@@ -19,7 +19,13 @@ def case_page_line(base: str, code: str, language: str) -> str:
 def with_case_page(text: str, base: str, code: str | None, language: str) -> str:
     """text, then the line with the case page's link; text as it is without a public
     address (the link would lead nowhere) or a code."""
+    return text + case_page_link(base, code, language)
+
+
+def case_page_link(base: str, code: str | None, language: str) -> str:
+    """What with_case_page adds to a message: the case page's link on a paragraph of its
+    own, or nothing."""
     if not base or not code:
-        return text
+        return ""
     line = translate(language, "case_page.link", url=case_page_url(base, code, language))
-    return f"{text}\n\n{line}"
+    return f"\n\n{line}"

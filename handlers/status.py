@@ -38,18 +38,17 @@ async def show_status(turn: Turn, code: str) -> None:
         "unit": status.unit_name,
         "updated": format_local(status.updated_at),
     }
-    page = status.code if status.public else None
     if owner:
         turn.say(
             "status.owner",
             category=status.category_en if turn.conv.language == "en" else status.category_vi,
             created=format_local(status.created_at),
             description=status.description[:300],
-            page=page,
+            page=status.code,
             **params,
         )
     else:
-        turn.say("status.public", page=page, **params)
+        turn.say("status.public", page=status.code, **params)
 
 
 async def show_mine(turn: Turn) -> None:
@@ -65,9 +64,8 @@ async def show_mine(turn: Turn) -> None:
             state=_state_label(turn, s),
             created=format_local(s.created_at),
         )
-        # Each with its case page, when the service has a public address and the
-        # public may see it.
-        + (turn.page_line(s.code) if s.public else "")
+        # Each with its case page, when the service has a public address.
+        + turn.page_line(s.code)
         for s in mine
     )
     turn.say("my.list", lines=lines)

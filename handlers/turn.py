@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import utcnow
+from backend.models import Ticket, utcnow
 from backend.services.abuse import MutedReporters, ReporterLimits
 from backend.services.deadlines import Policies
 from backend.services.duplicates import DuplicateRule
 from backend.services.geocoding import Geocoder
+from backend.services.tickets import is_public
 from backend.services.units import WardIndex
-from handlers.case_page import case_page_line, with_case_page
+from handlers.case_page import case_page_line, case_page_link
 from handlers.events import Ack, Button, Capabilities, ConversationState, Reply
 from handlers.i18n import translate
 
@@ -67,6 +69,9 @@ class Turn:
     jobs: list[Job] = field(default_factory=list)
     # The resident had this chat forgotten (/forgetme): its state is not stored again.
     erased: bool = False
+    # The case page links in this turn's messages, by the code each is for: taken out
+    # again (drop_hidden_pages) for a case the public may not see.
+    pages: dict[str, str] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -81,7 +86,31 @@ class Turn:
 
     def page_line(self, code: str) -> str:
         """The case page of a code, for a line in a list (see case_page_line)."""
-        return case_page_line(self.services.case_base, code, self.conv.language)
+        return self._page(case_page_line(self.services.case_base, code, self.conv.language), code)
+
+    def _page(self, link: str, code: str | None) -> str:
+        if link and code:
+            self.pages[link] = code
+        return link
+
+    async def drop_hidden_pages(self) -> None:
+        """Take the case page's link out of this turn's messages for each code the public
+        may not see (hidden, or joined with a hidden case): it would answer 404."""
+        if not self.pages:
+            return
+        found = await self.session.scalars(
+            select(Ticket).where(Ticket.code.in_(set(self.pages.values())))
+        )
+        hidden = {t.code for t in found if not await is_public(self.session, t)}
+        gone = [link for link, code in self.pages.items() if code in hidden]
+        if not gone:
+            return
+        for i, message in enumerate(self.out):
+            if isinstance(message, Reply):
+                text = message.text
+                for link in gone:
+                    text = text.replace(link, "")
+                self.out[i] = replace(message, text=text)
 
     def say(
         self,
@@ -99,9 +128,8 @@ class Turn:
     ) -> None:
         """Send the catalogue message key, with buttons laid out in rows of `columns`;
         page: a code whose public case page the message links to."""
-        text = with_case_page(
-            self.t(key, **params), self.services.case_base, page, self.conv.language
-        )
+        link = case_page_link(self.services.case_base, page, self.conv.language)
+        text = self.t(key, **params) + self._page(link, page)
         # Only a channel that shows a keyboard (to share the place or the phone) has one
         # to remove.
         remove_keyboard = remove_keyboard and (

@@ -42,7 +42,7 @@ class TicketStatus:
     category_vi: str
     category_en: str
     description: str
-    # Whether the public may see it (is_public).
+    # Whether the public may see it (is_public): asked by status_by_code only.
     public: bool = True
 
 
@@ -87,4 +87,4 @@ async def tickets_of_reporter(
         .order_by(Ticket.created_at.desc(), Ticket.id.desc())
         .limit(limit)
     )
-    return [replace(_to_status(r), public=await is_public(session, r[0])) for r in rows]
+    return [_to_status(r) for r in rows]

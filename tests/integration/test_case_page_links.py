@@ -174,8 +174,8 @@ async def test_a_hidden_case_is_no_case_to_strangers_and_no_link_to_its_reporter
     dispatcher: Dispatcher, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     """Hidden from the public, a case answers a stranger's /status as an unknown code
-    does; its reporter still sees it, without a link to a page that would answer 404;
-    and the notices queued while it is hidden carry no link either."""
+    does; its reporter still sees it, without a link to a page that would answer 404,
+    in any message; and the notices queued while it is hidden carry no link either."""
     chat = Chat(dispatcher, sessions, chat_id="9321")
     await to_description(chat)
     await chat.say("Rác đổ đầy lề đường.")
@@ -195,6 +195,9 @@ async def test_a_hidden_case_is_no_case_to_strangers_and_no_link_to_its_reporter
     assert code in own and "Gửi lúc" in own and "/r/" not in own
     mine = texts(await chat.say("/my"))
     assert code in mine and "/r/" not in mine
+    # Every other message naming it too: the offer to add to it, say.
+    offer = texts(await chat.say("Bãi rác vẫn còn nguyên, chưa ai dọn."))
+    assert code in offer and "/r/" not in offer
     async with sessions() as s:
         notices = [
             o.payload
