@@ -19,10 +19,9 @@ from backend.services.abuse import (
     counter,
     give_back,
     muted_until,
-    next_allowed,
 )
 from backend.services.abuse import take_or_refuse as _take
-from backend.services.limits import Limit
+from backend.services.limits import Limit, next_allowed
 from backend.timeutil import format_local
 from handlers.events import Incoming
 from handlers.turn import Turn

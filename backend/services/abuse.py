@@ -13,16 +13,16 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import keys
 from backend.models import Conversation, RateCount, Reporter, ReporterMute
 from backend.services.additions import open_reports
-from backend.services.limits import DAY, HOUR, Limit, take_all, window_start
+from backend.services.limits import DAY, HOUR, Limit, next_allowed, take_all, window_start
 from backend.services.reporters import has_consent
 
 if TYPE_CHECKING:
@@ -64,26 +64,6 @@ def counter(kind: str, channel: str, chat_key: str) -> str:
     the reporter's number, which /forgetme replaces: erasing oneself does not refill the
     allowance). The row goes when its window ends."""
     return f"{kind}:{channel}:{chat_key}"
-
-
-async def next_allowed(
-    session: AsyncSession, name: str, limits: Sequence[Limit], now: float
-) -> datetime | None:
-    """None when one more is allowed now; else when it will be: the end of every window
-    whose count is full (an hour's, or the day's at midnight in Vietnam). Reads only."""
-    windows = {f"{name}:{lim.window}": (window_start(now, lim.window), lim) for lim in limits}
-    rows = await session.execute(
-        select(RateCount.name, RateCount.window, RateCount.count).where(
-            or_(
-                *(and_(RateCount.name == n, RateCount.window == w) for n, (w, _) in windows.items())
-            )
-        )
-    )
-    used = {n: count for n, window, count in rows.all() if windows[n][0] == window}
-    ends = [
-        start + lim.window for n, (start, lim) in windows.items() if used.get(n, 0) >= lim.count
-    ]
-    return datetime.fromtimestamp(max(ends), UTC) if ends else None
 
 
 async def take_or_refuse(

@@ -9,10 +9,11 @@ with one INSERT … ON CONFLICT DO UPDATE … RETURNING, which both backends run
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import RateCount
@@ -72,6 +73,26 @@ async def take_all(
     now = time.time() if now is None else now
     results = [await take(session, f"{name}:{lim.window}", lim, now) for lim in limits]
     return all(results)
+
+
+async def next_allowed(
+    session: AsyncSession, name: str, limits: Sequence[Limit], now: float
+) -> datetime | None:
+    """None when one more is allowed now; else when it will be: the end of every window
+    whose count is full (an hour's, or the day's at midnight in Vietnam). Reads only."""
+    windows = {f"{name}:{lim.window}": (window_start(now, lim.window), lim) for lim in limits}
+    rows = await session.execute(
+        select(RateCount.name, RateCount.window, RateCount.count).where(
+            or_(
+                *(and_(RateCount.name == n, RateCount.window == w) for n, (w, _) in windows.items())
+            )
+        )
+    )
+    used = {n: count for n, window, count in rows.all() if windows[n][0] == window}
+    ends = [
+        start + lim.window for n, (start, lim) in windows.items() if used.get(n, 0) >= lim.count
+    ]
+    return datetime.fromtimestamp(max(ends), UTC) if ends else None
 
 
 async def sweep(session: AsyncSession, now: datetime | None = None) -> int:

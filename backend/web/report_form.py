@@ -43,7 +43,7 @@ from backend.crypto import DataKeyError, keys
 from backend.db import is_sqlite
 from backend.models import RateCount
 from backend.services.deadlines import Policies
-from backend.services.limits import DAY, HOUR, Limit, take, take_all, window_start
+from backend.services.limits import DAY, HOUR, Limit, next_allowed, take, take_all
 from backend.services.logins import address_lookup
 from backend.services.media_store import MediaUnavailable
 from backend.services.photos import ACCEPTED_NAMES, NotAnImage, TooLarge, store_photo
@@ -255,15 +255,8 @@ async def within_limit(request: web.Request) -> str | None:
     ]
     async with request.app[SESSIONS]() as session:
         for kind, name, each in counted:
-            for limit in each:
-                count = await session.scalar(
-                    select(RateCount.count).where(
-                        RateCount.name == f"{name}:{limit.window}",
-                        RateCount.window == window_start(now, limit.window),
-                    )
-                )
-                if count is not None and count >= limit.count:
-                    return kind
+            if await next_allowed(session, name, each, now) is not None:
+                return kind
     return None
 
 
